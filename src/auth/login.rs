@@ -1,0 +1,391 @@
+//! The endpoints the gateway answers itself: `/auth` (code -> WeChat -> session -> token) and
+//! `/isAuth` (the tutorial's token check). Parsing is pure; [`Login`] does the I/O.
+
+use super::extract::{self, Presented};
+use super::jwt::{unix_now, Tokens};
+use super::Identity;
+use crate::reply::{Reject, TokenProblem};
+use crate::session::{new_sid, Session, SessionStore};
+use crate::wechat::WechatClient;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use http::Method;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// `data` of a successful login.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginData {
+    pub token: String,
+    pub expires_in: u64,
+}
+
+/// `data` of a successful `/isAuth`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyData {
+    pub openid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unionid: Option<String>,
+}
+
+type LoginOutcome = Result<LoginData, Reject>;
+type InFlight = Arc<Mutex<HashMap<String, Shared<BoxFuture<'static, LoginOutcome>>>>>;
+
+pub struct Login {
+    wechat: WechatClient,
+    tokens: Arc<Tokens>,
+    store: Arc<dyn SessionStore>,
+    session_ttl: Duration,
+    in_flight: InFlight,
+}
+
+impl Login {
+    pub fn new(
+        wechat: WechatClient,
+        tokens: Arc<Tokens>,
+        store: Arc<dyn SessionStore>,
+        session_ttl: Duration,
+    ) -> Self {
+        Login {
+            wechat,
+            tokens,
+            store,
+            session_ttl,
+            in_flight: Arc::default(),
+        }
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// Log in with a WeChat code. Concurrent calls with the same code share one exchange (codes
+    /// are single-use: a second call to WeChat would only get 40163). The exchange runs in its
+    /// own task, so a caller that goes away does not abort it for the others.
+    pub async fn login(self: &Arc<Self>, code: &str) -> LoginOutcome {
+        if !plausible_code(code) {
+            // Not something wx.login() produces: spare the app's WeChat quota.
+            return Err(Reject::Wechat { errcode: 40029 });
+        }
+        let shared = {
+            let mut map = lock(&self.in_flight);
+            match map.get(code) {
+                Some(existing) => existing.clone(),
+                None => {
+                    let me = Arc::clone(self);
+                    let key = code.to_string();
+                    let task = tokio::spawn(async move {
+                        let outcome = me.exchange(&key).await;
+                        lock(&me.in_flight).remove(&key);
+                        outcome
+                    });
+                    let fut = async move {
+                        task.await.unwrap_or_else(|e| {
+                            tracing::error!("login task failed: {e}");
+                            Err(Reject::Internal)
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(code.to_string(), fut.clone());
+                    fut
+                }
+            }
+        };
+        shared.await
+    }
+
+    async fn exchange(&self, code: &str) -> LoginOutcome {
+        let wx = self.wechat.code2session(code).await?;
+        let identity = Identity {
+            openid: wx.openid,
+            unionid: wx.unionid,
+            sid: new_sid(),
+        };
+        let now = unix_now();
+        let session = Session {
+            sid: identity.sid.clone(),
+            openid: identity.openid.clone(),
+            unionid: identity.unionid.clone(),
+            session_key: wx.session_key,
+            created_at: now,
+        };
+        self.store
+            .put(session, self.session_ttl)
+            .await
+            .map_err(|e| {
+                tracing::error!("cannot store the session: {e}");
+                Reject::StoreUnavailable
+            })?;
+        let signed = self.tokens.sign(&identity, now).map_err(|e| {
+            tracing::error!("{e}");
+            Reject::Internal
+        })?;
+        tracing::info!(sid = %identity.sid, "login");
+        Ok(LoginData {
+            token: signed.token,
+            expires_in: signed.expires_in,
+        })
+    }
+
+    /// `/isAuth`: the token from the body, else from the headers.
+    pub fn verify(&self, presented: Presented<'_>) -> Result<VerifyData, Reject> {
+        let identity = verify_presented(&self.tokens, presented)?;
+        Ok(VerifyData {
+            openid: identity.openid,
+            unionid: identity.unionid,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Turn what the client presented into an identity or the right rejection.
+pub fn verify_presented(tokens: &Tokens, presented: Presented<'_>) -> Result<Identity, Reject> {
+    match presented {
+        Presented::Missing => Err(Reject::TokenMissing),
+        Presented::Unusable => Err(Reject::Token(TokenProblem::Malformed)),
+        Presented::Token(t) => tokens.verify(t).map_err(Reject::Token),
+    }
+}
+
+/// wx.login() codes are short URL-safe strings; anything else is refused without asking WeChat.
+fn plausible_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 128
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The parts of a request the gateway endpoints look at.
+pub struct EndpointRequest<'a> {
+    pub method: &'a Method,
+    pub query: Option<&'a str>,
+    pub content_type: Option<&'a [u8]>,
+    pub body: &'a [u8],
+}
+
+enum BodyKind {
+    Empty,
+    Form,
+    Json,
+}
+
+fn body_kind(req: &EndpointRequest<'_>) -> BodyKind {
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        return BodyKind::Empty;
+    }
+    let is_form = req.content_type.is_some_and(|ct| {
+        ct.len() >= 33 && ct[..33].eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    });
+    if is_form {
+        BodyKind::Form
+    } else {
+        BodyKind::Json
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A JSON body as an object; anything else is [`Reject::BadBody`].
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Reject> {
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err(Reject::BadBody),
+    }
+}
+
+/// The login code of an `/auth` request: `GET ?code=`, or `POST` with `{"code": "..."}` (a form
+/// body, or the query when the body is empty, also work).
+pub fn login_code(req: &EndpointRequest<'_>) -> Result<String, Reject> {
+    let code = match *req.method {
+        Method::GET => query_param(req.query, "code"),
+        Method::POST => match body_kind(req) {
+            BodyKind::Empty => query_param(req.query, "code"),
+            BodyKind::Form => query_param(std::str::from_utf8(req.body).ok(), "code"),
+            BodyKind::Json => match json_object(req.body)?.get("code") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(_) => return Err(Reject::BadBody),
+            },
+        },
+        _ => return Err(Reject::MethodNotAllowed),
+    };
+    match code.map(|c| c.trim().to_string()) {
+        Some(c) if !c.is_empty() => Ok(c),
+        _ => Err(Reject::LoginCodeMissing),
+    }
+}
+
+/// What an `/isAuth` request presents: the body's `token` first (the tutorial), then headers.
+pub fn verify_token<'a>(
+    body_json: &'a Option<serde_json::Map<String, serde_json::Value>>,
+    headers: &'a http::HeaderMap,
+) -> Presented<'a> {
+    let from_body = match body_json {
+        Some(map) => extract::from_json_field(map.get("token")),
+        None => Presented::Missing,
+    };
+    match from_body {
+        Presented::Missing => extract::from_headers(headers),
+        other => other,
+    }
+}
+
+/// Parse the `/isAuth` body: empty is fine (the token may be in a header), otherwise a JSON
+/// object or a form.
+pub fn verify_body(
+    req: &EndpointRequest<'_>,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Reject> {
+    match *req.method {
+        Method::GET | Method::POST => {}
+        _ => return Err(Reject::MethodNotAllowed),
+    }
+    match body_kind(req) {
+        BodyKind::Empty => Ok(None),
+        BodyKind::Json => json_object(req.body).map(Some),
+        BodyKind::Form => {
+            let token = query_param(std::str::from_utf8(req.body).ok(), "token");
+            let mut map = serde_json::Map::new();
+            if let Some(t) = token {
+                map.insert("token".into(), serde_json::Value::String(t));
+            }
+            Ok(Some(map))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a>(
+        method: &'a Method,
+        query: Option<&'a str>,
+        ct: Option<&'a str>,
+        body: &'a str,
+    ) -> EndpointRequest<'a> {
+        EndpointRequest {
+            method,
+            query,
+            content_type: ct.map(str::as_bytes),
+            body: body.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn code_from_query_json_or_form() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(
+            login_code(&req(&get, Some("code=abc"), None, "")),
+            Ok("abc".into())
+        );
+        assert_eq!(
+            login_code(&req(&get, Some("x=1&code=a%2Eb"), None, "")),
+            Ok("a.b".into())
+        );
+        assert_eq!(
+            login_code(&req(
+                &post,
+                None,
+                Some("application/json"),
+                r#"{"code":"abc"}"#
+            )),
+            Ok("abc".into())
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, r#"{"code":"abc"}"#)),
+            Ok("abc".into())
+        );
+        assert_eq!(
+            login_code(&req(
+                &post,
+                None,
+                Some("application/x-www-form-urlencoded; charset=utf-8"),
+                "code=abc"
+            )),
+            Ok("abc".into())
+        );
+        assert_eq!(
+            login_code(&req(&post, Some("code=q"), None, "")),
+            Ok("q".into())
+        );
+    }
+
+    #[test]
+    fn missing_code_and_bad_bodies() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(
+            login_code(&req(&get, None, None, "")),
+            Err(Reject::LoginCodeMissing)
+        );
+        assert_eq!(
+            login_code(&req(&get, Some("code="), None, "")),
+            Err(Reject::LoginCodeMissing)
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, "{}")),
+            Err(Reject::LoginCodeMissing)
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, r#"{"code":null}"#)),
+            Err(Reject::LoginCodeMissing)
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, "not json")),
+            Err(Reject::BadBody)
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, "[1,2]")),
+            Err(Reject::BadBody)
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, r#"{"code":5}"#)),
+            Err(Reject::BadBody)
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, "{\"code\":\"\u{0}")),
+            Err(Reject::BadBody)
+        );
+        assert_eq!(
+            login_code(&req(&Method::PUT, None, None, "")),
+            Err(Reject::MethodNotAllowed)
+        );
+    }
+
+    #[test]
+    fn implausible_codes() {
+        assert!(plausible_code("081AbcDEF-_.9"));
+        assert!(!plausible_code(""));
+        assert!(!plausible_code("a b"));
+        assert!(!plausible_code("a&secret=x"));
+        assert!(!plausible_code(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn verify_token_sources() {
+        let post = Method::POST;
+        let headers = http::HeaderMap::new();
+        let r = req(&post, None, None, r#"{"token":"abc"}"#);
+        let body = verify_body(&r).unwrap();
+        assert_eq!(verify_token(&body, &headers), Presented::Token("abc"));
+        let r = req(&post, None, None, "");
+        let body = verify_body(&r).unwrap();
+        assert_eq!(verify_token(&body, &headers), Presented::Missing);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", "Bearer h".parse().unwrap());
+        assert_eq!(verify_token(&body, &headers), Presented::Token("h"));
+        let r = req(&post, None, None, "garbage");
+        assert_eq!(verify_body(&r), Err(Reject::BadBody));
+    }
+}

@@ -1,0 +1,622 @@
+//! Loading `gateway.toml`: parse, expand `${ENV}`, deserialise each section, then validate into a
+//! typed [`Config`]. Every problem is collected with its key path; nothing here panics on input.
+
+mod env;
+mod raw;
+
+pub use crate::secret::Secret;
+use http::HeaderName;
+use raw::{RawAuth, RawJwt, RawRoute, RawServer, RawWechat};
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub wechat: WechatConfig,
+    pub jwt: JwtConfig,
+    pub auth: AuthConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    /// Upper bound on how long SIGTERM waits for in-flight requests.
+    pub grace_period: Duration,
+    /// Body limit of the endpoints the gateway answers itself (`/auth`, `/isAuth`).
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WechatConfig {
+    pub appid: String,
+    pub secret: Secret,
+    /// Without a trailing slash.
+    pub api_base: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    HS256,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    pub secret: Secret,
+    pub ttl: Duration,
+    pub leeway: Duration,
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub login_path: String,
+    pub verify_path: String,
+    pub identity_header: HeaderName,
+    pub unionid_header: HeaderName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub prefix: String,
+    pub upstreams: Vec<SocketAddr>,
+    pub auth: RouteAuth,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// One problem in the file, with the key path it concerns (`routes[1].upstreams[0]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub source: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        let s = if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "invalid configuration in {} ({n} problem{s}):",
+            self.source
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {}", p.path, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+const MIN_SECRET_BYTES: usize = 32;
+
+/// Load and validate a configuration file, reading `${VAR}` from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source: source.clone(),
+        problems: vec![Problem {
+            path: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse(&text, &source, &|name| std::env::var(name).ok())
+}
+
+/// Parse and validate configuration text. `lookup` resolves `${VAR}` (tests pass their own).
+pub fn parse(
+    text: &str,
+    source: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError {
+        source: source.to_string(),
+        problems,
+    };
+    let mut root: toml::Table = toml::from_str(text).map_err(|e| {
+        fail(vec![Problem {
+            path: "(syntax)".into(),
+            message: e.to_string().trim().replace('\n', "\n    "),
+        }])
+    })?;
+    let mut v = Validator::default();
+    for (key, value) in root.iter_mut() {
+        env::expand_value(value, key, lookup, &mut |path, message| {
+            v.problem(path, message)
+        });
+    }
+
+    let mut server = None;
+    let mut wechat = None;
+    let mut jwt = None;
+    let mut auth = None;
+    let mut routes = None;
+    for (key, value) in root {
+        match key.as_str() {
+            "server" => server = v.section::<RawServer>(value, &key),
+            "wechat" => wechat = v.section::<RawWechat>(value, &key),
+            "jwt" => jwt = v.section::<RawJwt>(value, &key),
+            "auth" => auth = v.section::<RawAuth>(value, &key),
+            "routes" => routes = v.routes(value),
+            _ => v.problem(&key, "unknown key".into()),
+        }
+    }
+
+    let server = v.server(server.unwrap_or_default());
+    let wechat = v.wechat(wechat.unwrap_or_default());
+    let jwt = v.jwt(jwt.unwrap_or_default());
+    let auth = v.auth(auth.unwrap_or_default());
+    let routes = v.check_routes(routes);
+
+    match (server, wechat, jwt, auth, routes) {
+        (Some(server), Some(wechat), Some(jwt), Some(auth), Some(routes))
+            if v.problems.is_empty() =>
+        {
+            Ok(Config {
+                server,
+                wechat,
+                jwt,
+                auth,
+                routes,
+            })
+        }
+        _ => Err(fail(v.problems)),
+    }
+}
+
+/// Collects problems while turning raw sections into typed ones. Each method returns `None` when
+/// its section has a problem, and has then recorded it.
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+fn join(base: &str, rest: &str) -> String {
+    if rest.is_empty() || rest == "." {
+        base.to_string()
+    } else if rest.starts_with('[') {
+        format!("{base}{rest}")
+    } else {
+        format!("{base}.{rest}")
+    }
+}
+
+impl Validator {
+    fn problem(&mut self, path: &str, message: String) {
+        self.problems.push(Problem {
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    /// Deserialise one section, recording unknown keys and the first type error with its path.
+    fn section<T: DeserializeOwned>(&mut self, value: toml::Value, path: &str) -> Option<T> {
+        let mut unknown = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let result = {
+            let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+            let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
+            T::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+        };
+        for key in unknown {
+            self.problem(&join(path, &key), "unknown key".into());
+        }
+        match result {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = track.path().to_string();
+                self.problem(&join(path, &inner), clean_serde_message(&e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn routes(&mut self, value: toml::Value) -> Option<Vec<Option<RawRoute>>> {
+        match value {
+            toml::Value::Array(items) => Some(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| self.section::<RawRoute>(item, &format!("routes[{i}]")))
+                    .collect(),
+            ),
+            _ => {
+                self.problem(
+                    "routes",
+                    "must be an array of tables ([[routes]] entries)".into(),
+                );
+                None
+            }
+        }
+    }
+
+    fn required<T>(&mut self, value: Option<T>, path: &str) -> Option<T> {
+        if value.is_none() {
+            self.problem(path, "required key is missing".into());
+        }
+        value
+    }
+
+    fn duration(&mut self, value: Option<String>, path: &str, default: &str) -> Option<Duration> {
+        let text = value.unwrap_or_else(|| default.to_string());
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a duration ({e}); write e.g. \"3s\", \"2h\", \"30d\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        value: Option<String>,
+        path: &str,
+        default: &str,
+    ) -> Option<Duration> {
+        let d = self.duration(value, path, default)?;
+        if d.is_zero() {
+            self.problem(path, "must be greater than zero".into());
+            return None;
+        }
+        Some(d)
+    }
+
+    fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
+        let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = match resolve_host_port(&listen_text) {
+            Ok(addrs) => addrs.into_iter().next(),
+            Err(message) => {
+                self.problem("server.listen", message);
+                None
+            }
+        };
+        let threads = match raw.threads {
+            Some(0) => {
+                self.problem("server.threads", "must be at least 1".into());
+                None
+            }
+            Some(n) => Some(n),
+            None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        };
+        let grace_period = self.duration(raw.grace_period, "server.grace_period", "10s");
+        let max_body = match raw.max_body {
+            None => Some(16 * 1024),
+            Some(text) => match parse_size(&text) {
+                Some(n) if n > 0 => Some(n),
+                _ => {
+                    self.problem(
+                        "server.max_body",
+                        format!("{text:?} is not a size; write e.g. \"16KiB\" or \"1MiB\""),
+                    );
+                    None
+                }
+            },
+        };
+        Some(ServerConfig {
+            listen: listen?,
+            threads: threads?,
+            grace_period: grace_period?,
+            max_body: max_body?,
+        })
+    }
+
+    fn wechat(&mut self, raw: RawWechat) -> Option<WechatConfig> {
+        let appid = self.required(raw.appid, "wechat.appid");
+        if let Some(a) = &appid {
+            if a.trim().is_empty() {
+                self.problem("wechat.appid", "must not be empty".into());
+            }
+        }
+        let secret = self.required(raw.secret, "wechat.secret");
+        if let Some(s) = &secret {
+            if s.is_empty() {
+                self.problem("wechat.secret", "must not be empty".into());
+            }
+        }
+        let api_base = raw
+            .api_base
+            .unwrap_or_else(|| "https://api.weixin.qq.com".to_string());
+        let api_base = api_base.trim_end_matches('/').to_string();
+        let base_ok = api_base.starts_with("http://") || api_base.starts_with("https://");
+        if !base_ok {
+            self.problem(
+                "wechat.api_base",
+                format!("{api_base:?} must start with http:// or https://"),
+            );
+        }
+        let timeout = self.positive_duration(raw.timeout, "wechat.timeout", "3s");
+        Some(WechatConfig {
+            appid: appid?,
+            secret: Secret::new(secret?),
+            api_base: base_ok.then_some(api_base)?,
+            timeout: timeout?,
+        })
+    }
+
+    fn jwt(&mut self, raw: RawJwt) -> Option<JwtConfig> {
+        let algorithm = match raw.algorithm.as_deref().unwrap_or("HS256") {
+            "HS256" => Some(JwtAlgorithm::HS256),
+            other => {
+                self.problem(
+                    "jwt.algorithm",
+                    format!("{other:?} is not supported (supported: \"HS256\")"),
+                );
+                None
+            }
+        };
+        let secret = self.required(raw.secret, "jwt.secret");
+        if let Some(s) = &secret {
+            if s.len() < MIN_SECRET_BYTES {
+                self.problem(
+                    "jwt.secret",
+                    format!(
+                        "is {} bytes; an HS256 key must be at least {MIN_SECRET_BYTES} bytes \
+                         (e.g. `openssl rand -base64 48`)",
+                        s.len()
+                    ),
+                );
+            }
+        }
+        let ttl = self.positive_duration(raw.ttl, "jwt.ttl", "2h");
+        let leeway = self.duration(raw.leeway, "jwt.leeway", "0s");
+        let issuer = raw.issuer.unwrap_or_else(|| "wxgate".to_string());
+        let secret_ok = secret.as_ref().is_some_and(|s| s.len() >= MIN_SECRET_BYTES);
+        Some(JwtConfig {
+            algorithm: algorithm?,
+            secret: Secret::new(secret.filter(|_| secret_ok)?),
+            ttl: ttl?,
+            leeway: leeway?,
+            issuer,
+        })
+    }
+
+    fn path(&mut self, value: Option<String>, path: &str, default: &str) -> Option<String> {
+        let p = value.unwrap_or_else(|| default.to_string());
+        if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+            self.problem(path, format!("{p:?} must be a path starting with '/'"));
+            return None;
+        }
+        Some(p)
+    }
+
+    fn header(&mut self, value: Option<String>, path: &str, default: &str) -> Option<HeaderName> {
+        let h = value.unwrap_or_else(|| default.to_string());
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) if !RESERVED_HEADERS.contains(&name.as_str()) => Some(name),
+            Ok(_) => {
+                self.problem(
+                    path,
+                    format!("{h:?} is a header the gateway cannot take over"),
+                );
+                None
+            }
+            Err(_) => {
+                self.problem(path, format!("{h:?} is not a valid header name"));
+                None
+            }
+        }
+    }
+
+    fn auth(&mut self, raw: RawAuth) -> Option<AuthConfig> {
+        let login_path = self.path(raw.login_path, "auth.login_path", "/auth");
+        let verify_path = self.path(raw.verify_path, "auth.verify_path", "/isAuth");
+        if login_path.is_some() && login_path == verify_path {
+            self.problem(
+                "auth.verify_path",
+                "must differ from auth.login_path".into(),
+            );
+        }
+        let identity_header =
+            self.header(raw.identity_header, "auth.identity_header", "X-WX-OpenID");
+        let unionid_header = self.header(raw.unionid_header, "auth.unionid_header", "X-WX-UnionID");
+        if identity_header.is_some() && identity_header == unionid_header {
+            self.problem(
+                "auth.unionid_header",
+                "must differ from auth.identity_header".into(),
+            );
+        }
+        Some(AuthConfig {
+            login_path: login_path?,
+            verify_path: verify_path?,
+            identity_header: identity_header?,
+            unionid_header: unionid_header?,
+        })
+    }
+
+    fn check_routes(&mut self, raw: Option<Vec<Option<RawRoute>>>) -> Option<Vec<RouteConfig>> {
+        let Some(raw) = raw else {
+            self.problem(
+                "routes",
+                "required: at least one [[routes]] entry (prefix and upstreams)".into(),
+            );
+            return None;
+        };
+        if raw.is_empty() {
+            self.problem("routes", "at least one [[routes]] entry is required".into());
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        let mut ok = !raw.is_empty();
+        for (i, r) in raw.into_iter().enumerate() {
+            let Some(r) = r else {
+                ok = false;
+                continue;
+            };
+            match self.route(r, i) {
+                Some(route) => {
+                    if let Some(j) = out
+                        .iter()
+                        .position(|o: &RouteConfig| o.prefix == route.prefix)
+                    {
+                        self.problem(
+                            &format!("routes[{i}].prefix"),
+                            format!("{:?} is already the prefix of routes[{j}]", route.prefix),
+                        );
+                        ok = false;
+                    }
+                    out.push(route);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn route(&mut self, raw: RawRoute, i: usize) -> Option<RouteConfig> {
+        let at = |key: &str| format!("routes[{i}].{key}");
+        let prefix = self.required(raw.prefix, &at("prefix"));
+        let prefix = match prefix {
+            Some(p) if p.starts_with('/') => Some(p),
+            Some(p) => {
+                self.problem(&at("prefix"), format!("{p:?} must start with '/'"));
+                None
+            }
+            None => None,
+        };
+        let upstreams = self.required(raw.upstreams, &at("upstreams"));
+        let mut addrs = Vec::new();
+        let mut upstreams_ok = upstreams.is_some();
+        if let Some(list) = &upstreams {
+            if list.is_empty() {
+                self.problem(&at("upstreams"), "must list at least one host:port".into());
+                upstreams_ok = false;
+            }
+            for (j, u) in list.iter().enumerate() {
+                match resolve_host_port(u) {
+                    Ok(found) => {
+                        for a in found {
+                            if !addrs.contains(&a) {
+                                addrs.push(a);
+                            }
+                        }
+                    }
+                    Err(message) => {
+                        self.problem(&format!("routes[{i}].upstreams[{j}]"), message);
+                        upstreams_ok = false;
+                    }
+                }
+            }
+        }
+        let auth = match raw.auth.as_deref().unwrap_or("required") {
+            "required" => Some(RouteAuth::Required),
+            "none" => Some(RouteAuth::None),
+            other => {
+                self.problem(
+                    &at("auth"),
+                    format!("{other:?} is not one of \"required\", \"none\""),
+                );
+                None
+            }
+        };
+        let connect_timeout =
+            self.positive_duration(raw.connect_timeout, &at("connect_timeout"), "2s");
+        let read_timeout = self.positive_duration(raw.read_timeout, &at("read_timeout"), "30s");
+        let prefix = prefix?;
+        Some(RouteConfig {
+            name: raw.name.unwrap_or_else(|| prefix.clone()),
+            prefix,
+            upstreams: upstreams_ok.then_some(addrs)?,
+            auth: auth?,
+            connect_timeout: connect_timeout?,
+            read_timeout: read_timeout?,
+        })
+    }
+}
+
+/// Headers an identity header may not be renamed to: the gateway needs them for other jobs.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "token",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "cookie",
+];
+
+/// Resolve `host:port` once, at load time (the gateway never does a blocking lookup per request).
+fn resolve_host_port(text: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    if text.contains("://") || text.contains('/') {
+        return Err(format!(
+            "{text:?} must be host:port, without a scheme or path"
+        ));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port (expected host:port)"));
+    };
+    if host.is_empty() || host.contains(':') && !host.starts_with('[') {
+        return Err(format!("{text:?} is not host:port"));
+    }
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!("{text:?} has no valid port (expected host:port)"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match (host, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            if addrs.is_empty() {
+                Err(format!("{text:?}: host {host:?} resolves to no address"))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Err(e) => Err(format!("{text:?}: cannot resolve host {host:?} ({e})")),
+    }
+}
+
+/// `"16KiB"`, `"1MiB"`, `"512"` (bytes).
+fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" | "k" => 1024,
+        "MiB" | "MB" | "M" => 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// serde's messages name Rust types; say it in the file's terms.
+fn clean_serde_message(msg: &str) -> String {
+    msg.replace("usize", "a non-negative integer")
+        .replace("a sequence", "an array")
+        .replace("struct Raw", "table ")
+}
+
+#[cfg(test)]
+mod tests;

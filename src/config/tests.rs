@@ -1,0 +1,222 @@
+use super::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "WECHAT_APPSECRET" => Some("appsecret".into()),
+        "WXGATE_JWT_SECRET" => Some(SECRET.into()),
+        _ => None,
+    }
+}
+
+fn parse_ok(text: &str) -> Config {
+    match parse(text, "test.toml", &env) {
+        Ok(c) => c,
+        Err(e) => panic!("expected valid config, got:\n{e}"),
+    }
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, "test.toml", &env) {
+        Ok(_) => panic!("expected problems"),
+        Err(e) => e.problems,
+    }
+}
+
+fn has(problems: &[Problem], path: &str, needle: &str) -> bool {
+    problems
+        .iter()
+        .any(|p| p.path == path && p.message.contains(needle))
+}
+
+const MINIMAL: &str = r#"
+[wechat]
+appid = "wx123"
+secret = "${WECHAT_APPSECRET}"
+
+[jwt]
+secret = "${WXGATE_JWT_SECRET}"
+
+[[routes]]
+prefix = "/api/"
+upstreams = ["127.0.0.1:9001"]
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.server.listen, "127.0.0.1:3000".parse().unwrap());
+    assert_eq!(c.wechat.secret.expose(), "appsecret");
+    assert_eq!(c.wechat.api_base, "https://api.weixin.qq.com");
+    assert_eq!(c.wechat.timeout, Duration::from_secs(3));
+    assert_eq!(c.jwt.ttl, Duration::from_secs(7200));
+    assert_eq!(c.jwt.leeway, Duration::ZERO);
+    assert_eq!(c.auth.login_path, "/auth");
+    assert_eq!(c.auth.verify_path, "/isAuth");
+    assert_eq!(c.auth.identity_header.as_str(), "x-wx-openid");
+    assert_eq!(c.auth.unionid_header.as_str(), "x-wx-unionid");
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].auth, RouteAuth::Required);
+    assert_eq!(c.routes[0].name, "/api/");
+}
+
+#[test]
+fn the_example_gateway_toml_is_valid() {
+    let text = include_str!("../../gateway.toml");
+    let c = parse(text, "gateway.toml", &|name| match name {
+        "WECHAT_APPSECRET" => Some("s".into()),
+        "WXGATE_JWT_SECRET" => Some(SECRET.into()),
+        _ => None,
+    });
+    if let Err(e) = c {
+        panic!("gateway.toml must stay valid:\n{e}");
+    }
+}
+
+#[test]
+fn secrets_never_print() {
+    let c = parse_ok(MINIMAL);
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("appsecret"));
+    assert!(!debug.contains(SECRET));
+}
+
+#[test]
+fn lists_every_problem_with_its_path() {
+    let p = problems(
+        r#"
+[server]
+listen = "127.0.0.1:3000"
+colour = "blue"
+
+[wechat]
+secret = "${NOT_SET_ANYWHERE}"
+
+[jwt]
+secret = "short"
+
+[[routes]]
+prefix = "/api/"
+upstreams = ["localhost"]
+mode = "fast"
+
+[[routes]]
+upstreams = ["127.0.0.1:1"]
+auth = "sometimes"
+
+[extra]
+x = 1
+"#,
+    );
+    let text: Vec<String> = p
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
+    let all = text.join("\n");
+    assert!(has(&p, "server.colour", "unknown key"), "{all}");
+    assert!(has(&p, "wechat.appid", "required"), "{all}");
+    assert!(
+        has(&p, "wechat.secret", "NOT_SET_ANYWHERE is not set"),
+        "{all}"
+    );
+    assert!(has(&p, "jwt.secret", "at least 32 bytes"), "{all}");
+    assert!(has(&p, "routes[0].upstreams[0]", "no port"), "{all}");
+    assert!(has(&p, "routes[0].mode", "unknown key"), "{all}");
+    assert!(has(&p, "routes[1].prefix", "required"), "{all}");
+    assert!(has(&p, "routes[1].auth", "sometimes"), "{all}");
+    assert!(has(&p, "extra", "unknown key"), "{all}");
+}
+
+#[test]
+fn type_errors_name_their_path_and_do_not_hide_other_sections() {
+    let p = problems(
+        r#"
+[server]
+threads = "two"
+
+[wechat]
+appid = "wx1"
+secret = "s"
+timeout = "soon"
+
+[jwt]
+secret = "${WXGATE_JWT_SECRET}"
+
+[[routes]]
+prefix = "/api/"
+upstreams = "127.0.0.1:9001"
+"#,
+    );
+    assert!(has(&p, "server.threads", "invalid type"), "{p:?}");
+    assert!(has(&p, "wechat.timeout", "not a duration"), "{p:?}");
+    assert!(has(&p, "routes[0].upstreams", "invalid type"), "{p:?}");
+}
+
+#[test]
+fn missing_sections_report_their_required_keys() {
+    let p = problems("");
+    assert!(has(&p, "wechat.appid", "required"));
+    assert!(has(&p, "wechat.secret", "required"));
+    assert!(has(&p, "jwt.secret", "required"));
+    assert!(has(&p, "routes", "required"));
+}
+
+#[test]
+fn syntax_errors_are_one_problem_not_a_panic() {
+    let p = problems("[server\nlisten = ");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].path, "(syntax)");
+    let p = problems("routes = 5\n");
+    assert!(has(&p, "routes", "array of tables"));
+}
+
+#[test]
+fn upstream_forms() {
+    assert!(resolve_host_port("127.0.0.1:80").is_ok());
+    assert!(resolve_host_port("[::1]:80").is_ok());
+    assert!(resolve_host_port("localhost:80").is_ok());
+    assert!(resolve_host_port("localhost")
+        .unwrap_err()
+        .contains("no port"));
+    assert!(resolve_host_port("127.0.0.1")
+        .unwrap_err()
+        .contains("no port"));
+    assert!(resolve_host_port("http://127.0.0.1:80").is_err());
+    assert!(resolve_host_port("127.0.0.1:http").is_err());
+    assert!(resolve_host_port("127.0.0.1:99999").is_err());
+    assert!(resolve_host_port(":80").is_err());
+}
+
+#[test]
+fn duplicate_prefixes_and_bad_headers_are_refused() {
+    let p = problems(&format!(
+        "{MINIMAL}\n[[routes]]\nprefix = \"/api/\"\nupstreams = [\"127.0.0.1:9002\"]\n\
+         [auth]\nidentity_header = \"Host\"\nunionid_header = \"bad header\"\n"
+    ));
+    assert!(
+        has(&p, "routes[1].prefix", "already the prefix of routes[0]"),
+        "{p:?}"
+    );
+    assert!(has(&p, "auth.identity_header", "cannot take over"), "{p:?}");
+    assert!(
+        has(&p, "auth.unionid_header", "not a valid header name"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn only_pinned_algorithms_are_accepted() {
+    let text = MINIMAL.replace("[jwt]", "[jwt]\nalgorithm = \"none\"");
+    let p = problems(&text);
+    assert!(has(&p, "jwt.algorithm", "not supported"), "{p:?}");
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("16KiB"), Some(16384));
+    assert_eq!(parse_size("1MiB"), Some(1 << 20));
+    assert_eq!(parse_size("100"), Some(100));
+    assert_eq!(parse_size("lots"), None);
+    assert_eq!(parse_size("99999999999999999999KiB"), None);
+}

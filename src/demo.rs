@@ -1,0 +1,141 @@
+//! `wxgate demo`: the stand-in WeChat, an echo upstream app and the gateway together on loopback,
+//! from a built-in configuration, with the curl lines to try.
+
+use crate::config::{self, Config};
+use crate::mock::{serve_echo, serve_wechat, MockWechatOptions};
+use std::net::{SocketAddr, TcpListener};
+
+pub const DEMO_APPID: &str = "wxdemo0000000000";
+const DEMO_APPSECRET: &str = "demo-appsecret";
+
+/// The demo's configuration, as a user would write it.
+pub fn demo_config_text(listen: SocketAddr, wechat: SocketAddr, echo: SocketAddr) -> String {
+    format!(
+        r#"[server]
+listen = "{listen}"
+threads = 2
+
+[wechat]
+appid = "{DEMO_APPID}"
+secret = "${{DEMO_APPSECRET}}"
+api_base = "http://{wechat}"
+timeout = "3s"
+
+[jwt]
+secret = "${{DEMO_JWT_SECRET}}"
+ttl = "2h"
+
+[[routes]]
+name = "api"
+prefix = "/api/"
+upstreams = ["{echo}"]
+
+[[routes]]
+name = "public"
+prefix = "/public/"
+upstreams = ["{echo}"]
+auth = "none"
+"#
+    )
+}
+
+/// Start the stand-ins on free loopback ports, then run the gateway in the foreground.
+pub fn run(listen: SocketAddr) -> Result<(), String> {
+    let bind = |what: &str| {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| format!("cannot start the {what}: {e}"))
+    };
+    let wechat = bind("stand-in WeChat")?;
+    let echo = bind("echo app")?;
+    let wechat_addr = wechat.local_addr().map_err(|e| e.to_string())?;
+    let echo_addr = echo.local_addr().map_err(|e| e.to_string())?;
+
+    let jwt_secret = {
+        use base64::Engine;
+        let bytes: [u8; 32] = rand::random();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let text = demo_config_text(listen, wechat_addr, echo_addr);
+    let config: Config = config::parse(&text, "(demo)", &|name| match name {
+        "DEMO_APPSECRET" => Some(DEMO_APPSECRET.to_string()),
+        "DEMO_JWT_SECRET" => Some(jwt_secret.clone()),
+        _ => None,
+    })
+    .map_err(|e| e.to_string())?;
+
+    std::thread::Builder::new()
+        .name("demo-stand-ins".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("demo: cannot start a runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let opts = MockWechatOptions {
+                    appid: Some(DEMO_APPID.into()),
+                    secret: Some(DEMO_APPSECRET.into()),
+                };
+                let (Ok(w), Ok(e)) = (
+                    tokio::net::TcpListener::from_std(wechat),
+                    tokio::net::TcpListener::from_std(echo),
+                ) else {
+                    eprintln!("demo: cannot use the listeners");
+                    return;
+                };
+                let _ = tokio::join!(serve_wechat(w, opts), serve_echo(e));
+            });
+        })
+        .map_err(|e| e.to_string())?;
+
+    println!("{}", instructions(listen, wechat_addr, echo_addr));
+    crate::app::run(config)
+}
+
+fn instructions(gw: SocketAddr, wechat: SocketAddr, echo: SocketAddr) -> String {
+    format!(
+        r#"
+wxgate demo
+  gateway          http://{gw}
+  stand-in WeChat  http://{wechat}   (appid {DEMO_APPID})
+  echo app         http://{echo}   (answers with the request it got, as JSON)
+  routes           /api/ (token required)  /public/ (no token)
+
+Each login code works once (like WeChat's); any code logs in: "alice.1" and "alice.2" are the same user.
+Codes "err40029-x", "err45011-x", "err-1-x" make the stand-in answer that errcode.
+
+Try, in another terminal:
+
+  # log in the tutorial's way (GET /auth?code=...)
+  curl -s 'http://{gw}/auth?code=alice.1'; echo
+
+  # keep a token
+  TOKEN=$(curl -s 'http://{gw}/auth?code=alice.2' | sed -E 's/.*"token":"([^"]+)".*/\1/')
+
+  # the tutorial's check (POST /isAuth with a JSON body)
+  curl -s -X POST http://{gw}/isAuth -H 'Content-Type: application/json' -d "{{\"token\":\"$TOKEN\"}}"; echo
+
+  # a protected route: the echo app sees x-wx-openid set by the gateway
+  curl -s http://{gw}/api/hello -H "Authorization: Bearer $TOKEN"; echo
+
+  # no token: 401 10119; bad token: 401 10200
+  curl -s -i http://{gw}/api/hello
+  curl -s http://{gw}/api/hello -H 'Authorization: Bearer not.a.token'; echo
+
+  # a public route: a spoofed identity header never reaches the app
+  curl -s http://{gw}/public/hello -H 'X-WX-OpenID: spoofed'; echo
+
+  # a WeChat error comes back with WeChat's errcode
+  curl -s 'http://{gw}/auth?code=err40029-x'; echo
+
+Ctrl-C stops everything.
+"#
+    )
+}

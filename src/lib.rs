@@ -1,0 +1,12 @@
+//! wxgate: an authentication gateway for WeChat mini program backends, built on Pingora.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod mock;
+pub mod proxy;
+pub mod reply;
+pub mod secret;
+pub mod session;
+pub mod wechat;

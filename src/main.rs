@@ -1,0 +1,175 @@
+//! The `wxgate` command: run | check | demo | mock-wechat | echo | token.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use wxgate::auth::jwt::{unix_now, Tokens};
+use wxgate::auth::Identity;
+use wxgate::config;
+
+#[derive(Parser)]
+#[command(
+    name = "wxgate",
+    version,
+    about = "Authentication gateway for WeChat mini program backends"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground (SIGINT: stop now; SIGTERM: finish in-flight requests).
+    Run {
+        #[arg(short, long, env = "WXGATE_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file: one OK line, or every problem with its key path.
+    Check {
+        #[arg(short, long, env = "WXGATE_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// The stand-in WeChat, an echo app and the gateway together on loopback.
+    Demo {
+        #[arg(long, default_value = config::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+    },
+    /// A stand-in for api.weixin.qq.com (jscode2session with one-time codes and errcodes).
+    MockWechat {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+        /// Refuse other appids with 40013.
+        #[arg(long)]
+        appid: Option<String>,
+        /// Refuse other secrets with 40125.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// An upstream app that answers with the request it received, as JSON.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+    },
+    /// Mint a token with the configured key (for load tests and debugging).
+    Token {
+        #[arg(long)]
+        openid: String,
+        #[arg(long)]
+        unionid: Option<String>,
+        /// Lifetime, e.g. "10m" (default: jwt.ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(short, long, env = "WXGATE_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            load(&config).and_then(wxgate::app::run)
+        }
+        Command::Check { config } => check(&config),
+        Command::Demo { listen } => {
+            init_logging();
+            wxgate::demo::run(listen)
+        }
+        Command::MockWechat {
+            listen,
+            appid,
+            secret,
+        } => {
+            init_logging();
+            let opts = wxgate::mock::MockWechatOptions { appid, secret };
+            serve("mock-wechat", listen, |l| async move {
+                wxgate::mock::serve_wechat(l, opts).await
+            })
+        }
+        Command::Echo { listen } => {
+            init_logging();
+            serve("echo", listen, wxgate::mock::serve_echo)
+        }
+        Command::Token {
+            openid,
+            unionid,
+            ttl,
+            config,
+        } => token(&config, openid, unionid, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("wxgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<config::Config, String> {
+    config::load(path).map_err(|e| e.to_string())
+}
+
+fn check(path: &std::path::Path) -> Result<(), String> {
+    let c = load(path)?;
+    println!(
+        "{}: OK (listen {}, {} route{}, appid {})",
+        path.display(),
+        c.server.listen,
+        c.routes.len(),
+        if c.routes.len() == 1 { "" } else { "s" },
+        c.wechat.appid
+    );
+    Ok(())
+}
+
+fn token(
+    path: &std::path::Path,
+    openid: String,
+    unionid: Option<String>,
+    ttl: Option<Duration>,
+) -> Result<(), String> {
+    let c = load(path)?;
+    let tokens = Tokens::new(&c.jwt, &c.wechat.appid);
+    let identity = Identity {
+        openid,
+        unionid,
+        sid: wxgate::session::new_sid(),
+    };
+    let signed = tokens.sign_for(&identity, unix_now(), ttl.unwrap_or(c.jwt.ttl))?;
+    println!("{}", signed.token);
+    Ok(())
+}
+
+/// Serve a stand-in on `listen`, printing its address first (tests read it to learn the port).
+fn serve<F, Fut>(what: &str, listen: SocketAddr, f: F) -> Result<(), String>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>>,
+{
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!("{what} listening on http://{addr}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        f(listener).await.map_err(|e| e.to_string())
+    })
+}

@@ -1,0 +1,255 @@
+//! An upstream app that answers every request with a JSON description of what it received, so
+//! that the demo and the tests can see exactly which headers and body the gateway passed on.
+//!
+//! Test hooks: `x-echo-delay-ms: N` waits N ms (at most 60 s) before answering, and
+//! `x-echo-status: NNN` answers with that status (200..=599); the body is the same JSON.
+
+use std::time::Duration;
+
+use axum::body::to_bytes;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde::Serialize;
+
+/// Largest body the echo reads; a bigger one gets 413.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Upper bound for `x-echo-delay-ms` so that a typo cannot hang a test run.
+const MAX_DELAY_MS: u64 = 60_000;
+
+/// Serves the echo app on `listener` until the task is dropped or the listener fails.
+pub async fn serve_echo(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, echo_router()).await
+}
+
+/// The echo app as a router: every method and path reach the same handler.
+pub fn echo_router() -> Router {
+    Router::new().fallback(echo)
+}
+
+/// What the echo saw. `headers` keeps repeated headers as separate pairs, in the order the
+/// `HeaderMap` holds them, so tests can tell a duplicated header from a joined one.
+#[derive(Debug, Serialize)]
+struct Echo {
+    app: &'static str,
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: Vec<(String, String)>,
+    body: String,
+    body_len: usize,
+}
+
+async fn echo(request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(_) => {
+            let error =
+                serde_json::json!({ "app": "echo", "error": "body too large or unreadable" });
+            return (StatusCode::PAYLOAD_TOO_LARGE, Json(error)).into_response();
+        }
+    };
+
+    if let Some(ms) = header_number::<u64>(&parts.headers, "x-echo-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms.min(MAX_DELAY_MS))).await;
+    }
+    // 1xx is not a final answer and hyper refuses to send one: only 200..=599 are honoured.
+    let status = header_number::<u16>(&parts.headers, "x-echo-status")
+        .filter(|code| (200..=599).contains(code))
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::OK);
+
+    let echo = Echo {
+        app: "echo",
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        body_len: body.len(),
+    };
+    (status, Json(echo)).into_response()
+}
+
+/// The first value of header `name` as a number; `None` when absent or not a number.
+fn header_number<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    async fn spawn() -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(serve_echo(listener));
+        Ok(addr)
+    }
+
+    /// Sends `head` (request line and headers, without the blank line) and `body` over a fresh
+    /// connection with `Connection: close`, reads to EOF, and returns the status and body.
+    async fn exchange(
+        addr: SocketAddr,
+        head: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<(String, String)>, Vec<u8>), Box<dyn std::error::Error>> {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!(
+            "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("no end of head")?;
+        let head = std::str::from_utf8(&raw[..split])?;
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|line| line.split(' ').nth(1))
+            .ok_or("no status")?
+            .parse()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        if headers
+            .iter()
+            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
+        {
+            return Err("chunked body not expected".into());
+        }
+        Ok((status, headers, raw[split + 4..].to_vec()))
+    }
+
+    fn pairs(body: &Value) -> Vec<(String, String)> {
+        body["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pair| Some((pair[0].as_str()?.to_owned(), pair[1].as_str()?.to_owned())))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn echo_shows_request_with_repeated_headers_and_body() -> TestResult {
+        let addr = spawn().await?;
+        let head = concat!(
+            "POST /api/x?a=1&b=%20 HTTP/1.1\r\n",
+            "X-Dup: one\r\nContent-Type: text/plain\r\nX-Dup: two\r\n",
+            "X-Bin: caf\u{e9}",
+        );
+        let (status, headers, body) = exchange(addr, head, b"hello \xff world").await?;
+        assert_eq!(status, 200);
+        assert!(headers
+            .iter()
+            .any(|(n, v)| n == "content-type" && v == "application/json"));
+        let body: Value = serde_json::from_slice(&body)?;
+        assert_eq!(body["app"], "echo");
+        assert_eq!(body["method"], "POST");
+        assert_eq!(body["path"], "/api/x");
+        assert_eq!(body["query"], "a=1&b=%20");
+        assert_eq!(body["body"], "hello \u{fffd} world");
+        assert_eq!(body["body_len"], 13);
+
+        let pairs = pairs(&body);
+        let dups: Vec<&str> = pairs
+            .iter()
+            .filter(|(n, _)| n == "x-dup")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(dups, ["one", "two"]);
+        assert!(pairs
+            .iter()
+            .any(|(n, v)| n == "content-type" && v == "text/plain"));
+        assert!(pairs.iter().any(|(n, _)| n == "host"));
+        assert!(pairs
+            .iter()
+            .any(|(n, v)| n == "x-bin" && v.starts_with("caf")));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn echo_without_query_reports_null() -> TestResult {
+        let addr = spawn().await?;
+        let (status, _, body) = exchange(addr, "GET / HTTP/1.1", b"").await?;
+        assert_eq!(status, 200);
+        let body: Value = serde_json::from_slice(&body)?;
+        assert_eq!(body["path"], "/");
+        assert_eq!(body["query"], Value::Null);
+        assert_eq!(body["body"], "");
+        assert_eq!(body["body_len"], 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn echo_delay_and_status() -> TestResult {
+        let addr = spawn().await?;
+        let start = Instant::now();
+        let head = "DELETE /slow HTTP/1.1\r\nX-Echo-Delay-Ms: 150\r\nX-Echo-Status: 418";
+        let (status, _, body) = exchange(addr, head, b"").await?;
+        assert!(start.elapsed() >= Duration::from_millis(150));
+        assert_eq!(status, 418);
+        let body: Value = serde_json::from_slice(&body)?;
+        assert_eq!(body["method"], "DELETE");
+        assert_eq!(body["path"], "/slow");
+
+        let head = "GET /503 HTTP/1.1\r\nx-echo-status: 503";
+        assert_eq!(exchange(addr, head, b"").await?.0, 503);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn echo_ignores_unusable_hook_values() -> TestResult {
+        let addr = spawn().await?;
+        for value in ["abc", "100", "1000", "-5", "99999999"] {
+            let head = format!("GET / HTTP/1.1\r\nx-echo-status: {value}");
+            let (status, _, body) = exchange(addr, &head, b"").await?;
+            assert_eq!(status, 200, "{value}");
+            assert_eq!(
+                serde_json::from_slice::<Value>(&body)?["app"],
+                json!("echo")
+            );
+        }
+        let start = Instant::now();
+        for value in ["abc", "-5", "1.5", ""] {
+            let head = format!("GET / HTTP/1.1\r\nx-echo-delay-ms: {value}");
+            assert_eq!(exchange(addr, &head, b"").await?.0, 200, "{value}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn echo_refuses_bodies_over_the_cap() -> TestResult {
+        let addr = spawn().await?;
+        let big = vec![b'x'; MAX_BODY + 1];
+        let (status, _, _) = exchange(addr, "PUT /big HTTP/1.1", &big).await?;
+        assert_eq!(status, 413);
+        Ok(())
+    }
+}

@@ -1,0 +1,356 @@
+//! The `ProxyHttp` implementation. Each phase does one job and hands decisions to pure functions:
+//! `request_filter` answers the gateway's own endpoints or authorizes (see [`authorize`]),
+//! `upstream_peer` picks the route's next upstream, `upstream_request_filter` sets identity
+//! headers, `fail_to_proxy` turns proxy errors into envelopes (see [`proxy_error`]).
+
+use super::drain::{InFlight, InFlightGuard};
+use super::headers::IdentityHeaders;
+use super::route::{route_path, Route, RouteTable};
+use crate::auth::extract;
+use crate::auth::login::{self, EndpointRequest, Login};
+use crate::auth::Identity;
+use crate::config::{Config, RouteAuth};
+use crate::reply::{self, Reject};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything a request needs, built once at start-up from the configuration.
+pub struct GatewayState {
+    pub routes: RouteTable,
+    pub login: Arc<Login>,
+    pub login_path: String,
+    pub verify_path: String,
+    pub identity: IdentityHeaders,
+    pub max_body: usize,
+}
+
+impl GatewayState {
+    pub fn new(config: &Config, login: Arc<Login>) -> Result<Self, String> {
+        let routes = config
+            .routes
+            .iter()
+            .map(Route::from_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GatewayState {
+            routes: RouteTable::new(routes),
+            login,
+            login_path: config.auth.login_path.clone(),
+            verify_path: config.auth.verify_path.clone(),
+            identity: IdentityHeaders {
+                openid: config.auth.identity_header.clone(),
+                unionid: config.auth.unionid_header.clone(),
+            },
+            max_body: config.server.max_body,
+        })
+    }
+}
+
+pub struct Gateway {
+    state: Arc<GatewayState>,
+    in_flight: InFlight,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<GatewayState>, in_flight: InFlight) -> Self {
+        Gateway { state, in_flight }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    route: Option<Arc<Route>>,
+    identity: Option<Identity>,
+    started: Instant,
+    _in_flight: InFlightGuard,
+}
+
+/// Which route, and who the caller is (when the route requires a token). Pure: no I/O.
+pub fn authorize(
+    req: &RequestHeader,
+    state: &GatewayState,
+) -> Result<(Arc<Route>, Option<Identity>), Reject> {
+    let path = route_path(req.uri.path())?;
+    let route = state.routes.find(&path).ok_or(Reject::NoRoute)?;
+    let identity = match route.auth {
+        RouteAuth::None => None,
+        RouteAuth::Required => Some(login::verify_presented(
+            state.login.tokens(),
+            extract::from_headers(&req.headers),
+        )?),
+    };
+    Ok((Arc::clone(route), identity))
+}
+
+/// The envelope for a proxy error, or `None` when the client is gone and nothing can be sent.
+pub fn proxy_error(e: &Error) -> Option<Reject> {
+    use ErrorType::*;
+    Some(match (e.esource(), e.etype()) {
+        (_, HTTPStatus(status)) if *status >= 500 => Reject::UpstreamUnreachable,
+        (_, HTTPStatus(status)) => Reject::BadRequest { status: *status },
+        (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+            Reject::UpstreamTimeout
+        }
+        (ErrorSource::Upstream, _) => Reject::UpstreamUnreachable,
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
+        (ErrorSource::Downstream, ReadTimedout) => Reject::BadRequest { status: 408 },
+        (ErrorSource::Downstream, _) => Reject::BadRequest { status: 400 },
+        (ErrorSource::Internal | ErrorSource::Unset, ConnectTimedout) => Reject::UpstreamTimeout,
+        (
+            ErrorSource::Internal | ErrorSource::Unset,
+            ConnectRefused | ConnectNoRoute | ConnectError,
+        ) => Reject::UpstreamUnreachable,
+        (ErrorSource::Internal | ErrorSource::Unset, _) => Reject::Internal,
+    })
+}
+
+/// Write a complete gateway answer.
+async fn respond(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
+    let mut head = ResponseHeader::build(status, Some(4))?;
+    head.insert_header(header::CONTENT_TYPE, "application/json; charset=utf-8")?;
+    head.insert_header(header::CONTENT_LENGTH, body.len())?;
+    head.insert_header(header::CACHE_CONTROL, "no-store")?;
+    match status {
+        401 => head.insert_header(header::WWW_AUTHENTICATE, "Bearer")?,
+        405 => head.insert_header(header::ALLOW, "GET, POST")?,
+        _ => {}
+    }
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+async fn reject(session: &mut Session, r: &Reject) -> Result<bool> {
+    if has_body(session.req_header()) {
+        // The unread body would have to be drained before the connection could be reused.
+        session.set_keepalive(None);
+    }
+    respond(session, r.status(), r.body()).await?;
+    Ok(true)
+}
+
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Read a gateway endpoint's body, refusing more than `max` bytes without reading them all.
+async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(Reject::BodyTooLarge);
+    }
+    session.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut body = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max {
+                    return Err(Reject::BodyTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => {
+                tracing::debug!("reading a request body failed: {e}");
+                return Err(match e.etype() {
+                    ErrorType::ReadTimedout => Reject::BadRequest { status: 408 },
+                    _ => Reject::BadRequest { status: 400 },
+                });
+            }
+        }
+    }
+}
+
+impl Gateway {
+    async fn login_endpoint(&self, session: &mut Session) -> Result<bool> {
+        let body = match read_body(session, self.state.max_body).await {
+            Ok(b) => b,
+            Err(r) => return reject(session, &r).await,
+        };
+        let req = session.req_header();
+        let code = login::login_code(&EndpointRequest {
+            method: &req.method,
+            query: req.uri.query(),
+            content_type: req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            body: &body,
+        });
+        let outcome = match code {
+            Ok(code) => self.state.login.login(&code).await,
+            Err(r) => Err(r),
+        };
+        match outcome {
+            Ok(data) => {
+                respond(session, 200, reply::success("登录", data)).await?;
+                Ok(true)
+            }
+            Err(r) => reject(session, &r).await,
+        }
+    }
+
+    async fn verify_endpoint(&self, session: &mut Session) -> Result<bool> {
+        let body = match read_body(session, self.state.max_body).await {
+            Ok(b) => b,
+            Err(r) => return reject(session, &r).await,
+        };
+        let req = session.req_header();
+        let parsed = login::verify_body(&EndpointRequest {
+            method: &req.method,
+            query: req.uri.query(),
+            content_type: req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            body: &body,
+        });
+        let outcome = parsed.and_then(|json| {
+            let presented = login::verify_token(&json, &req.headers);
+            self.state.login.verify(presented)
+        });
+        match outcome {
+            Ok(data) => {
+                respond(session, 200, reply::success("验证成功", data)).await?;
+                Ok(true)
+            }
+            Err(r) => reject(session, &r).await,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            route: None,
+            identity: None,
+            started: Instant::now(),
+            _in_flight: self.in_flight.enter(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        if path == self.state.login_path {
+            return self.login_endpoint(session).await;
+        }
+        if path == self.state.verify_path {
+            return self.verify_endpoint(session).await;
+        }
+        match authorize(session.req_header(), &self.state) {
+            Ok((route, identity)) => {
+                ctx.route = Some(route);
+                ctx.identity = identity;
+                Ok(false)
+            }
+            Err(r) => reject(session, &r).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        match route.peer() {
+            Some(peer) => Ok(Box::new(peer)),
+            None => Err(Error::explain(
+                ErrorType::ConnectNoRoute,
+                "route has no upstream available",
+            )),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.state.identity.strip(upstream_request);
+        if let Some(identity) = &ctx.identity {
+            self.state.identity.inject(upstream_request, identity);
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let Some(r) = proxy_error(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        let status = r.status();
+        if session.response_written().is_none() {
+            session.set_keepalive(None);
+            if let Err(write_error) = respond(session, status, r.body()).await {
+                tracing::debug!("cannot send the error answer: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        // The path only: query strings may carry login codes.
+        tracing::info!(
+            target: "wxgate::access",
+            method = %req.method,
+            path = req.uri.path(),
+            status,
+            route = ctx.route.as_ref().map(|r| r.name.as_str()),
+            ms = ctx.started.elapsed().as_millis() as u64,
+            error = e.map(|e| e.etype().as_str()),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_errors_map_to_documented_envelopes() {
+        let up = Error::new_up;
+        assert_eq!(
+            proxy_error(&up(ErrorType::ConnectRefused)),
+            Some(Reject::UpstreamUnreachable)
+        );
+        assert_eq!(
+            proxy_error(&up(ErrorType::ReadTimedout)),
+            Some(Reject::UpstreamTimeout)
+        );
+        assert_eq!(
+            proxy_error(&up(ErrorType::ConnectTimedout)),
+            Some(Reject::UpstreamTimeout)
+        );
+        assert_eq!(
+            proxy_error(&up(ErrorType::ConnectionClosed)),
+            Some(Reject::UpstreamUnreachable)
+        );
+        let down = Error::new_down(ErrorType::ConnectionClosed);
+        assert_eq!(proxy_error(&down), None);
+        let bad = Error::new_down(ErrorType::InvalidHTTPHeader);
+        assert_eq!(proxy_error(&bad), Some(Reject::BadRequest { status: 400 }));
+        assert_eq!(
+            proxy_error(&Error::new(ErrorType::HTTPStatus(413))),
+            Some(Reject::BadRequest { status: 413 })
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! The JSON envelope every gateway answer uses, and every documented code, in one place.
+//!
+//! Success: `{"code":"200","message":"...","data":{...}}`.
+//! Failure: `{"code":"10200","message":"token已过期","reason":"expired"}`.
+//! The README's code table is generated from the same facts as [`Reject::parts`]; keep them in step.
+
+use bytes::Bytes;
+use serde::Serialize;
+use std::borrow::Cow;
+
+/// Why a token was refused. Every variant answers 10200: the client's remedy is the same (log in
+/// again); `reason` tells a developer which one it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenProblem {
+    Expired,
+    NotYetValid,
+    BadSignature,
+    WrongAlgorithm,
+    Malformed,
+    MissingClaim,
+    WrongAudience,
+    Revoked,
+}
+
+impl TokenProblem {
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenProblem::Expired => "expired",
+            TokenProblem::NotYetValid => "not_yet_valid",
+            TokenProblem::BadSignature => "bad_signature",
+            TokenProblem::WrongAlgorithm => "wrong_algorithm",
+            TokenProblem::Malformed => "malformed",
+            TokenProblem::MissingClaim => "missing_claim",
+            TokenProblem::WrongAudience => "wrong_audience",
+            TokenProblem::Revoked => "revoked",
+        }
+    }
+}
+
+/// Every way the gateway can refuse or fail a request. Expected rejections are values of this
+/// enum, turned into a response by [`Reject::reply`]; nothing else writes an error body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// No token in `Authorization: Bearer`, the `token` header, or the `/isAuth` body.
+    TokenMissing,
+    /// A token was sent but cannot be accepted.
+    Token(TokenProblem),
+    /// `/auth` without a `code`.
+    LoginCodeMissing,
+    /// A gateway endpoint got a body that is not the JSON (or form) it expects.
+    BadBody,
+    /// A path with `.`/`..` segments (plain or percent-encoded): refused so that a public route
+    /// cannot be used to reach a protected one after the upstream normalises the path.
+    BadPath,
+    /// No `[[routes]]` prefix matches the path.
+    NoRoute,
+    /// A gateway endpoint was called with a method it does not serve.
+    MethodNotAllowed,
+    /// A body over the gateway endpoints' limit.
+    BodyTooLarge,
+    /// WeChat answered with an `errcode`.
+    Wechat { errcode: i64 },
+    /// WeChat could not be reached (connection refused, DNS, TLS).
+    WechatUnreachable,
+    /// WeChat answered, but not with a WeChat answer (HTML error page, non-JSON, HTTP error).
+    WechatBadResponse,
+    /// WeChat did not answer within `wechat.timeout`.
+    WechatTimeout,
+    /// The session store could not be used.
+    StoreUnavailable,
+    /// The upstream app refused the connection or failed mid-response.
+    UpstreamUnreachable,
+    /// The upstream app did not answer in time.
+    UpstreamTimeout,
+    /// A malformed request that the HTTP layer refused (status kept).
+    BadRequest { status: u16 },
+    /// Our own fault; detail goes to the log, never to the client.
+    Internal,
+}
+
+/// Status, envelope code, message and reason of one rejection.
+pub struct Parts {
+    pub status: u16,
+    pub code: Cow<'static, str>,
+    pub message: &'static str,
+    pub reason: Option<&'static str>,
+}
+
+impl Reject {
+    pub fn parts(&self) -> Parts {
+        let p = |status, code: &'static str, message, reason| Parts {
+            status,
+            code: Cow::Borrowed(code),
+            message,
+            reason,
+        };
+        match self {
+            Reject::TokenMissing => p(401, "10119", "token必须传递", None),
+            Reject::Token(problem) => p(401, "10200", "token已过期", Some(problem.reason())),
+            Reject::LoginCodeMissing => p(400, "10120", "code必须传递", None),
+            Reject::BadBody => p(400, "10400", "请求体不是合法的JSON", Some("bad_body")),
+            Reject::BadPath => p(400, "10402", "请求路径无效", Some("dot_segment")),
+            Reject::NoRoute => p(404, "10404", "接口不存在", Some("no_route")),
+            Reject::MethodNotAllowed => p(405, "10405", "请求方法不支持", None),
+            Reject::BodyTooLarge => p(413, "10413", "请求体过大", None),
+            Reject::Wechat { errcode } => {
+                let (status, message, reason) = wechat_errcode(*errcode);
+                Parts {
+                    status,
+                    code: Cow::Owned(errcode.to_string()),
+                    message,
+                    reason: Some(reason),
+                }
+            }
+            Reject::WechatUnreachable => p(
+                502,
+                "10501",
+                "无法连接微信服务器",
+                Some("wechat_unreachable"),
+            ),
+            Reject::WechatBadResponse => p(
+                502,
+                "10502",
+                "微信服务器返回异常",
+                Some("wechat_bad_response"),
+            ),
+            Reject::StoreUnavailable => {
+                p(503, "10503", "会话存储不可用", Some("store_unavailable"))
+            }
+            Reject::WechatTimeout => p(504, "10504", "微信服务器响应超时", Some("wechat_timeout")),
+            Reject::UpstreamUnreachable => {
+                p(502, "10510", "上游服务不可用", Some("upstream_error"))
+            }
+            Reject::UpstreamTimeout => {
+                p(504, "10511", "上游服务响应超时", Some("upstream_timeout"))
+            }
+            Reject::BadRequest { status } => {
+                p(*status, "10400", "请求格式错误", Some("bad_request"))
+            }
+            Reject::Internal => p(500, "10500", "网关内部错误", Some("internal")),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.parts().status
+    }
+
+    /// The response body of this rejection.
+    pub fn body(&self) -> Bytes {
+        let Parts {
+            code,
+            message,
+            reason,
+            ..
+        } = self.parts();
+        envelope(&Envelope::<()> {
+            code: &code,
+            message,
+            reason,
+            data: None,
+        })
+    }
+}
+
+/// How a WeChat errcode reaches the client: status, message and reason. The status says whose
+/// fault it is: 4xx for the client's code or user, 429 for quota, 5xx for WeChat or our config.
+pub fn wechat_errcode(errcode: i64) -> (u16, &'static str, &'static str) {
+    match errcode {
+        40029 => (400, "登录code无效", "invalid_code"),
+        40163 => (400, "登录code已被使用", "code_used"),
+        41008 => (400, "缺少登录code", "missing_code"),
+        40226 => (403, "高风险用户，登录被拦截", "high_risk_user"),
+        45011 => (
+            429,
+            "微信接口调用过于频繁，请稍后再试",
+            "wechat_rate_limited",
+        ),
+        -1 => (503, "微信系统繁忙，请稍后再试", "wechat_busy"),
+        40013 => (500, "网关配置错误：appid无效", "invalid_appid"),
+        40125 => (500, "网关配置错误：appsecret无效", "invalid_appsecret"),
+        40243 => (500, "网关配置错误：appsecret已冻结", "appsecret_frozen"),
+        _ => (502, "微信接口返回错误", "wechat_error"),
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<T>,
+}
+
+fn envelope<T: Serialize>(e: &Envelope<'_, T>) -> Bytes {
+    // Serialising plain strings and derived structs cannot fail.
+    Bytes::from(serde_json::to_vec(e).unwrap_or_default())
+}
+
+/// A success body: `{"code":"200","message":..,"data":..}`.
+pub fn success<T: Serialize>(message: &str, data: T) -> Bytes {
+    envelope(&Envelope {
+        code: "200",
+        message,
+        reason: None,
+        data: Some(data),
+    })
+}
+
+/// One row of the README's code table.
+pub struct CodeDoc {
+    pub code: &'static str,
+    pub status: u16,
+    pub meaning: &'static str,
+}
+
+/// Every code the gateway itself defines (WeChat errcodes pass through, see [`wechat_errcode`]).
+pub fn documented_codes() -> Vec<CodeDoc> {
+    use TokenProblem::Expired;
+    let all = [
+        (Reject::TokenMissing, "no token sent"),
+        (
+            Reject::Token(Expired),
+            "token expired, forged, malformed or revoked (`reason` says which)",
+        ),
+        (Reject::LoginCodeMissing, "`/auth` without a `code`"),
+        (
+            Reject::BadBody,
+            "body of a gateway endpoint is not valid JSON / form",
+        ),
+        (Reject::BadPath, "path has `.` or `..` segments"),
+        (Reject::NoRoute, "no route matches the path"),
+        (
+            Reject::MethodNotAllowed,
+            "method not served by a gateway endpoint",
+        ),
+        (
+            Reject::BodyTooLarge,
+            "body over the gateway endpoints' limit",
+        ),
+        (Reject::WechatUnreachable, "WeChat unreachable"),
+        (
+            Reject::WechatBadResponse,
+            "WeChat answered something that is not a WeChat answer",
+        ),
+        (Reject::StoreUnavailable, "session store unavailable"),
+        (Reject::WechatTimeout, "WeChat slower than `wechat.timeout`"),
+        (
+            Reject::UpstreamUnreachable,
+            "upstream app refused or failed",
+        ),
+        (
+            Reject::UpstreamTimeout,
+            "upstream app slower than the route's timeout",
+        ),
+        (Reject::Internal, "gateway bug (details in the log only)"),
+    ];
+    all.iter()
+        .map(|(r, meaning)| {
+            let parts = r.parts();
+            CodeDoc {
+                code: match parts.code {
+                    Cow::Borrowed(c) => c,
+                    Cow::Owned(_) => "errcode",
+                },
+                status: parts.status,
+                meaning,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(b: Bytes) -> serde_json::Value {
+        serde_json::from_slice(&b).expect("valid json")
+    }
+
+    #[test]
+    fn tutorial_codes_are_kept() {
+        let v = json(Reject::TokenMissing.body());
+        assert_eq!(v["code"], "10119");
+        assert_eq!(v["message"], "token必须传递");
+        assert!(v.get("reason").is_none());
+        assert_eq!(Reject::TokenMissing.status(), 401);
+        let v = json(Reject::Token(TokenProblem::Expired).body());
+        assert_eq!(v["code"], "10200");
+        assert_eq!(v["message"], "token已过期");
+        assert_eq!(v["reason"], "expired");
+    }
+
+    #[test]
+    fn wechat_errcodes_pass_through_with_fitting_status() {
+        for (errcode, status) in [
+            (40029, 400),
+            (40163, 400),
+            (40226, 403),
+            (45011, 429),
+            (-1, 503),
+            (40125, 500),
+            (99999, 502),
+        ] {
+            let r = Reject::Wechat { errcode };
+            assert_eq!(r.status(), status, "errcode {errcode}");
+            assert_eq!(json(r.body())["code"], errcode.to_string());
+        }
+    }
+
+    #[test]
+    fn success_envelope() {
+        let v = json(success("登录", serde_json::json!({"token": "t"})));
+        assert_eq!(v["code"], "200");
+        assert_eq!(v["message"], "登录");
+        assert_eq!(v["data"]["token"], "t");
+    }
+
+    #[test]
+    fn every_documented_code_is_distinct() {
+        let codes = documented_codes();
+        let mut seen = std::collections::HashSet::new();
+        for c in &codes {
+            assert!(seen.insert(c.code), "duplicate code {}", c.code);
+        }
+    }
+}
