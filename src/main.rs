@@ -67,9 +67,26 @@ enum Command {
     },
 }
 
+/// Crates whose debug logs print raw requests (tokens, codes) or URLs (the appsecret): capped at
+/// info whatever RUST_LOG says, so no log level can leak a secret.
+const CHATTY: &[&str] = &[
+    "pingora_proxy",
+    "pingora_core",
+    "pingora_pool",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+];
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for krate in CHATTY {
+        if let Ok(directive) = format!("{krate}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -55,7 +55,7 @@ fn as_token(value: &HeaderValue) -> Presented<'_> {
 /// `Bearer <token>` (any case), or a bare token without a scheme. Another scheme (Basic,
 /// Digest...) is not ours: fall back to the `token` header.
 fn from_authorization(value: &str) -> Presented<'_> {
-    match value.split_once(|c: char| c == ' ' || c == '\t') {
+    match value.split_once([' ', '\t']) {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => match rest.trim() {
             "" => Presented::Missing,
             t => Presented::Token(t),

@@ -11,14 +11,10 @@ pub fn expand_value(
     report: &mut dyn FnMut(&str, String),
 ) {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                match expand(s, lookup) {
-                    Ok(expanded) => *s = expanded,
-                    Err(message) => report(path, message),
-                }
-            }
-        }
+        toml::Value::String(s) if s.contains('$') => match expand(s, lookup) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => report(path, message),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 expand_value(item, &format!("{path}[{i}]"), lookup, report);

@@ -613,6 +613,8 @@ fn parse_size(text: &str) -> Option<usize> {
 
 /// serde's messages name Rust types; say it in the file's terms.
 fn clean_serde_message(msg: &str) -> String {
+    // toml appends the key path on further lines; ours is already in front.
+    let msg = msg.lines().next().unwrap_or(msg).trim();
     msg.replace("usize", "a non-negative integer")
         .replace("a sequence", "an array")
         .replace("struct Raw", "table ")

@@ -19,9 +19,15 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 const MAX_DELAY_MS: u64 = 60_000;
 
 /// Serves the echo app on `listener` until the task is dropped or the listener fails.
+/// Answers carry `"server": "<listen address>"`, so a test can tell load-balanced instances apart.
 pub async fn serve_echo(listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, echo_router()).await
+    let server = ServerAddr(listener.local_addr()?.to_string());
+    axum::serve(listener, echo_router().layer(axum::Extension(server))).await
 }
+
+/// The address this echo instance listens on.
+#[derive(Clone)]
+struct ServerAddr(String);
 
 /// The echo app as a router: every method and path reach the same handler.
 pub fn echo_router() -> Router {
@@ -33,6 +39,7 @@ pub fn echo_router() -> Router {
 #[derive(Debug, Serialize)]
 struct Echo {
     app: &'static str,
+    server: Option<String>,
     method: String,
     path: String,
     query: Option<String>,
@@ -42,6 +49,10 @@ struct Echo {
 }
 
 async fn echo(request: Request) -> Response {
+    let server = request
+        .extensions()
+        .get::<ServerAddr>()
+        .map(|s| s.0.clone());
     let (parts, body) = request.into_parts();
     let body = match to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
@@ -63,6 +74,7 @@ async fn echo(request: Request) -> Response {
 
     let echo = Echo {
         app: "echo",
+        server,
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),

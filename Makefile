@@ -1,0 +1,29 @@
+# The two commands a new machine needs: `make demo` and `make test`.
+CARGO ?= cargo
+
+.PHONY: setup build demo test lint check-config fmt clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --locked
+
+## Run the gateway with a stand-in WeChat and an echo app on loopback; prints what to try.
+demo: build
+	./target/release/wxgate demo
+
+## Everything CI runs: formatting, lints, unit and end-to-end tests.
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) test --locked
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what building and testing wxgate needs, if it is missing (Debian/Ubuntu).
+#   cmake         pingora-core builds zlib-ng with it
+#   redis-server  the session store tests start a real one
+#   wrk, nginx    the side-by-side benchmark
+#   curl          the demo's instructions
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+fi
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust from https://rustup.rs" >&2
+  exit 1
+fi

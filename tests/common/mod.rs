@@ -1,0 +1,292 @@
+//! Starting real things for end-to-end tests: the `wxgate` binary as the gateway, the stand-in
+//! WeChat and echo apps, each a process on a free loopback port, killed when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const APPID: &str = "wxtest0000000001";
+pub const APPSECRET: &str = "test-appsecret-do-not-log";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123456789";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wxgate")
+}
+
+/// A scratch directory for this test binary.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Option<PathBuf>,
+}
+
+impl Proc {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start a stand-in (`mock-wechat` or `echo`) on a free port; it prints its address first.
+fn stand_in(args: &[&str]) -> Proc {
+    let mut child = Command::new(bin())
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn stand-in");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("stand-in prints its address");
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    Proc {
+        child,
+        addr,
+        log: None,
+    }
+}
+
+/// The stand-in WeChat, accepting only our appid and secret.
+pub fn mock_wechat() -> Proc {
+    stand_in(&["mock-wechat", "--appid", APPID, "--secret", APPSECRET])
+}
+
+pub fn echo() -> Proc {
+    stand_in(&["echo"])
+}
+
+/// A minimal valid configuration: `/api/` (token required) and `/public/` (no token) on `echo`.
+pub fn config(wechat: SocketAddr, echo: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{PORT}}"
+threads = 2
+grace_period = "5s"
+
+[wechat]
+appid = "{APPID}"
+secret = "${{WECHAT_APPSECRET}}"
+api_base = "http://{wechat}"
+timeout = "1s"
+
+[jwt]
+secret = "${{WXGATE_JWT_SECRET}}"
+ttl = "2h"
+
+[[routes]]
+prefix = "/api/"
+upstreams = ["{echo}"]
+read_timeout = "1s"
+
+[[routes]]
+prefix = "/public/"
+upstreams = ["{echo}"]
+auth = "none"
+"#
+    )
+}
+
+/// Write `config` (with `{PORT}` replaced by a free port) and run `wxgate run` on it.
+pub fn gateway(config: &str) -> Proc {
+    let dir = scratch("gw");
+    let port = free_port();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config.replace("{PORT}", &port.to_string())).expect("write config");
+    let log = dir.join("gateway.log");
+    let child = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("WECHAT_APPSECRET", APPSECRET)
+        .env("WXGATE_JWT_SECRET", JWT_SECRET)
+        .env("RUST_LOG", "debug")
+        .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log"))
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn gateway");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut proc = Proc {
+        child,
+        addr,
+        log: Some(log),
+    };
+    wait_listening(&mut proc);
+    proc
+}
+
+fn wait_listening(proc: &mut Proc) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if TcpStream::connect_timeout(&proc.addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!("gateway exited with {status}:\n{}", proc.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "gateway did not listen on {}:\n{}",
+        proc.addr,
+        proc.log_text()
+    );
+}
+
+/// The gateway with its own stand-in WeChat and echo app.
+pub struct Stack {
+    pub wechat: Proc,
+    pub echo: Proc,
+    pub gw: Proc,
+}
+
+impl Stack {
+    pub fn start() -> Stack {
+        Self::with(|c| c)
+    }
+
+    /// Start with a configuration edited by `edit`.
+    pub fn with(edit: impl FnOnce(String) -> String) -> Stack {
+        let wechat = mock_wechat();
+        let echo = echo();
+        let gw = gateway(&edit(config(wechat.addr, echo.addr)));
+        Stack { wechat, echo, gw }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.gw.url(path)
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Status and JSON body.
+pub async fn json(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    (status, value)
+}
+
+pub async fn get(url: &str) -> (u16, serde_json::Value) {
+    json(client().get(url).send().await.expect("request")).await
+}
+
+/// Log in with `code` the tutorial's way and return the token.
+pub async fn login(stack: &Stack, code: &str) -> String {
+    let (status, body) = get(&stack.url(&format!("/auth?code={code}"))).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["token"]
+        .as_str()
+        .expect("token in data")
+        .to_string()
+}
+
+/// Counters of the stand-in WeChat.
+pub async fn wechat_stats(wechat: &Proc) -> serde_json::Value {
+    get(&wechat.url("/__mock/stats")).await.1
+}
+
+/// The value of header `name` as the echo app received it (all occurrences).
+pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .map(|pair| pair[1].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Send raw bytes (for requests an HTTP client would normalise) and read the whole answer.
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
