@@ -326,3 +326,22 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// The README's code table is the documentation users read: it must list every code with the
+    /// status the gateway really answers.
+    #[test]
+    fn readme_lists_every_code_with_its_status() {
+        let readme = include_str!("../README.md");
+        for doc in super::documented_codes() {
+            let row = format!("| {} | {} |", doc.code, doc.status);
+            assert!(readme.contains(&row), "README lacks the row {row:?}");
+        }
+        for errcode in [40029, 40163, 41008, 40226, 45011, -1, 40013, 40125, 40243] {
+            let (status, _, _) = super::wechat_errcode(errcode);
+            let row = format!("| {errcode} | {status} |");
+            assert!(readme.contains(&row), "README lacks the row {row:?}");
+        }
+    }
+}

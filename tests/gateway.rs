@@ -83,14 +83,12 @@ async fn login_by_post_json_and_form() {
     assert_eq!(status, 200, "{body}");
     assert!(body["data"]["token"].is_string());
 
-    let resp = client()
-        .post(s.url("/auth"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("code=bob.2")
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = json(resp).await;
+    let (status, body) = post_body(
+        s.url("/auth"),
+        "application/x-www-form-urlencoded",
+        "code=bob.2",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
 
     // Same user, same openid across two codes.
@@ -200,13 +198,7 @@ async fn unionid_is_forwarded_when_wechat_returns_one() {
     let token = login(&s, "union-dave.1").await;
     let claims = payload(&token);
     assert!(claims["unionid"].as_str().unwrap().starts_with('u'));
-    let resp = client()
-        .get(s.url("/api/x"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let (_, echo) = json(resp).await;
+    let (_, echo) = get_bearer(s.url("/api/x"), &token).await;
     assert_eq!(
         echoed_header(&echo, "x-wx-unionid"),
         vec![claims["unionid"].as_str().unwrap().to_string()]
@@ -253,13 +245,7 @@ async fn protected_route_rejections() {
         ),
     ];
     for (what, token) in cases {
-        let resp = client()
-            .get(s.url("/api/x"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        let (status, v) = json(resp).await;
+        let (status, v) = get_bearer(s.url("/api/x"), &token).await;
         assert_eq!(
             (status, v["code"].as_str()),
             (401, Some("10200")),
@@ -361,13 +347,7 @@ async fn round_robin_over_upstreams() {
     let token = login(&s, "gina.1").await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
-        let resp = client()
-            .get(s.url("/api/x"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        let (status, echo) = json(resp).await;
+        let (status, echo) = get_bearer(s.url("/api/x"), &token).await;
         assert_eq!(status, 200);
         seen.insert(echo["server"].as_str().unwrap().to_string());
     }
@@ -422,26 +402,17 @@ async fn login_input_errors() {
     let s = Stack::start();
     let (status, v) = get(&s.url("/auth")).await;
     assert_eq!((status, v["code"].as_str()), (400, Some("10120")), "{v}");
-    let resp = client()
-        .post(s.url("/auth"))
-        .header("content-type", "application/json")
-        .body("{\"code\": ")
-        .send()
-        .await
-        .unwrap();
-    let (status, v) = json(resp).await;
+    let (status, v) = post_body(s.url("/auth"), "application/json", "{\"code\": ").await;
     assert_eq!((status, v["code"].as_str()), (400, Some("10400")), "{v}");
     let resp = client().put(s.url("/auth")).send().await.unwrap();
     let (status, v) = json(resp).await;
     assert_eq!((status, v["code"].as_str()), (405, Some("10405")), "{v}");
-    let resp = client()
-        .post(s.url("/auth"))
-        .header("content-type", "application/json")
-        .body(format!("{{\"code\":\"{}\"}}", "x".repeat(64 * 1024)))
-        .send()
-        .await
-        .unwrap();
-    let (status, v) = json(resp).await;
+    let (status, v) = post_body(
+        s.url("/auth"),
+        "application/json",
+        format!("{{\"code\":\"{}\"}}", "x".repeat(64 * 1024)),
+    )
+    .await;
     assert_eq!((status, v["code"].as_str()), (413, Some("10413")), "{v}");
 }
 
@@ -529,13 +500,7 @@ async fn minted_tokens_are_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let resp = client()
-        .get(s.url("/api/x"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let (status, echo) = json(resp).await;
+    let (status, echo) = get_bearer(s.url("/api/x"), &token).await;
     assert_eq!(status, 200, "{echo}");
     assert_eq!(echoed_header(&echo, "x-wx-openid"), vec!["o-minted"]);
     assert_eq!(echoed_header(&echo, "x-wx-unionid"), vec!["u-minted"]);

@@ -105,8 +105,9 @@ mod tests {
     use std::time::Instant;
 
     use serde_json::{json, Value};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
+
+    use crate::mock::testing::exchange;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -115,47 +116,6 @@ mod tests {
         let addr = listener.local_addr()?;
         tokio::spawn(serve_echo(listener));
         Ok(addr)
-    }
-
-    /// Sends `head` (request line and headers, without the blank line) and `body` over a fresh
-    /// connection with `Connection: close`, reads to EOF, and returns the status and body.
-    async fn exchange(
-        addr: SocketAddr,
-        head: &str,
-        body: &[u8],
-    ) -> Result<(u16, Vec<(String, String)>, Vec<u8>), Box<dyn std::error::Error>> {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!(
-            "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await?;
-        stream.write_all(body).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("no end of head")?;
-        let head = std::str::from_utf8(&raw[..split])?;
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|line| line.split(' ').nth(1))
-            .ok_or("no status")?
-            .parse()?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        if headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
-        {
-            return Err("chunked body not expected".into());
-        }
-        Ok((status, headers, raw[split + 4..].to_vec()))
     }
 
     fn pairs(body: &Value) -> Vec<(String, String)> {
@@ -175,12 +135,13 @@ mod tests {
             "X-Dup: one\r\nContent-Type: text/plain\r\nX-Dup: two\r\n",
             "X-Bin: caf\u{e9}",
         );
-        let (status, headers, body) = exchange(addr, head, b"hello \xff world").await?;
-        assert_eq!(status, 200);
-        assert!(headers
+        let reply = exchange(addr, head, b"hello \xff world").await?;
+        assert_eq!(reply.status, 200);
+        assert!(reply
+            .headers
             .iter()
             .any(|(n, v)| n == "content-type" && v == "application/json"));
-        let body: Value = serde_json::from_slice(&body)?;
+        let body = reply.json()?;
         assert_eq!(body["app"], "echo");
         assert_eq!(body["method"], "POST");
         assert_eq!(body["path"], "/api/x");
@@ -208,9 +169,9 @@ mod tests {
     #[tokio::test]
     async fn echo_without_query_reports_null() -> TestResult {
         let addr = spawn().await?;
-        let (status, _, body) = exchange(addr, "GET / HTTP/1.1", b"").await?;
-        assert_eq!(status, 200);
-        let body: Value = serde_json::from_slice(&body)?;
+        let reply = exchange(addr, "GET / HTTP/1.1", b"").await?;
+        assert_eq!(reply.status, 200);
+        let body = reply.json()?;
         assert_eq!(body["path"], "/");
         assert_eq!(body["query"], Value::Null);
         assert_eq!(body["body"], "");
@@ -223,15 +184,15 @@ mod tests {
         let addr = spawn().await?;
         let start = Instant::now();
         let head = "DELETE /slow HTTP/1.1\r\nX-Echo-Delay-Ms: 150\r\nX-Echo-Status: 418";
-        let (status, _, body) = exchange(addr, head, b"").await?;
+        let reply = exchange(addr, head, b"").await?;
         assert!(start.elapsed() >= Duration::from_millis(150));
-        assert_eq!(status, 418);
-        let body: Value = serde_json::from_slice(&body)?;
+        assert_eq!(reply.status, 418);
+        let body = reply.json()?;
         assert_eq!(body["method"], "DELETE");
         assert_eq!(body["path"], "/slow");
 
         let head = "GET /503 HTTP/1.1\r\nx-echo-status: 503";
-        assert_eq!(exchange(addr, head, b"").await?.0, 503);
+        assert_eq!(exchange(addr, head, b"").await?.status, 503);
         Ok(())
     }
 
@@ -240,17 +201,14 @@ mod tests {
         let addr = spawn().await?;
         for value in ["abc", "100", "1000", "-5", "99999999"] {
             let head = format!("GET / HTTP/1.1\r\nx-echo-status: {value}");
-            let (status, _, body) = exchange(addr, &head, b"").await?;
-            assert_eq!(status, 200, "{value}");
-            assert_eq!(
-                serde_json::from_slice::<Value>(&body)?["app"],
-                json!("echo")
-            );
+            let reply = exchange(addr, &head, b"").await?;
+            assert_eq!(reply.status, 200, "{value}");
+            assert_eq!(reply.json()?["app"], json!("echo"));
         }
         let start = Instant::now();
         for value in ["abc", "-5", "1.5", ""] {
             let head = format!("GET / HTTP/1.1\r\nx-echo-delay-ms: {value}");
-            assert_eq!(exchange(addr, &head, b"").await?.0, 200, "{value}");
+            assert_eq!(exchange(addr, &head, b"").await?.status, 200, "{value}");
         }
         assert!(start.elapsed() < Duration::from_secs(5));
         Ok(())
@@ -260,8 +218,8 @@ mod tests {
     async fn echo_refuses_bodies_over_the_cap() -> TestResult {
         let addr = spawn().await?;
         let big = vec![b'x'; MAX_BODY + 1];
-        let (status, _, _) = exchange(addr, "PUT /big HTTP/1.1", &big).await?;
-        assert_eq!(status, 413);
+        let reply = exchange(addr, "PUT /big HTTP/1.1", &big).await?;
+        assert_eq!(reply.status, 413);
         Ok(())
     }
 }

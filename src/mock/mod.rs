@@ -2,6 +2,8 @@
 //! server and an echo upstream app.
 
 pub mod echo;
+#[cfg(test)]
+mod testing;
 pub mod wechat;
 
 pub use echo::{echo_router, serve_echo};

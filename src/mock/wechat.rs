@@ -325,31 +325,13 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Instant;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
+
+    use crate::mock::testing::{exchange, Reply};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     const APPID: &str = "wxmockappid0001";
-
-    struct Reply {
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    }
-
-    impl Reply {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-
-        fn json(&self) -> Result<Value, serde_json::Error> {
-            serde_json::from_slice(&self.body)
-        }
-    }
 
     async fn spawn(opts: MockWechatOptions) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -358,48 +340,9 @@ mod tests {
         Ok(addr)
     }
 
-    /// One raw HTTP/1.1 exchange over a fresh connection, read to EOF.
+    /// `method target` with no body, over a fresh connection.
     async fn request(addr: SocketAddr, method: &str, target: &str) -> std::io::Result<Reply> {
-        let mut stream = TcpStream::connect(addr).await?;
-        let head = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        parse_reply(&raw)
-    }
-
-    fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
-        let bad =
-            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| bad("no end of head"))?;
-        let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("head not utf-8"))?;
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|line| line.split(' ').nth(1))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| bad("no status"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        if headers
-            .iter()
-            .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"))
-        {
-            return Err(bad("chunked body not expected"));
-        }
-        Ok(Reply {
-            status,
-            headers,
-            body: raw[split + 4..].to_vec(),
-        })
+        exchange(addr, &format!("{method} {target} HTTP/1.1"), b"").await
     }
 
     fn login_target(appid: &str, code: &str) -> String {

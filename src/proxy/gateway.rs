@@ -175,54 +175,65 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
     }
 }
 
+/// The endpoints the gateway answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Login,
+    Verify,
+}
+
+impl GatewayState {
+    /// Which gateway endpoint a path names, if any.
+    pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
+        if path == self.login_path {
+            Some(Endpoint::Login)
+        } else if path == self.verify_path {
+            Some(Endpoint::Verify)
+        } else {
+            None
+        }
+    }
+}
+
 impl Gateway {
-    async fn login_endpoint(&self, session: &mut Session) -> Result<bool> {
-        let body = match read_body(session, self.state.max_body).await {
-            Ok(b) => b,
-            Err(r) => return reject(session, &r).await,
-        };
-        let req = session.req_header();
-        let code = login::login_code(&EndpointRequest {
-            method: &req.method,
-            query: req.uri.query(),
-            content_type: req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
-            body: &body,
-        });
-        let outcome = match code {
-            Ok(code) => self.state.login.login(&code).await,
+    /// Read the (bounded) body, compute the answer, write it.
+    async fn serve_endpoint(&self, session: &mut Session, endpoint: Endpoint) -> Result<bool> {
+        let answer = match read_body(session, self.state.max_body).await {
+            Ok(body) => self.answer(endpoint, session.req_header(), &body).await,
             Err(r) => Err(r),
         };
-        match outcome {
-            Ok(data) => {
-                respond(session, 200, reply::success("登录", data)).await?;
+        match answer {
+            Ok(body) => {
+                respond(session, 200, body).await?;
                 Ok(true)
             }
             Err(r) => reject(session, &r).await,
         }
     }
 
-    async fn verify_endpoint(&self, session: &mut Session) -> Result<bool> {
-        let body = match read_body(session, self.state.max_body).await {
-            Ok(b) => b,
-            Err(r) => return reject(session, &r).await,
-        };
-        let req = session.req_header();
-        let parsed = login::verify_body(&EndpointRequest {
+    async fn answer(
+        &self,
+        endpoint: Endpoint,
+        req: &RequestHeader,
+        body: &[u8],
+    ) -> Result<Bytes, Reject> {
+        let request = EndpointRequest {
             method: &req.method,
             query: req.uri.query(),
             content_type: req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
-            body: &body,
-        });
-        let outcome = parsed.and_then(|json| {
-            let presented = login::verify_token(&json, &req.headers);
-            self.state.login.verify(presented)
-        });
-        match outcome {
-            Ok(data) => {
-                respond(session, 200, reply::success("验证成功", data)).await?;
-                Ok(true)
+            body,
+        };
+        let login = &self.state.login;
+        match endpoint {
+            Endpoint::Login => {
+                let code = login::login_code(&request)?;
+                Ok(reply::success("登录", login.login(&code).await?))
             }
-            Err(r) => reject(session, &r).await,
+            Endpoint::Verify => {
+                let json = login::verify_body(&request)?;
+                let data = login.verify(login::verify_token(&json, &req.headers))?;
+                Ok(reply::success("验证成功", data))
+            }
         }
     }
 }
@@ -241,12 +252,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let path = session.req_header().uri.path();
-        if path == self.state.login_path {
-            return self.login_endpoint(session).await;
-        }
-        if path == self.state.verify_path {
-            return self.verify_endpoint(session).await;
+        if let Some(endpoint) = self.state.endpoint(session.req_header().uri.path()) {
+            return self.serve_endpoint(session, endpoint).await;
         }
         match authorize(session.req_header(), &self.state) {
             Ok((route, identity)) => {

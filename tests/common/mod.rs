@@ -290,3 +290,32 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> String {
     let _ = stream.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// POST `body` with a content type; status and JSON answer.
+pub async fn post_body(
+    url: String,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    json(resp).await
+}
+
+/// GET with a bearer token; status and JSON answer.
+pub async fn get_bearer(url: String, token: &str) -> (u16, serde_json::Value) {
+    json(
+        client()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await
+}
