@@ -2,28 +2,60 @@
 //! routes, resolved upstreams, HTTP client, session store), then hand them to Pingora.
 
 use crate::auth::jwt::Tokens;
-use crate::auth::login::Login;
-use crate::config::Config;
+use crate::auth::login::{Login, Sessions};
+use crate::config::{Config, StoreKind};
 use crate::proxy::drain::{Drain, InFlight};
 use crate::proxy::{Gateway, GatewayState};
-use crate::session::{MemoryStore, SessionStore};
+use crate::session::{
+    Clock, MemoryStore, RedisStore, RevocationSync, Revocations, SessionStore, SystemClock,
+};
 use crate::wechat::WechatClient;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
 use std::sync::Arc;
 
-/// Sessions the embedded store keeps at most.
-const MEMORY_STORE_CAPACITY: usize = 1_000_000;
+/// The session store the configuration asks for.
+pub fn build_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn SessionStore>, String> {
+    Ok(match &config.session.store {
+        StoreKind::Memory { capacity } => Arc::new(MemoryStore::with_clock(*capacity, clock)),
+        StoreKind::Redis { url } => Arc::new(
+            RedisStore::new(url, &config.wechat.appid, config.session.timeout)
+                .map_err(|e| e.to_string())?,
+        ),
+    })
+}
 
-/// The gateway's shared state, ready to serve.
-pub fn build_state(config: &Config) -> Result<Arc<GatewayState>, String> {
+/// The gateway's shared state, ready to serve, and the background task that keeps its
+/// revocation list in step when the store is shared.
+pub fn build_state(config: &Config) -> Result<(Arc<GatewayState>, Option<RevocationSync>), String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tokens = Arc::new(Tokens::new(&config.jwt, &config.wechat.appid));
     let wechat = WechatClient::new(&config.wechat)?;
-    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new(MEMORY_STORE_CAPACITY));
-    // A session lives as long as the token that names it.
-    let login = Arc::new(Login::new(wechat, tokens, store, config.jwt.ttl));
-    Ok(Arc::new(GatewayState::new(config, login)?))
+    let store = build_store(config, clock.clone())?;
+    // Stale once a few syncs in a row have failed (each is bounded by session.timeout).
+    let stale_after = config.session.timeout * 2 + std::time::Duration::from_secs(1);
+    let revocations = Arc::new(Revocations::new(
+        store.is_shared(),
+        config.session.fail_mode,
+        stale_after,
+    ));
+    let sync = store.is_shared().then(|| RevocationSync {
+        revocations: revocations.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+    });
+    let sessions = Sessions {
+        store,
+        revocations,
+        clock,
+        ttl: config.session.ttl,
+    };
+    let login = Arc::new(Login::new(wechat, tokens, sessions));
+    Ok((Arc::new(GatewayState::new(config, login)?), sync))
 }
 
 /// Run the gateway in the foreground until SIGINT (fast) or SIGTERM (graceful).
@@ -32,7 +64,7 @@ pub fn run(config: Config) -> Result<(), String> {
     // Fail with a clear message now rather than inside Pingora's listener start-up.
     std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
 
-    let state = build_state(&config)?;
+    let (state, sync) = build_state(&config)?;
     let grace = config.server.grace_period;
     let conf = ServerConf {
         threads: config.server.threads,
@@ -52,6 +84,9 @@ pub fn run(config: Config) -> Result<(), String> {
     );
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
+    if let Some(sync) = sync {
+        server.add_service(background_service("revocation sync", sync));
+    }
     server.add_service(background_service(
         "drain",
         Drain {
@@ -60,10 +95,14 @@ pub fn run(config: Config) -> Result<(), String> {
         },
     ));
     tracing::info!(
-        "wxgate listening on http://{listen} ({} route{}, appid {})",
+        "wxgate listening on http://{listen} ({} route{}, appid {}, {} session store)",
         config.routes.len(),
         if config.routes.len() == 1 { "" } else { "s" },
-        config.wechat.appid
+        config.wechat.appid,
+        match config.session.store {
+            StoreKind::Memory { .. } => "memory",
+            StoreKind::Redis { .. } => "redis",
+        }
     );
     server.run_forever()
 }

@@ -47,6 +47,11 @@ pub enum Reject {
     Token(TokenProblem),
     /// `/auth` without a `code`.
     LoginCodeMissing,
+    /// `/auth/refresh` without a `refresh_token`.
+    RefreshTokenMissing,
+    /// A refresh token that names no live session, or an old one presented again (`reused`: the
+    /// session has been revoked).
+    RefreshTokenInvalid { reused: bool },
     /// A gateway endpoint got a body that is not the JSON (or form) it expects.
     BadBody,
     /// A path with `.`/`..` segments (plain or percent-encoded): refused so that a public route
@@ -98,6 +103,13 @@ impl Reject {
             Reject::TokenMissing => p(401, "10119", "token必须传递", None),
             Reject::Token(problem) => p(401, "10200", "token已过期", Some(problem.reason())),
             Reject::LoginCodeMissing => p(400, "10120", "code必须传递", None),
+            Reject::RefreshTokenMissing => p(400, "10121", "refresh_token必须传递", None),
+            Reject::RefreshTokenInvalid { reused } => p(
+                401,
+                "10201",
+                "refresh_token无效，请重新登录",
+                Some(if *reused { "reused" } else { "unknown" }),
+            ),
             Reject::BadBody => p(400, "10400", "请求体不是合法的JSON", Some("bad_body")),
             Reject::BadPath => p(400, "10402", "请求路径无效", Some("dot_segment")),
             Reject::NoRoute => p(404, "10404", "接口不存在", Some("no_route")),
@@ -225,6 +237,11 @@ pub fn documented_codes() -> Vec<CodeDoc> {
             "token expired, forged, malformed or revoked (`reason` says which)",
         ),
         (Reject::LoginCodeMissing, "`/auth` without a `code`"),
+        (Reject::RefreshTokenMissing, "`/auth/refresh` without a `refresh_token`"),
+        (
+            Reject::RefreshTokenInvalid { reused: false },
+            "refresh token unknown or expired, or already used (`reason`: `reused`; the session is then revoked): log in again",
+        ),
         (
             Reject::BadBody,
             "body of a gateway endpoint is not valid JSON / form",
@@ -244,7 +261,7 @@ pub fn documented_codes() -> Vec<CodeDoc> {
             Reject::WechatBadResponse,
             "WeChat answered something that is not a WeChat answer",
         ),
-        (Reject::StoreUnavailable, "session store unavailable"),
+        (Reject::StoreUnavailable, "session store unavailable (logins; protected routes too with `fail_mode = \"closed\"`)"),
         (Reject::WechatTimeout, "WeChat slower than `wechat.timeout`"),
         (
             Reject::UpstreamUnreachable,

@@ -31,6 +31,7 @@ pub struct Tokens {
     header: Header,
     validation: Validation,
     ttl: Duration,
+    leeway: Duration,
     issuer: String,
     audience: String,
 }
@@ -68,6 +69,7 @@ impl Tokens {
             header: Header::new(algorithm),
             validation,
             ttl: config.ttl,
+            leeway: config.leeway,
             issuer: config.issuer.clone(),
             audience: appid.to_string(),
         }
@@ -75,6 +77,11 @@ impl Tokens {
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// How long after signing a token can still be accepted (ttl + leeway).
+    pub fn max_lifetime(&self) -> Duration {
+        self.ttl + self.leeway
     }
 
     /// Sign a token for `identity`, valid for the configured ttl from `now` (unix seconds).

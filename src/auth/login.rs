@@ -1,11 +1,15 @@
-//! The endpoints the gateway answers itself: `/auth` (code -> WeChat -> session -> token) and
-//! `/isAuth` (the tutorial's token check). Parsing is pure; [`Login`] does the I/O.
+//! The endpoints the gateway answers itself: `/auth` (code -> WeChat -> session -> token),
+//! `/isAuth` (the tutorial's token check), `/auth/refresh` and `/auth/logout`.
+//! Parsing is pure; [`Login`] does the I/O.
 
 use super::extract::{self, Presented};
 use super::jwt::{unix_now, Tokens};
 use super::Identity;
 use crate::reply::{Reject, TokenProblem};
-use crate::session::{new_sid, Session, SessionStore};
+use crate::session::{
+    new_refresh_token, new_sid, refresh_hash, refresh_token_sid, Clock, Revocations, Rotation,
+    Session, SessionStore,
+};
 use crate::wechat::WechatClient;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http::Method;
@@ -14,11 +18,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// `data` of a successful login.
+/// `data` of a successful login or refresh.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoginData {
     pub token: String,
     pub expires_in: u64,
+    /// Opaque, single-use; exchange it at `/auth/refresh` for a new token and refresh token.
+    pub refresh_token: String,
 }
 
 /// `data` of a successful `/isAuth`.
@@ -32,32 +38,62 @@ pub struct VerifyData {
 type LoginOutcome = Result<LoginData, Reject>;
 type InFlight = Arc<Mutex<HashMap<String, Shared<BoxFuture<'static, LoginOutcome>>>>>;
 
+/// Sessions: where they are kept, how long they live, which are revoked.
+pub struct Sessions {
+    pub store: Arc<dyn SessionStore>,
+    pub revocations: Arc<Revocations>,
+    pub clock: Arc<dyn Clock>,
+    /// How long a session and its refresh token live.
+    pub ttl: Duration,
+}
+
 pub struct Login {
     wechat: WechatClient,
     tokens: Arc<Tokens>,
-    store: Arc<dyn SessionStore>,
-    session_ttl: Duration,
+    sessions: Sessions,
     in_flight: InFlight,
 }
 
 impl Login {
-    pub fn new(
-        wechat: WechatClient,
-        tokens: Arc<Tokens>,
-        store: Arc<dyn SessionStore>,
-        session_ttl: Duration,
-    ) -> Self {
+    pub fn new(wechat: WechatClient, tokens: Arc<Tokens>, sessions: Sessions) -> Self {
         Login {
             wechat,
             tokens,
-            store,
-            session_ttl,
+            sessions,
             in_flight: Arc::default(),
         }
     }
 
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    pub fn revocations(&self) -> &Revocations {
+        &self.sessions.revocations
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.sessions.clock.now_ms()
+    }
+
+    /// A token that passed its signature check, checked against the revocation list.
+    pub fn verify(&self, presented: Presented<'_>) -> Result<Identity, Reject> {
+        verify_presented(
+            &self.tokens,
+            &self.sessions.revocations,
+            presented,
+            self.now_ms(),
+        )
+    }
+
+    /// Until when a revocation must be remembered: the last token of the session expires then.
+    fn revoke_until(&self) -> u64 {
+        self.now_ms() / 1000 + self.tokens.max_lifetime().as_secs()
+    }
+
+    fn store_error(e: crate::session::StoreError) -> Reject {
+        tracing::error!("session store: {e}");
+        Reject::StoreUnavailable
     }
 
     /// Log in with a WeChat code. Concurrent calls with the same code share one exchange (codes
@@ -67,6 +103,10 @@ impl Login {
         if !plausible_code(code) {
             // Not something wx.login() produces: spare the app's WeChat quota.
             return Err(Reject::Wechat { errcode: 40029 });
+        }
+        if self.revocations().store_down(self.now_ms()) {
+            // The session could not be stored: do not spend the user's one-time code.
+            return Err(Reject::StoreUnavailable);
         }
         let shared = {
             let mut map = lock(&self.in_flight);
@@ -103,39 +143,99 @@ impl Login {
             unionid: wx.unionid,
             sid: new_sid(),
         };
-        let now = unix_now();
+        let refresh_token = new_refresh_token(&identity.sid);
         let session = Session {
             sid: identity.sid.clone(),
             openid: identity.openid.clone(),
             unionid: identity.unionid.clone(),
             session_key: wx.session_key,
-            created_at: now,
+            created_at: unix_now(),
+            refresh_hash: refresh_hash(&refresh_token),
         };
-        self.store
-            .put(session, self.session_ttl)
+        self.sessions
+            .store
+            .create(&session, self.sessions.ttl)
             .await
-            .map_err(|e| {
-                tracing::error!("cannot store the session: {e}");
-                Reject::StoreUnavailable
-            })?;
-        let signed = self.tokens.sign(&identity, now).map_err(|e| {
+            .map_err(Self::store_error)?;
+        tracing::info!(sid = %identity.sid, "login");
+        self.issue(&identity, refresh_token)
+    }
+
+    fn issue(&self, identity: &Identity, refresh_token: String) -> LoginOutcome {
+        let signed = self.tokens.sign(identity, unix_now()).map_err(|e| {
             tracing::error!("{e}");
             Reject::Internal
         })?;
-        tracing::info!(sid = %identity.sid, "login");
         Ok(LoginData {
             token: signed.token,
             expires_in: signed.expires_in,
+            refresh_token,
         })
     }
 
-    /// `/isAuth`: the token from the body, else from the headers.
-    pub fn verify(&self, presented: Presented<'_>) -> Result<VerifyData, Reject> {
-        let identity = verify_presented(&self.tokens, presented)?;
+    /// `/isAuth`.
+    pub fn check(&self, presented: Presented<'_>) -> Result<VerifyData, Reject> {
+        let identity = self.verify(presented)?;
         Ok(VerifyData {
             openid: identity.openid,
             unionid: identity.unionid,
         })
+    }
+
+    /// `/auth/refresh`: a new token and refresh token for the same session. Presenting an old
+    /// refresh token revokes the session.
+    pub async fn refresh(&self, refresh_token: &str) -> LoginOutcome {
+        let Some(sid) = refresh_token_sid(refresh_token) else {
+            return Err(Reject::RefreshTokenInvalid { reused: false });
+        };
+        if self.revocations().check(sid, self.now_ms()).is_err() {
+            return Err(Reject::RefreshTokenInvalid { reused: false });
+        }
+        let next = new_refresh_token(sid);
+        let until = self.revoke_until();
+        let rotation = self
+            .sessions
+            .store
+            .rotate_refresh(
+                sid,
+                &refresh_hash(refresh_token),
+                &refresh_hash(&next),
+                self.sessions.ttl,
+                until,
+            )
+            .await
+            .map_err(Self::store_error)?;
+        match rotation {
+            Rotation::Rotated(session) => {
+                tracing::info!(sid, "refresh");
+                let identity = Identity {
+                    openid: session.openid,
+                    unionid: session.unionid,
+                    sid: session.sid,
+                };
+                self.issue(&identity, next)
+            }
+            Rotation::Reused => {
+                tracing::warn!(sid, "refresh token reused: session revoked");
+                self.sessions.revocations.insert(sid, until);
+                Err(Reject::RefreshTokenInvalid { reused: true })
+            }
+            Rotation::Unknown => Err(Reject::RefreshTokenInvalid { reused: false }),
+        }
+    }
+
+    /// `/auth/logout`: the session ends; every instance refuses its tokens from then on.
+    pub async fn logout(&self, presented: Presented<'_>) -> Result<(), Reject> {
+        let identity = self.verify(presented)?;
+        let until = self.revoke_until();
+        self.sessions
+            .store
+            .revoke(&identity.sid, until)
+            .await
+            .map_err(Self::store_error)?;
+        self.sessions.revocations.insert(&identity.sid, until);
+        tracing::info!(sid = %identity.sid, "logout");
+        Ok(())
     }
 }
 
@@ -143,13 +243,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Turn what the client presented into an identity or the right rejection.
-pub fn verify_presented(tokens: &Tokens, presented: Presented<'_>) -> Result<Identity, Reject> {
-    match presented {
-        Presented::Missing => Err(Reject::TokenMissing),
-        Presented::Unusable => Err(Reject::Token(TokenProblem::Malformed)),
-        Presented::Token(t) => tokens.verify(t).map_err(Reject::Token),
-    }
+/// Turn what the client presented into an identity or the right rejection: signature and
+/// claims first (no I/O), then the local revocation list.
+pub fn verify_presented(
+    tokens: &Tokens,
+    revocations: &Revocations,
+    presented: Presented<'_>,
+    now_ms: u64,
+) -> Result<Identity, Reject> {
+    let identity = match presented {
+        Presented::Missing => return Err(Reject::TokenMissing),
+        Presented::Unusable => return Err(Reject::Token(TokenProblem::Malformed)),
+        Presented::Token(t) => tokens.verify(t).map_err(Reject::Token)?,
+    };
+    revocations.check(&identity.sid, now_ms)?;
+    Ok(identity)
 }
 
 /// wx.login() codes are short URL-safe strings; anything else is refused without asking WeChat.
@@ -222,6 +330,26 @@ pub fn login_code(req: &EndpointRequest<'_>) -> Result<String, Reject> {
     match code.map(|c| c.trim().to_string()) {
         Some(c) if !c.is_empty() => Ok(c),
         _ => Err(Reject::LoginCodeMissing),
+    }
+}
+
+/// The refresh token of an `/auth/refresh` request: `{"refresh_token": "..."}` (or a form).
+pub fn refresh_token(req: &EndpointRequest<'_>) -> Result<String, Reject> {
+    if *req.method != Method::POST {
+        return Err(Reject::MethodNotAllowed);
+    }
+    let token = match body_kind(req) {
+        BodyKind::Empty => None,
+        BodyKind::Form => query_param(std::str::from_utf8(req.body).ok(), "refresh_token"),
+        BodyKind::Json => match json_object(req.body)?.get("refresh_token") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(Reject::BadBody),
+        },
+    };
+    match token.map(|t| t.trim().to_string()) {
+        Some(t) if !t.is_empty() => Ok(t),
+        _ => Err(Reject::RefreshTokenMissing),
     }
 }
 

@@ -6,7 +6,7 @@ mod raw;
 
 pub use crate::secret::Secret;
 use http::HeaderName;
-use raw::{RawAuth, RawJwt, RawRoute, RawServer, RawWechat};
+use raw::{RawAuth, RawJwt, RawRoute, RawServer, RawSession, RawWechat};
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -20,6 +20,7 @@ pub struct Config {
     pub wechat: WechatConfig,
     pub jwt: JwtConfig,
     pub auth: AuthConfig,
+    pub session: SessionConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -60,8 +61,39 @@ pub struct JwtConfig {
 pub struct AuthConfig {
     pub login_path: String,
     pub verify_path: String,
+    pub refresh_path: String,
+    pub logout_path: String,
     pub identity_header: HeaderName,
     pub unionid_header: HeaderName,
+}
+
+/// Where sessions live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In this process: one instance only.
+    Memory { capacity: usize },
+    /// Shared by every instance pointed at it. The URL may carry a password.
+    Redis { url: Secret },
+}
+
+/// What a protected route does with a token whose signature is valid while the session store
+/// cannot tell whether it was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refuse (503, code 10503): a logged-out token never passes. The default.
+    Closed,
+    /// Accept, on the last revocations known: the store being down does not stop traffic.
+    Open,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub store: StoreKind,
+    /// How long a session (and its refresh token) lives; each refresh starts it again.
+    pub ttl: Duration,
+    /// Per store operation.
+    pub timeout: Duration,
+    pub fail_mode: FailMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +187,7 @@ pub fn parse(
     let mut wechat = None;
     let mut jwt = None;
     let mut auth = None;
+    let mut session = None;
     let mut routes = None;
     for (key, value) in root {
         match key.as_str() {
@@ -162,6 +195,7 @@ pub fn parse(
             "wechat" => wechat = v.section::<RawWechat>(value, &key),
             "jwt" => jwt = v.section::<RawJwt>(value, &key),
             "auth" => auth = v.section::<RawAuth>(value, &key),
+            "session" => session = v.section::<RawSession>(value, &key),
             "routes" => routes = v.routes(value),
             _ => v.problem(&key, "unknown key".into()),
         }
@@ -171,10 +205,11 @@ pub fn parse(
     let wechat = v.wechat(wechat.unwrap_or_default());
     let jwt = v.jwt(jwt.unwrap_or_default());
     let auth = v.auth(auth.unwrap_or_default());
+    let session = v.session(session.unwrap_or_default(), jwt.as_ref());
     let routes = v.check_routes(routes);
 
-    match (server, wechat, jwt, auth, routes) {
-        (Some(server), Some(wechat), Some(jwt), Some(auth), Some(routes))
+    match (server, wechat, jwt, auth, session, routes) {
+        (Some(server), Some(wechat), Some(jwt), Some(auth), Some(session), Some(routes))
             if v.problems.is_empty() =>
         {
             Ok(Config {
@@ -182,6 +217,7 @@ pub fn parse(
                 wechat,
                 jwt,
                 auth,
+                session,
                 routes,
             })
         }
@@ -429,11 +465,18 @@ impl Validator {
     fn auth(&mut self, raw: RawAuth) -> Option<AuthConfig> {
         let login_path = self.path(raw.login_path, "auth.login_path", "/auth");
         let verify_path = self.path(raw.verify_path, "auth.verify_path", "/isAuth");
-        if login_path.is_some() && login_path == verify_path {
-            self.problem(
-                "auth.verify_path",
-                "must differ from auth.login_path".into(),
-            );
+        let refresh_path = self.path(raw.refresh_path, "auth.refresh_path", "/auth/refresh");
+        let logout_path = self.path(raw.logout_path, "auth.logout_path", "/auth/logout");
+        let paths = [
+            ("auth.login_path", &login_path),
+            ("auth.verify_path", &verify_path),
+            ("auth.refresh_path", &refresh_path),
+            ("auth.logout_path", &logout_path),
+        ];
+        for (i, (key, path)) in paths.iter().enumerate() {
+            if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p.is_some() && *p == *path) {
+                self.problem(key, format!("must differ from {other}"));
+            }
         }
         let identity_header =
             self.header(raw.identity_header, "auth.identity_header", "X-WX-OpenID");
@@ -447,8 +490,89 @@ impl Validator {
         Some(AuthConfig {
             login_path: login_path?,
             verify_path: verify_path?,
+            refresh_path: refresh_path?,
+            logout_path: logout_path?,
             identity_header: identity_header?,
             unionid_header: unionid_header?,
+        })
+    }
+
+    fn session(&mut self, raw: RawSession, jwt: Option<&JwtConfig>) -> Option<SessionConfig> {
+        let store = match raw.store.as_deref().unwrap_or("memory") {
+            "memory" => {
+                if raw.redis_url.is_some() {
+                    self.problem(
+                        "session.redis_url",
+                        "is only used with store = \"redis\"".into(),
+                    );
+                }
+                match raw.memory_capacity {
+                    Some(0) => {
+                        self.problem("session.memory_capacity", "must be at least 1".into());
+                        None
+                    }
+                    n => Some(StoreKind::Memory {
+                        capacity: n.unwrap_or(100_000),
+                    }),
+                }
+            }
+            "redis" => match raw.redis_url {
+                None => {
+                    self.problem(
+                        "session.redis_url",
+                        "required with store = \"redis\" (redis://host:6379 or rediss://...)"
+                            .into(),
+                    );
+                    None
+                }
+                Some(url) => match redis_url_problem(&url) {
+                    // The message never repeats the URL: it may carry a password.
+                    Some(message) => {
+                        self.problem("session.redis_url", message);
+                        None
+                    }
+                    None => Some(StoreKind::Redis {
+                        url: Secret::new(url),
+                    }),
+                },
+            },
+            other => {
+                self.problem(
+                    "session.store",
+                    format!("{other:?} is not one of \"memory\", \"redis\""),
+                );
+                None
+            }
+        };
+        let ttl = self.positive_duration(raw.ttl, "session.ttl", "30d");
+        if let (Some(ttl), Some(jwt)) = (ttl, jwt) {
+            if ttl < jwt.ttl {
+                self.problem(
+                    "session.ttl",
+                    format!(
+                        "must be at least jwt.ttl ({}): a token must not outlive its session",
+                        humantime::format_duration(jwt.ttl)
+                    ),
+                );
+            }
+        }
+        let timeout = self.positive_duration(raw.timeout, "session.timeout", "1s");
+        let fail_mode = match raw.fail_mode.as_deref().unwrap_or("closed") {
+            "closed" => Some(FailMode::Closed),
+            "open" => Some(FailMode::Open),
+            other => {
+                self.problem(
+                    "session.fail_mode",
+                    format!("{other:?} is not one of \"closed\", \"open\""),
+                );
+                None
+            }
+        };
+        Some(SessionConfig {
+            store: store?,
+            ttl: ttl?,
+            timeout: timeout?,
+            fail_mode: fail_mode?,
         })
     }
 
@@ -593,6 +717,17 @@ fn resolve_host_port(text: &str) -> Result<Vec<SocketAddr>, String> {
             }
         }
         Err(e) => Err(format!("{text:?}: cannot resolve host {host:?} ({e})")),
+    }
+}
+
+/// Why a Redis URL cannot be used, without quoting it.
+fn redis_url_problem(url: &str) -> Option<String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Some("must start with redis:// or rediss://".into());
+    }
+    match redis::Client::open(url) {
+        Ok(_) => None,
+        Err(e) => Some(format!("is not a usable Redis URL ({:?})", e.kind())),
     }
 }
 

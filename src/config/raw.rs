@@ -33,8 +33,20 @@ pub struct RawJwt {
 pub struct RawAuth {
     pub login_path: Option<String>,
     pub verify_path: Option<String>,
+    pub refresh_path: Option<String>,
+    pub logout_path: Option<String>,
     pub identity_header: Option<String>,
     pub unionid_header: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSession {
+    pub store: Option<String>,
+    pub redis_url: Option<String>,
+    pub ttl: Option<String>,
+    pub timeout: Option<String>,
+    pub fail_mode: Option<String>,
+    pub memory_capacity: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,6 +27,8 @@ pub struct GatewayState {
     pub login: Arc<Login>,
     pub login_path: String,
     pub verify_path: String,
+    pub refresh_path: String,
+    pub logout_path: String,
     pub identity: IdentityHeaders,
     pub max_body: usize,
 }
@@ -43,6 +45,8 @@ impl GatewayState {
             login,
             login_path: config.auth.login_path.clone(),
             verify_path: config.auth.verify_path.clone(),
+            refresh_path: config.auth.refresh_path.clone(),
+            logout_path: config.auth.logout_path.clone(),
             identity: IdentityHeaders {
                 openid: config.auth.identity_header.clone(),
                 unionid: config.auth.unionid_header.clone(),
@@ -80,10 +84,7 @@ pub fn authorize(
     let route = state.routes.find(&path).ok_or(Reject::NoRoute)?;
     let identity = match route.auth {
         RouteAuth::None => None,
-        RouteAuth::Required => Some(login::verify_presented(
-            state.login.tokens(),
-            extract::from_headers(&req.headers),
-        )?),
+        RouteAuth::Required => Some(state.login.verify(extract::from_headers(&req.headers))?),
     };
     Ok((Arc::clone(route), identity))
 }
@@ -180,6 +181,8 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
 pub enum Endpoint {
     Login,
     Verify,
+    Refresh,
+    Logout,
 }
 
 impl GatewayState {
@@ -189,6 +192,10 @@ impl GatewayState {
             Some(Endpoint::Login)
         } else if path == self.verify_path {
             Some(Endpoint::Verify)
+        } else if path == self.refresh_path {
+            Some(Endpoint::Refresh)
+        } else if path == self.logout_path {
+            Some(Endpoint::Logout)
         } else {
             None
         }
@@ -231,8 +238,25 @@ impl Gateway {
             }
             Endpoint::Verify => {
                 let json = login::verify_body(&request)?;
-                let data = login.verify(login::verify_token(&json, &req.headers))?;
+                let data = login.check(login::verify_token(&json, &req.headers))?;
                 Ok(reply::success("验证成功", data))
+            }
+            Endpoint::Refresh => {
+                let refresh_token = login::refresh_token(&request)?;
+                Ok(reply::success(
+                    "刷新成功",
+                    login.refresh(&refresh_token).await?,
+                ))
+            }
+            Endpoint::Logout => {
+                if req.method != http::Method::POST {
+                    return Err(Reject::MethodNotAllowed);
+                }
+                let json = login::verify_body(&request)?;
+                login
+                    .logout(login::verify_token(&json, &req.headers))
+                    .await?;
+                Ok(reply::success("已退出登录", serde_json::json!({})))
             }
         }
     }
@@ -254,6 +278,11 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if let Some(endpoint) = self.state.endpoint(session.req_header().uri.path()) {
             return self.serve_endpoint(session, endpoint).await;
+        }
+        let revocations = self.state.login.revocations();
+        if !revocations.is_ready() {
+            // Only right after start-up with a shared store: load the revocation list first.
+            revocations.wait_ready(revocations.stale_after()).await;
         }
         match authorize(session.req_header(), &self.state) {
             Ok((route, identity)) => {

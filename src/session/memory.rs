@@ -1,37 +1,81 @@
-//! The embedded session store: a bounded map whose entries expire.
+//! The embedded session store: a bounded map whose entries expire, for a single instance.
 
-use super::{Session, SessionStore, StoreError};
+use super::{
+    Clock, Revocation, RevocationBatch, Rotation, Session, SessionStore, StoreError, SystemClock,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 pub struct MemoryStore {
-    entries: Mutex<HashMap<String, (Session, Instant)>>,
+    state: Mutex<State>,
     capacity: usize,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Default)]
+struct State {
+    /// sid -> (session, expiry in ms).
+    sessions: HashMap<String, (Session, u64)>,
+    /// (sequence number, revocation), oldest first.
+    revoked: Vec<(u64, Revocation)>,
+    seq: u64,
+}
+
+impl State {
+    fn live(&mut self, sid: &str, now: u64) -> Option<&mut Session> {
+        if self.sessions.get(sid).is_some_and(|(_, exp)| *exp <= now) {
+            self.sessions.remove(sid);
+        }
+        self.sessions.get_mut(sid).map(|(s, _)| s)
+    }
+
+    fn revoke(&mut self, sid: &str, until: u64, now: u64) {
+        self.sessions.remove(sid);
+        self.revoked.retain(|(_, r)| r.until * 1000 > now);
+        self.seq += 1;
+        self.revoked.push((
+            self.seq,
+            Revocation {
+                sid: sid.to_string(),
+                until,
+            },
+        ));
+    }
 }
 
 impl MemoryStore {
     /// A store holding at most `capacity` sessions; past it, expired entries are dropped and
     /// then the ones closest to expiry.
     pub fn new(capacity: usize) -> Self {
+        Self::with_clock(capacity, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(capacity: usize, clock: Arc<dyn Clock>) -> Self {
         MemoryStore {
-            entries: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
             capacity: capacity.max(1),
+            clock,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Session, Instant)>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the map inconsistent: keep serving.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn put(&self, session: Session, ttl: Duration) -> Result<(), StoreError> {
-        let now = Instant::now();
-        let mut map = self.lock();
+    async fn create(&self, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let map = &mut state.sessions;
         if map.len() >= self.capacity && !map.contains_key(&session.sid) {
             map.retain(|_, (_, expires)| *expires > now);
             while map.len() >= self.capacity {
@@ -45,25 +89,69 @@ impl SessionStore for MemoryStore {
                 };
             }
         }
-        map.insert(session.sid.clone(), (session, now + ttl));
+        map.insert(
+            session.sid.clone(),
+            (session.clone(), now.saturating_add(ms(ttl))),
+        );
         Ok(())
     }
 
     async fn get(&self, sid: &str) -> Result<Option<Session>, StoreError> {
-        let mut map = self.lock();
-        match map.get(sid) {
-            Some((s, expires)) if *expires > Instant::now() => Ok(Some(s.clone())),
-            Some(_) => {
-                map.remove(sid);
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        let now = self.clock.now_ms();
+        Ok(self.lock().live(sid, now).cloned())
     }
 
-    async fn remove(&self, sid: &str) -> Result<(), StoreError> {
-        self.lock().remove(sid);
+    async fn rotate_refresh(
+        &self,
+        sid: &str,
+        presented: &str,
+        next: &str,
+        ttl: Duration,
+        revoke_until: u64,
+    ) -> Result<Rotation, StoreError> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let outcome = match state.live(sid, now) {
+            None => return Ok(Rotation::Unknown),
+            Some(session) if session.refresh_hash == presented => {
+                session.refresh_hash = next.to_string();
+                Rotation::Rotated(session.clone())
+            }
+            Some(_) => Rotation::Reused,
+        };
+        match &outcome {
+            Rotation::Rotated(_) => {
+                if let Some((_, expires)) = state.sessions.get_mut(sid) {
+                    *expires = now.saturating_add(ms(ttl));
+                }
+            }
+            _ => state.revoke(sid, revoke_until, now),
+        }
+        Ok(outcome)
+    }
+
+    async fn revoke(&self, sid: &str, until: u64) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        self.lock().revoke(sid, until, now);
         Ok(())
+    }
+
+    async fn revocations_since(&self, cursor: u64) -> Result<RevocationBatch, StoreError> {
+        let now = self.clock.now_ms();
+        let state = self.lock();
+        Ok(RevocationBatch {
+            cursor: state.seq,
+            revoked: state
+                .revoked
+                .iter()
+                .filter(|(seq, r)| *seq > cursor && r.until * 1000 > now)
+                .map(|(_, r)| r.clone())
+                .collect(),
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        false
     }
 }
 
@@ -79,34 +167,17 @@ mod tests {
             unionid: None,
             session_key: Secret::new("k"),
             created_at: 0,
+            refresh_hash: "h0".into(),
         }
     }
 
     #[tokio::test]
-    async fn put_get_remove() {
-        let store = MemoryStore::new(10);
-        store
-            .put(session("a"), Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert_eq!(store.get("a").await.unwrap().unwrap().openid, "o-a");
-        store.remove("a").await.unwrap();
-        assert!(store.get("a").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn expired_entries_are_gone() {
-        let store = MemoryStore::new(10);
-        store.put(session("a"), Duration::ZERO).await.unwrap();
-        assert!(store.get("a").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
     async fn bounded() {
-        let store = MemoryStore::new(2);
+        let clock = Arc::new(super::super::ManualClock::new(1_000_000));
+        let store = MemoryStore::with_clock(2, clock);
         for (i, sid) in ["a", "b", "c"].iter().enumerate() {
             store
-                .put(session(sid), Duration::from_secs(60 + i as u64))
+                .create(&session(sid), Duration::from_secs(60 + i as u64))
                 .await
                 .unwrap();
         }

@@ -1,18 +1,30 @@
 //! Server-side sessions: what WeChat told us at login (openid, unionid, session_key), kept in
-//! the gateway so that nothing secret travels in a token. The store is chosen at start-up
-//! behind [`SessionStore`]; today the embedded [`MemoryStore`].
+//! the gateway so that nothing secret travels in a token, plus the hash of the session's current
+//! refresh token and the list of revoked sessions.
+//!
+//! The store is chosen at start-up behind [`SessionStore`]: [`MemoryStore`] (one instance) or
+//! [`RedisStore`] (shared by several). Both pass one conformance suite (`tests/session_store.rs`).
+//! Proxied requests never wait on the store: they consult [`Revocations`], a local copy of the
+//! revocation list that a background task keeps in step.
 
+mod clock;
 mod memory;
+mod redis;
+mod revocation;
 
+pub use self::redis::RedisStore;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryStore;
+pub use revocation::{RevocationSync, Revocations};
 
 use crate::secret::Secret;
 use async_trait::async_trait;
+use sha2::{Digest, Sha256};
 use std::fmt;
 use std::time::Duration;
 
 /// One logged-in user of one mini program.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     /// Random, unguessable id; the token's `sid` claim.
     pub sid: String,
@@ -22,10 +34,12 @@ pub struct Session {
     pub session_key: Secret,
     /// Unix seconds.
     pub created_at: u64,
+    /// SHA-256 (hex) of the one refresh token that is valid now.
+    pub refresh_hash: String,
 }
 
-/// A store failure; the message is safe to log (it never carries session contents).
-#[derive(Debug, Clone)]
+/// A store failure; the message is safe to log (never session contents, never the Redis URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);
 
 impl fmt::Display for StoreError {
@@ -34,19 +48,128 @@ impl fmt::Display for StoreError {
     }
 }
 
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// It was the current one: the session now expects `next`, and lives `ttl` again.
+    Rotated(Session),
+    /// The session exists but expects another token: an old one was replayed, so the session is
+    /// revoked (reuse means theft).
+    Reused,
+    /// No such session (never was, expired, or revoked).
+    Unknown,
+}
+
+/// A revoked session: tokens naming `sid` are refused until `until` (unix seconds), when every
+/// token issued for it has expired anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub sid: String,
+    pub until: u64,
+}
+
+/// Revocations recorded after a cursor, and the cursor to ask from next time.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RevocationBatch {
+    pub cursor: u64,
+    pub revoked: Vec<Revocation>,
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Store (or replace) a session for `ttl`.
-    async fn put(&self, session: Session, ttl: Duration) -> Result<(), StoreError>;
+    /// Store a new session for `ttl`.
+    async fn create(&self, session: &Session, ttl: Duration) -> Result<(), StoreError>;
+
     /// The live session with this id, if any.
     async fn get(&self, sid: &str) -> Result<Option<Session>, StoreError>;
-    /// Forget a session (no error if it is already gone).
-    async fn remove(&self, sid: &str) -> Result<(), StoreError>;
+
+    /// Atomically swap the session's refresh hash from `presented` to `next` and restart its
+    /// `ttl`; on a mismatch revoke the session until `revoke_until`.
+    async fn rotate_refresh(
+        &self,
+        sid: &str,
+        presented: &str,
+        next: &str,
+        ttl: Duration,
+        revoke_until: u64,
+    ) -> Result<Rotation, StoreError>;
+
+    /// Delete the session and record its revocation until `until` (unix seconds).
+    async fn revoke(&self, sid: &str, until: u64) -> Result<(), StoreError>;
+
+    /// Revocations recorded after `cursor` (0: all that are still in force).
+    async fn revocations_since(&self, cursor: u64) -> Result<RevocationBatch, StoreError>;
+
+    /// Whether the store shares state between gateway instances (then revocations must be
+    /// fetched from it; an in-process store tells this instance directly).
+    fn is_shared(&self) -> bool;
 }
 
 /// A fresh session id: 128 random bits, URL-safe base64.
 pub fn new_sid() -> String {
+    random_token(16)
+}
+
+fn random_token(bytes: usize) -> String {
     use base64::Engine;
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let mut buf = vec![0u8; bytes];
+    rand::fill(&mut buf[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A new refresh token for a session: `<sid>.<256 random bits>`. Opaque to clients; the sid
+/// part lets the gateway find the session without an index. Only its hash is stored.
+pub fn new_refresh_token(sid: &str) -> String {
+    format!("{sid}.{}", random_token(32))
+}
+
+/// The session a refresh token claims to belong to.
+pub fn refresh_token_sid(token: &str) -> Option<&str> {
+    let (sid, secret) = token.split_once('.')?;
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (ok(sid) && ok(secret)).then_some(sid)
+}
+
+/// SHA-256 of a refresh token, hex.
+pub fn refresh_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_carry_their_sid_and_enough_entropy() {
+        let sid = new_sid();
+        let t = new_refresh_token(&sid);
+        assert_eq!(refresh_token_sid(&t), Some(sid.as_str()));
+        assert_eq!(t.len() - sid.len() - 1, 43, "256 bits in base64url");
+        assert_ne!(new_refresh_token(&sid), t);
+        assert_eq!(refresh_hash(&t).len(), 64);
+        assert_eq!(refresh_hash(&t), refresh_hash(&t));
+    }
+
+    #[test]
+    fn malformed_refresh_tokens_have_no_sid() {
+        for t in [
+            "",
+            ".",
+            "abc",
+            "abc.",
+            ".abc",
+            "a b.c",
+            "a.b.c",
+            "ä.b",
+            &format!("{}.x", "a".repeat(65)),
+        ] {
+            assert_eq!(refresh_token_sid(t), None, "{t:?}");
+        }
+    }
 }

@@ -319,3 +319,50 @@ pub async fn get_bearer(url: String, token: &str) -> (u16, serde_json::Value) {
     )
     .await
 }
+
+/// A real `redis-server` on `port` (no persistence), killed on drop.
+pub fn redis_on(port: u16) -> Proc {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server not found: `make test` installs it (scripts/setup.sh)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 7];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut buf).is_ok()
+                && &buf == b"+PONG\r\n"
+            {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proc {
+        child,
+        addr,
+        log: None,
+    }
+}
+
+pub fn redis_server() -> Proc {
+    redis_on(free_port())
+}

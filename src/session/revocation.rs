@@ -1,0 +1,185 @@
+//! The local copy of the revocation list, so that a proxied request checks "was this session
+//! logged out?" without a store round trip. A background task pulls new revocations from a
+//! shared store every [`SYNC_INTERVAL`]; revocations made by this instance apply at once.
+//!
+//! When the copy cannot be refreshed for [`Revocations::stale_after`], `fail_mode` decides:
+//! closed (default) refuses tokens with 10503, open keeps accepting on the last copy.
+
+use super::{SessionStore, StoreError};
+use crate::config::FailMode;
+use crate::reply::{Reject, TokenProblem};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+pub struct Revocations {
+    /// sid -> revoked until (unix seconds).
+    revoked: RwLock<HashMap<String, u64>>,
+    cursor: AtomicU64,
+    /// Unix ms of the last successful sync with a shared store.
+    last_sync_ms: AtomicU64,
+    stale_after_ms: u64,
+    fail_mode: FailMode,
+    shared: bool,
+    ready: watch::Sender<bool>,
+}
+
+impl Revocations {
+    /// `shared`: revocations come from a store other instances write to, and must be synced.
+    pub fn new(shared: bool, fail_mode: FailMode, stale_after: Duration) -> Self {
+        let (ready, _) = watch::channel(!shared);
+        Revocations {
+            revoked: RwLock::new(HashMap::new()),
+            cursor: AtomicU64::new(0),
+            last_sync_ms: AtomicU64::new(0),
+            stale_after_ms: stale_after.as_millis() as u64,
+            fail_mode,
+            shared,
+            ready,
+        }
+    }
+
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_millis(self.stale_after_ms)
+    }
+
+    /// Whether the revocation list has been loaded (always, for an in-process store).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Wait (at most `limit`) for the first sync after start-up.
+    pub async fn wait_ready(&self, limit: Duration) {
+        let mut rx = self.ready.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|ready| *ready)).await;
+    }
+
+    /// Whether a shared store has not answered for [`Self::stale_after`]: it is down.
+    pub fn store_down(&self, now_ms: u64) -> bool {
+        self.shared
+            && now_ms.saturating_sub(self.last_sync_ms.load(Ordering::Relaxed))
+                > self.stale_after_ms
+    }
+
+    /// Whether a session may still be used. Pure apart from reading the local copy.
+    pub fn check(&self, sid: &str, now_ms: u64) -> Result<(), Reject> {
+        if self.fail_mode == FailMode::Closed && self.store_down(now_ms) {
+            return Err(Reject::StoreUnavailable);
+        }
+        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        match revoked.get(sid) {
+            Some(until) if until.saturating_mul(1000) > now_ms => {
+                Err(Reject::Token(TokenProblem::Revoked))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Record a revocation made here (it reaches other instances through the store).
+    pub fn insert(&self, sid: &str, until: u64) {
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        revoked.insert(sid.to_string(), until);
+    }
+
+    /// Pull revocations recorded since the last sync.
+    pub async fn sync(&self, store: &dyn SessionStore, now_ms: u64) -> Result<usize, StoreError> {
+        let batch = store
+            .revocations_since(self.cursor.load(Ordering::Relaxed))
+            .await?;
+        let n = batch.revoked.len();
+        {
+            let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+            revoked.retain(|_, until| until.saturating_mul(1000) > now_ms);
+            for r in batch.revoked {
+                revoked.insert(r.sid, r.until);
+            }
+        }
+        self.cursor.store(batch.cursor, Ordering::Relaxed);
+        self.last_sync_ms.store(now_ms, Ordering::Relaxed);
+        self.ready.send_replace(true);
+        Ok(n)
+    }
+}
+
+/// The background task that keeps [`Revocations`] in step with a shared store.
+pub struct RevocationSync {
+    pub revocations: Arc<Revocations>,
+    pub store: Arc<dyn SessionStore>,
+    pub clock: Arc<dyn super::Clock>,
+}
+
+#[async_trait]
+impl BackgroundService for RevocationSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut healthy = true;
+        loop {
+            match self
+                .revocations
+                .sync(&*self.store, self.clock.now_ms())
+                .await
+            {
+                Ok(_) if !healthy => {
+                    tracing::info!("session store reachable again; revocations in step");
+                    healthy = true;
+                }
+                Ok(_) => {}
+                Err(e) if healthy => {
+                    tracing::warn!("cannot sync revocations from the session store: {e}");
+                    healthy = false;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Clock, ManualClock, MemoryStore};
+
+    #[tokio::test]
+    async fn revoked_sessions_are_refused_until_their_tokens_expire() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = MemoryStore::with_clock(10, clock.clone());
+        let r = Revocations::new(false, FailMode::Closed, Duration::from_secs(3));
+        let now = clock.now_ms();
+        assert_eq!(r.check("s1", now), Ok(()));
+        store.revoke("s1", now / 1000 + 60).await.unwrap();
+        r.sync(&store, now).await.unwrap();
+        assert_eq!(
+            r.check("s1", now),
+            Err(Reject::Token(TokenProblem::Revoked))
+        );
+        assert_eq!(r.check("s2", now), Ok(()));
+        assert_eq!(r.check("s1", now + 61_000), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn shared_store_fail_closed_when_stale_open_otherwise() {
+        let store = MemoryStore::new(10);
+        let closed = Revocations::new(true, FailMode::Closed, Duration::from_secs(3));
+        assert!(!closed.is_ready());
+        assert_eq!(closed.check("s", 10_000), Err(Reject::StoreUnavailable));
+        closed.sync(&store, 10_000).await.unwrap();
+        assert!(closed.is_ready());
+        assert_eq!(closed.check("s", 12_000), Ok(()));
+        assert_eq!(closed.check("s", 13_001), Err(Reject::StoreUnavailable));
+        let open = Revocations::new(true, FailMode::Open, Duration::from_secs(3));
+        assert_eq!(open.check("s", 99_000), Ok(()));
+    }
+}

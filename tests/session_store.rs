@@ -1,0 +1,249 @@
+//! One conformance suite for every `SessionStore`: the embedded store (with a clock the test
+//! moves) and Redis (a real `redis-server` on a free port, where expiry takes a short real wait).
+
+mod common;
+
+use common::*;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wxgate::secret::Secret;
+use wxgate::session::{
+    Clock, ManualClock, MemoryStore, RedisStore, Rotation, Session, SessionStore, SystemClock,
+};
+
+struct Harness {
+    store: Arc<dyn SessionStore>,
+    /// A ttl that [`Harness::pass`] outlives.
+    short_ttl: Duration,
+    pass: Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
+}
+
+const LONG: Duration = Duration::from_secs(3600);
+
+fn now_s() -> u64 {
+    SystemClock.now_ms() / 1000
+}
+
+fn session(sid: &str, unionid: Option<&str>) -> Session {
+    Session {
+        sid: sid.into(),
+        openid: format!("o-{sid}"),
+        unionid: unionid.map(str::to_string),
+        session_key: Secret::new("tiihtNczf5v6AKRyjwEUhQ=="),
+        created_at: 1_700_000_000,
+        refresh_hash: "hash-0".into(),
+    }
+}
+
+async fn conformance(h: Harness) {
+    let s = &*h.store;
+
+    // create / get, with and without unionid; the session_key comes back intact.
+    let a = session("sid-a", None);
+    let b = session("sid-b", Some("u-b"));
+    s.create(&a, LONG).await.unwrap();
+    s.create(&b, LONG).await.unwrap();
+    assert_eq!(s.get("sid-a").await.unwrap(), Some(a.clone()));
+    assert_eq!(s.get("sid-b").await.unwrap(), Some(b.clone()));
+    assert_eq!(s.get("sid-none").await.unwrap(), None);
+
+    // rotate: the current hash swaps; an old one is reuse and revokes the session.
+    let cursor = s.revocations_since(0).await.unwrap().cursor;
+    let until = now_s() + 600;
+    match s
+        .rotate_refresh("sid-a", "hash-0", "hash-1", LONG, until)
+        .await
+        .unwrap()
+    {
+        Rotation::Rotated(got) => assert_eq!(got.refresh_hash, "hash-1"),
+        other => panic!("expected Rotated, got {other:?}"),
+    }
+    assert_eq!(
+        s.get("sid-a").await.unwrap().unwrap().refresh_hash,
+        "hash-1"
+    );
+    assert_eq!(
+        s.rotate_refresh("sid-a", "hash-0", "hash-x", LONG, until)
+            .await
+            .unwrap(),
+        Rotation::Reused
+    );
+    assert_eq!(s.get("sid-a").await.unwrap(), None, "reuse revokes");
+    let batch = s.revocations_since(cursor).await.unwrap();
+    assert_eq!(batch.revoked.len(), 1);
+    assert_eq!(batch.revoked[0].sid, "sid-a");
+    assert_eq!(batch.revoked[0].until, until);
+    assert_eq!(
+        s.rotate_refresh("sid-a", "hash-1", "hash-2", LONG, until)
+            .await
+            .unwrap(),
+        Rotation::Unknown
+    );
+    assert_eq!(
+        s.rotate_refresh("sid-never", "h", "h2", LONG, until)
+            .await
+            .unwrap(),
+        Rotation::Unknown
+    );
+
+    // revoke: gone, listed once after the cursor, not again after the new cursor.
+    let cursor = batch.cursor;
+    s.revoke("sid-b", until).await.unwrap();
+    assert_eq!(s.get("sid-b").await.unwrap(), None);
+    let batch = s.revocations_since(cursor).await.unwrap();
+    assert_eq!(
+        batch
+            .revoked
+            .iter()
+            .map(|r| r.sid.as_str())
+            .collect::<Vec<_>>(),
+        vec!["sid-b"]
+    );
+    assert!(batch.cursor > cursor);
+    assert!(s
+        .revocations_since(batch.cursor)
+        .await
+        .unwrap()
+        .revoked
+        .is_empty());
+    // From the start: every revocation still in force.
+    let all = s.revocations_since(0).await.unwrap();
+    let mut sids: Vec<_> = all.revoked.iter().map(|r| r.sid.clone()).collect();
+    sids.sort();
+    assert_eq!(sids, vec!["sid-a", "sid-b"]);
+    // Revocations already over are not listed.
+    s.revoke("sid-old", now_s().saturating_sub(10))
+        .await
+        .unwrap();
+    assert!(!s
+        .revocations_since(0)
+        .await
+        .unwrap()
+        .revoked
+        .iter()
+        .any(|r| r.sid == "sid-old"));
+
+    // Concurrent refreshes with one token: exactly one wins.
+    s.create(&session("sid-c", None), LONG).await.unwrap();
+    let results = futures::future::join_all((0..5).map(|i| {
+        s.rotate_refresh(
+            "sid-c",
+            "hash-0",
+            if i == 0 { "n0" } else { "n" },
+            LONG,
+            until,
+        )
+    }))
+    .await;
+    let rotated = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Rotation::Rotated(_))))
+        .count();
+    assert_eq!(rotated, 1, "{results:?}");
+
+    // Expiry; and a refresh gives the session its ttl again.
+    s.create(&session("sid-short", None), h.short_ttl)
+        .await
+        .unwrap();
+    s.create(&session("sid-kept", None), h.short_ttl)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.rotate_refresh("sid-kept", "hash-0", "hash-1", LONG, until)
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    (h.pass)().await;
+    assert_eq!(s.get("sid-short").await.unwrap(), None, "expired");
+    assert_eq!(
+        s.rotate_refresh("sid-short", "hash-0", "x", LONG, until)
+            .await
+            .unwrap(),
+        Rotation::Unknown
+    );
+    assert!(
+        s.get("sid-kept").await.unwrap().is_some(),
+        "refresh restarted the ttl"
+    );
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+    let store = Arc::new(MemoryStore::with_clock(1000, clock.clone()));
+    assert!(!store.is_shared());
+    conformance(Harness {
+        store,
+        short_ttl: Duration::from_secs(60),
+        pass: Box::new(move || {
+            let clock = clock.clone();
+            Box::pin(async move { clock.advance_ms(61_000) })
+        }),
+    })
+    .await;
+}
+
+fn redis_store(redis: &Proc, appid: &str) -> Arc<RedisStore> {
+    let url = Secret::new(format!("redis://{}/", redis.addr));
+    Arc::new(RedisStore::new(&url, appid, Duration::from_millis(500)).unwrap())
+}
+
+#[tokio::test]
+async fn redis_store_conforms() {
+    let redis = redis_server();
+    let store = redis_store(&redis, "wxconformance");
+    assert!(store.is_shared());
+    conformance(Harness {
+        store,
+        short_ttl: Duration::from_millis(300),
+        pass: Box::new(|| Box::pin(tokio::time::sleep(Duration::from_millis(450)))),
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_keys_are_namespaced_by_appid() {
+    let redis = redis_server();
+    let one = redis_store(&redis, "wxone");
+    let two = redis_store(&redis, "wxtwo");
+    one.create(&session("same-sid", None), LONG).await.unwrap();
+    assert!(two.get("same-sid").await.unwrap().is_none());
+    one.revoke("same-sid", now_s() + 60).await.unwrap();
+    assert!(two.revocations_since(0).await.unwrap().revoked.is_empty());
+    assert_eq!(one.revocations_since(0).await.unwrap().revoked.len(), 1);
+}
+
+#[tokio::test]
+async fn redis_outage_fails_fast_and_recovers_without_a_restart() {
+    let port = free_port();
+    let redis = redis_on(port);
+    let store = redis_store(&redis, "wxoutage");
+    store.create(&session("s1", None), LONG).await.unwrap();
+    drop(redis);
+
+    let started = Instant::now();
+    assert!(store.get("s1").await.is_err());
+    assert!(store.create(&session("s2", None), LONG).await.is_err());
+    assert!(store.revocations_since(0).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let _back = redis_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if store.create(&session("s3", None), LONG).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(store.get("s3").await.unwrap().is_some());
+    // The new server starts empty: a cursor from before must not hide its revocations.
+    store.revoke("s3", now_s() + 60).await.unwrap();
+    assert_eq!(store.revocations_since(99).await.unwrap().revoked.len(), 1);
+}
