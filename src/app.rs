@@ -34,7 +34,7 @@ pub fn build_store(
 pub fn build_state(config: &Config) -> Result<(Arc<GatewayState>, Option<RevocationSync>), String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let tokens = Arc::new(Tokens::new(&config.jwt, &config.wechat.appid));
-    let wechat = WechatClient::new(&config.wechat)?;
+    let wechat = Arc::new(WechatClient::new(&config.wechat)?);
     let store = build_store(config, clock.clone())?;
     // Stale once a few syncs in a row have failed (each is bounded by session.timeout).
     let stale_after = config.session.timeout * 2 + std::time::Duration::from_secs(1);

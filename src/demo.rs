@@ -82,6 +82,7 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
                 let opts = MockWechatOptions {
                     appid: Some(DEMO_APPID.into()),
                     secret: Some(DEMO_APPSECRET.into()),
+                    ..MockWechatOptions::default()
                 };
                 let (Ok(w), Ok(e)) = (
                     tokio::net::TcpListener::from_std(wechat),

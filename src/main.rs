@@ -47,6 +47,9 @@ enum Command {
         /// Refuse other secrets with 40125.
         #[arg(long)]
         secret: Option<String>,
+        /// Lifetime of the access tokens it issues, in seconds.
+        #[arg(long, default_value_t = 7200)]
+        token_ttl: u64,
     },
     /// An upstream app that answers with the request it received, as JSON.
     Echo {
@@ -110,9 +113,14 @@ fn main() -> ExitCode {
             listen,
             appid,
             secret,
+            token_ttl,
         } => {
             init_logging();
-            let opts = wxgate::mock::MockWechatOptions { appid, secret };
+            let opts = wxgate::mock::MockWechatOptions {
+                appid,
+                secret,
+                token_ttl,
+            };
             serve("mock-wechat", listen, |l| async move {
                 wxgate::mock::serve_wechat(l, opts).await
             })

@@ -4,6 +4,7 @@
 //! Failure: `{"code":"10200","message":"token已过期","reason":"expired"}`.
 //! The README's code table is generated from the same facts as [`Reject::parts`]; keep them in step.
 
+use crate::wechat::crypto::DecryptError;
 use bytes::Bytes;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -54,6 +55,12 @@ pub enum Reject {
     RefreshTokenInvalid { reused: bool },
     /// A gateway endpoint got a body that is not the JSON (or form) it expects.
     BadBody,
+    /// The token is valid but its session is gone (expired, evicted, store restarted).
+    SessionGone,
+    /// `/auth/decrypt` without `encryptedData` or `iv`.
+    DecryptFieldsMissing,
+    /// `/auth/decrypt` could not read the data.
+    Decrypt(DecryptError),
     /// A path with `.`/`..` segments (plain or percent-encoded): refused so that a public route
     /// cannot be used to reach a protected one after the upstream normalises the path.
     BadPath,
@@ -111,6 +118,35 @@ impl Reject {
                 Some(if *reused { "reused" } else { "unknown" }),
             ),
             Reject::BadBody => p(400, "10400", "请求体不是合法的JSON", Some("bad_body")),
+            Reject::SessionGone => p(401, "10202", "会话已失效，请重新登录", Some("session_gone")),
+            Reject::DecryptFieldsMissing => p(400, "10420", "encryptedData和iv必须传递", None),
+            Reject::Decrypt(e) => match e {
+                DecryptError::EncryptedDataNotBase64 => p(
+                    400,
+                    "10421",
+                    "encryptedData或iv不是合法的base64",
+                    Some("encrypted_data_base64"),
+                ),
+                DecryptError::IvNotBase64 => p(
+                    400,
+                    "10421",
+                    "encryptedData或iv不是合法的base64",
+                    Some("iv_base64"),
+                ),
+                DecryptError::IvLength => p(400, "10422", "iv长度必须为16字节", None),
+                DecryptError::CiphertextLength => p(400, "10423", "encryptedData长度无效", None),
+                DecryptError::BadPadding => p(
+                    400,
+                    "10424",
+                    "解密失败：数据已被篡改或session_key已更新，请重新登录",
+                    Some("bad_padding"),
+                ),
+                DecryptError::NotJson => p(400, "10425", "解密结果不是JSON对象", None),
+                DecryptError::Watermark => {
+                    p(403, "10426", "数据水印与本小程序不符", Some("watermark"))
+                }
+                DecryptError::BadSessionKey => p(500, "10500", "网关内部错误", Some("internal")),
+            },
             Reject::BadPath => p(400, "10402", "请求路径无效", Some("dot_segment")),
             Reject::NoRoute => p(404, "10404", "接口不存在", Some("no_route")),
             Reject::MethodNotAllowed => p(405, "10405", "请求方法不支持", None),
@@ -191,6 +227,14 @@ pub fn wechat_errcode(errcode: i64) -> (u16, &'static str, &'static str) {
         40013 => (500, "网关配置错误：appid无效", "invalid_appid"),
         40125 => (500, "网关配置错误：appsecret无效", "invalid_appsecret"),
         40243 => (500, "网关配置错误：appsecret已冻结", "appsecret_frozen"),
+        40164 => (
+            500,
+            "网关配置错误：服务器IP不在微信白名单中",
+            "ip_not_whitelisted",
+        ),
+        47001 => (500, "网关请求微信格式错误", "wechat_bad_request"),
+        40001 | 42001 => (502, "微信拒绝了access_token", "access_token_refused"),
+        45009 => (429, "微信接口今日调用量已达上限", "wechat_daily_quota"),
         _ => (502, "微信接口返回错误", "wechat_error"),
     }
 }
@@ -355,7 +399,10 @@ mod readme {
             let row = format!("| {} | {} |", doc.code, doc.status);
             assert!(readme.contains(&row), "README lacks the row {row:?}");
         }
-        for errcode in [40029, 40163, 41008, 40226, 45011, -1, 40013, 40125, 40243] {
+        for errcode in [
+            40029, 40163, 41008, 40226, 45011, -1, 40013, 40125, 40243, 40164, 47001, 40001, 42001,
+            45009,
+        ] {
             let (status, _, _) = super::wechat_errcode(errcode);
             let row = format!("| {errcode} | {status} |");
             assert!(readme.contains(&row), "README lacks the row {row:?}");

@@ -268,18 +268,15 @@ async fn spoofed_identity_headers_never_reach_the_app() {
     let token = login(&s, "erin.1").await;
     let openid = payload(&token)["sub"].as_str().unwrap().to_string();
     for (path, auth) in [("/public/x", None), ("/api/x", Some(&token))] {
-        let mut req = client()
-            .get(s.url(path))
-            .header("X-WX-OpenID", "spoof-1")
-            .header("x-wx-openid", "spoof-2")
-            .header("X_WX_OPENID", "spoof-3")
-            .header("X-WX-UNIONID", "spoof-4")
-            .header("X-WX-APPID", "spoof-5")
-            .header("x-wx-source", "spoof-6");
-        if let Some(t) = auth {
-            req = req.bearer_auth(t);
-        }
-        let (status, echo) = json(req.send().await.unwrap()).await;
+        let spoofs = [
+            ("X-WX-OpenID", "spoof-1"),
+            ("x-wx-openid", "spoof-2"),
+            ("X_WX_OPENID", "spoof-3"),
+            ("X-WX-UNIONID", "spoof-4"),
+            ("X-WX-APPID", "spoof-5"),
+            ("x-wx-source", "spoof-6"),
+        ];
+        let (status, echo) = get_with(s.url(path), auth.map(String::as_str), &spoofs).await;
         assert_eq!(status, 200, "{path}: {echo}");
         let leaked: Vec<_> = echo["headers"]
             .as_array()

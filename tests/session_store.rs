@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxgate::secret::Secret;
 use wxgate::session::{
-    Clock, ManualClock, MemoryStore, RedisStore, Rotation, Session, SessionStore, SystemClock,
+    Clock, ManualClock, MemoryStore, Phone, RedisStore, Rotation, Session, SessionStore,
+    SharedValue, SystemClock,
 };
 
 struct Harness {
@@ -33,6 +34,15 @@ fn session(sid: &str, unionid: Option<&str>) -> Session {
         session_key: Secret::new("tiihtNczf5v6AKRyjwEUhQ=="),
         created_at: 1_700_000_000,
         refresh_hash: "hash-0".into(),
+        phone: None,
+    }
+}
+
+fn phone() -> Phone {
+    Phone {
+        phone_number: "+86 13800001111".into(),
+        pure_phone_number: "13800001111".into(),
+        country_code: "86".into(),
     }
 }
 
@@ -141,6 +151,61 @@ async fn conformance(h: Harness) {
         .filter(|r| matches!(r, Ok(Rotation::Rotated(_))))
         .count();
     assert_eq!(rotated, 1, "{results:?}");
+
+    // The phone number joins a live session only.
+    s.create(&session("sid-p", None), LONG).await.unwrap();
+    assert!(s.set_phone("sid-p", &phone()).await.unwrap());
+    assert_eq!(s.get("sid-p").await.unwrap().unwrap().phone, Some(phone()));
+    assert!(!s.set_phone("sid-gone", &phone()).await.unwrap());
+    assert_eq!(
+        s.get("sid-gone").await.unwrap(),
+        None,
+        "set_phone creates nothing"
+    );
+    let with_phone = Session {
+        phone: Some(phone()),
+        ..session("sid-p2", None)
+    };
+    s.create(&with_phone, LONG).await.unwrap();
+    assert_eq!(s.get("sid-p2").await.unwrap(), Some(with_phone));
+
+    // Shared values: put, get, compare-and-delete.
+    let now = SystemClock.now_ms();
+    let v = SharedValue {
+        value: "tok-1".into(),
+        expires_at_ms: now + 60_000,
+        refresh_at_ms: now + 30_000,
+    };
+    assert_eq!(s.get_shared("access_token").await.unwrap(), None);
+    s.put_shared("access_token", &v).await.unwrap();
+    assert_eq!(s.get_shared("access_token").await.unwrap(), Some(v.clone()));
+    s.delete_shared("access_token", "tok-other").await.unwrap();
+    assert_eq!(s.get_shared("access_token").await.unwrap(), Some(v.clone()));
+    s.delete_shared("access_token", "tok-1").await.unwrap();
+    assert_eq!(s.get_shared("access_token").await.unwrap(), None);
+    let past = SharedValue {
+        expires_at_ms: now.saturating_sub(1),
+        ..v.clone()
+    };
+    s.put_shared("old", &past).await.unwrap();
+    assert_eq!(
+        s.get_shared("old").await.unwrap(),
+        None,
+        "expired values are not served"
+    );
+
+    // Locks: one holder at a time; unlock needs the holder's token.
+    let t1 = s.try_lock("fetch", LONG).await.unwrap().expect("free lock");
+    assert_eq!(s.try_lock("fetch", LONG).await.unwrap(), None);
+    s.unlock("fetch", "not-the-token").await.unwrap();
+    assert_eq!(s.try_lock("fetch", LONG).await.unwrap(), None);
+    s.unlock("fetch", &t1).await.unwrap();
+    let t2 = s
+        .try_lock("fetch", h.short_ttl)
+        .await
+        .unwrap()
+        .expect("released");
+    assert_ne!(t1, t2);
 
     // Expiry; and a refresh gives the session its ttl again.
     s.create(&session("sid-short", None), h.short_ttl)

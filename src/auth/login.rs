@@ -1,16 +1,19 @@
 //! The endpoints the gateway answers itself: `/auth` (code -> WeChat -> session -> token),
-//! `/isAuth` (the tutorial's token check), `/auth/refresh` and `/auth/logout`.
+//! `/isAuth` (the tutorial's token check), `/auth/refresh`, `/auth/logout`, `/auth/phone` and
+//! `/auth/decrypt`.
 //! Parsing is pure; [`Login`] does the I/O.
 
 use super::extract::{self, Presented};
 use super::jwt::{unix_now, Tokens};
 use super::Identity;
+use crate::config::FailMode;
 use crate::reply::{Reject, TokenProblem};
+use crate::session::Phone;
 use crate::session::{
     new_refresh_token, new_sid, refresh_hash, refresh_token_sid, Clock, Revocations, Rotation,
     Session, SessionStore,
 };
-use crate::wechat::WechatClient;
+use crate::wechat::{crypto, AccessTokens, WechatClient};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http::Method;
 use serde::Serialize;
@@ -47,20 +50,139 @@ pub struct Sessions {
     pub ttl: Duration,
 }
 
+/// How long a phone number read from the store is reused for forwarding.
+const PHONE_CACHE_MS: u64 = 60_000;
+const PHONE_CACHE_MAX: usize = 100_000;
+
 pub struct Login {
-    wechat: WechatClient,
+    wechat: Arc<WechatClient>,
+    access_tokens: AccessTokens,
     tokens: Arc<Tokens>,
     sessions: Sessions,
     in_flight: InFlight,
+    /// sid -> (phone, fetched at ms): only numbers that were found, so a new one shows at once.
+    phones: Mutex<HashMap<String, (Phone, u64)>>,
 }
 
 impl Login {
-    pub fn new(wechat: WechatClient, tokens: Arc<Tokens>, sessions: Sessions) -> Self {
+    pub fn new(wechat: Arc<WechatClient>, tokens: Arc<Tokens>, sessions: Sessions) -> Self {
+        let access_tokens = AccessTokens::new(
+            wechat.clone(),
+            sessions.store.clone(),
+            sessions.clock.clone(),
+        );
         Login {
             wechat,
+            access_tokens,
             tokens,
             sessions,
             in_flight: Arc::default(),
+            phones: Mutex::default(),
+        }
+    }
+
+    pub fn access_tokens(&self) -> &AccessTokens {
+        &self.access_tokens
+    }
+
+    /// The live session behind a verified identity.
+    async fn session_of(&self, identity: &Identity) -> Result<Session, Reject> {
+        self.sessions
+            .store
+            .get(&identity.sid)
+            .await
+            .map_err(Self::store_error)?
+            .ok_or(Reject::SessionGone)
+    }
+
+    /// `/auth/phone`: exchange a getPhoneNumber code for the user's number and keep it in the
+    /// session. The session is checked first, so a code is never spent for nothing.
+    pub async fn phone(&self, identity: &Identity, code: &str) -> Result<Phone, Reject> {
+        if !plausible_code(code) {
+            return Err(Reject::Wechat { errcode: 40029 });
+        }
+        let session = self.session_of(identity).await?;
+        let phone = self
+            .access_tokens
+            .call(|token| {
+                let wechat = &self.wechat;
+                let openid = &session.openid;
+                async move { wechat.phone_number(&token, code, openid).await }
+            })
+            .await?;
+        self.remember_phone(&identity.sid, &phone).await?;
+        tracing::info!(sid = %identity.sid, "phone number verified");
+        Ok(phone)
+    }
+
+    async fn remember_phone(&self, sid: &str, phone: &Phone) -> Result<(), Reject> {
+        let stored = self
+            .sessions
+            .store
+            .set_phone(sid, phone)
+            .await
+            .map_err(Self::store_error)?;
+        if !stored {
+            return Err(Reject::SessionGone);
+        }
+        let mut cache = lock(&self.phones);
+        cache.remove(sid);
+        Ok(())
+    }
+
+    /// `/auth/decrypt`: WeChat's encrypted user data, read with the session's session_key and
+    /// checked against this app's appid. A phone number in it (the legacy getPhoneNumber flow)
+    /// is kept in the session like one from `/auth/phone`.
+    pub async fn decrypt(
+        &self,
+        identity: &Identity,
+        encrypted_data: &str,
+        iv: &str,
+    ) -> Result<serde_json::Value, Reject> {
+        let session = self.session_of(identity).await?;
+        let value = crypto::decrypt_user_data(
+            session.session_key.expose(),
+            encrypted_data,
+            iv,
+            self.wechat.appid(),
+        )
+        .map_err(|e| {
+            if e == crypto::DecryptError::BadSessionKey {
+                tracing::error!(sid = %identity.sid, "stored session_key is unusable");
+            }
+            Reject::Decrypt(e)
+        })?;
+        if let Ok(phone) = serde_json::from_value::<Phone>(value.clone()) {
+            self.remember_phone(&identity.sid, &phone).await?;
+        }
+        Ok(value)
+    }
+
+    /// The verified phone number of a session, for routes with `forward_phone`. Found numbers
+    /// are reused for a minute; a store failure follows `session.fail_mode`.
+    pub async fn phone_of(&self, sid: &str) -> Result<Option<Phone>, Reject> {
+        let now = self.now_ms();
+        if let Some((phone, at)) = lock(&self.phones).get(sid) {
+            if now.saturating_sub(*at) < PHONE_CACHE_MS {
+                return Ok(Some(phone.clone()));
+            }
+        }
+        match self.sessions.store.get(sid).await {
+            Ok(session) => {
+                let phone = session.and_then(|s| s.phone);
+                if let Some(p) = &phone {
+                    let mut cache = lock(&self.phones);
+                    if cache.len() >= PHONE_CACHE_MAX {
+                        cache.clear();
+                    }
+                    cache.insert(sid.to_string(), (p.clone(), now));
+                }
+                Ok(phone)
+            }
+            Err(e) => match self.sessions.revocations.fail_mode() {
+                FailMode::Closed => Err(Self::store_error(e)),
+                FailMode::Open => Ok(None),
+            },
         }
     }
 
@@ -151,6 +273,7 @@ impl Login {
             session_key: wx.session_key,
             created_at: unix_now(),
             refresh_hash: refresh_hash(&refresh_token),
+            phone: None,
         };
         self.sessions
             .store
@@ -234,6 +357,7 @@ impl Login {
             .await
             .map_err(Self::store_error)?;
         self.sessions.revocations.insert(&identity.sid, until);
+        lock(&self.phones).remove(&identity.sid);
         tracing::info!(sid = %identity.sid, "logout");
         Ok(())
     }
@@ -353,9 +477,41 @@ pub fn refresh_token(req: &EndpointRequest<'_>) -> Result<String, Reject> {
     }
 }
 
+/// The JSON object (or form, as strings) body of a POST endpoint; an empty body is an empty
+/// object.
+pub fn post_body(
+    req: &EndpointRequest<'_>,
+) -> Result<serde_json::Map<String, serde_json::Value>, Reject> {
+    if *req.method != Method::POST {
+        return Err(Reject::MethodNotAllowed);
+    }
+    match body_kind(req) {
+        BodyKind::Empty => Ok(serde_json::Map::new()),
+        BodyKind::Json => json_object(req.body),
+        BodyKind::Form => Ok(form_urlencoded::parse(req.body)
+            .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+            .collect()),
+    }
+}
+
+/// A required string field of a body: absent, null or blank is `missing`; another type is
+/// [`Reject::BadBody`].
+pub fn string_field(
+    body: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    missing: Reject,
+) -> Result<String, Reject> {
+    match body.get(name) {
+        None | Some(serde_json::Value::Null) => Err(missing),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Err(missing),
+        Some(serde_json::Value::String(s)) => Ok(s.trim().to_string()),
+        Some(_) => Err(Reject::BadBody),
+    }
+}
+
 /// What an `/isAuth` request presents: the body's `token` first (the tutorial), then headers.
 pub fn verify_token<'a>(
-    body_json: &'a Option<serde_json::Map<String, serde_json::Value>>,
+    body_json: Option<&'a serde_json::Map<String, serde_json::Value>>,
     headers: &'a http::HeaderMap,
 ) -> Presented<'a> {
     let from_body = match body_json {
@@ -506,13 +662,16 @@ mod tests {
         let headers = http::HeaderMap::new();
         let r = req(&post, None, None, r#"{"token":"abc"}"#);
         let body = verify_body(&r).unwrap();
-        assert_eq!(verify_token(&body, &headers), Presented::Token("abc"));
+        assert_eq!(
+            verify_token(body.as_ref(), &headers),
+            Presented::Token("abc")
+        );
         let r = req(&post, None, None, "");
         let body = verify_body(&r).unwrap();
-        assert_eq!(verify_token(&body, &headers), Presented::Missing);
+        assert_eq!(verify_token(body.as_ref(), &headers), Presented::Missing);
         let mut headers = http::HeaderMap::new();
         headers.insert("authorization", "Bearer h".parse().unwrap());
-        assert_eq!(verify_token(&body, &headers), Presented::Token("h"));
+        assert_eq!(verify_token(body.as_ref(), &headers), Presented::Token("h"));
         let r = req(&post, None, None, "garbage");
         assert_eq!(verify_body(&r), Err(Reject::BadBody));
     }

@@ -34,6 +34,15 @@ pub struct ServerConfig {
     pub max_body: usize,
 }
 
+/// Which WeChat API hands out access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessTokenApi {
+    /// `cgi-bin/stable_token`: the same token while valid; fetching never invalidates another.
+    Stable,
+    /// `cgi-bin/token`: every fetch invalidates the previous token (after 5 minutes).
+    Classic,
+}
+
 #[derive(Debug, Clone)]
 pub struct WechatConfig {
     pub appid: String,
@@ -41,6 +50,7 @@ pub struct WechatConfig {
     /// Without a trailing slash.
     pub api_base: String,
     pub timeout: Duration,
+    pub access_token_api: AccessTokenApi,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +73,12 @@ pub struct AuthConfig {
     pub verify_path: String,
     pub refresh_path: String,
     pub logout_path: String,
+    pub phone_path: String,
+    pub decrypt_path: String,
     pub identity_header: HeaderName,
     pub unionid_header: HeaderName,
+    /// Carries the verified phone number to routes with `forward_phone = true`.
+    pub phone_header: HeaderName,
 }
 
 /// Where sessions live.
@@ -110,6 +124,8 @@ pub struct RouteConfig {
     pub auth: RouteAuth,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Inject the verified phone number (`auth.phone_header`).
+    pub forward_phone: bool,
 }
 
 /// One problem in the file, with the key path it concerns (`routes[1].upstreams[0]`).
@@ -390,11 +406,23 @@ impl Validator {
             );
         }
         let timeout = self.positive_duration(raw.timeout, "wechat.timeout", "3s");
+        let access_token_api = match raw.access_token_api.as_deref().unwrap_or("stable") {
+            "stable" => Some(AccessTokenApi::Stable),
+            "classic" => Some(AccessTokenApi::Classic),
+            other => {
+                self.problem(
+                    "wechat.access_token_api",
+                    format!("{other:?} is not one of \"stable\", \"classic\""),
+                );
+                None
+            }
+        };
         Some(WechatConfig {
             appid: appid?,
             secret: Secret::new(secret?),
             api_base: base_ok.then_some(api_base)?,
             timeout: timeout?,
+            access_token_api: access_token_api?,
         })
     }
 
@@ -467,11 +495,15 @@ impl Validator {
         let verify_path = self.path(raw.verify_path, "auth.verify_path", "/isAuth");
         let refresh_path = self.path(raw.refresh_path, "auth.refresh_path", "/auth/refresh");
         let logout_path = self.path(raw.logout_path, "auth.logout_path", "/auth/logout");
+        let phone_path = self.path(raw.phone_path, "auth.phone_path", "/auth/phone");
+        let decrypt_path = self.path(raw.decrypt_path, "auth.decrypt_path", "/auth/decrypt");
         let paths = [
             ("auth.login_path", &login_path),
             ("auth.verify_path", &verify_path),
             ("auth.refresh_path", &refresh_path),
             ("auth.logout_path", &logout_path),
+            ("auth.phone_path", &phone_path),
+            ("auth.decrypt_path", &decrypt_path),
         ];
         for (i, (key, path)) in paths.iter().enumerate() {
             if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p.is_some() && *p == *path) {
@@ -481,19 +513,30 @@ impl Validator {
         let identity_header =
             self.header(raw.identity_header, "auth.identity_header", "X-WX-OpenID");
         let unionid_header = self.header(raw.unionid_header, "auth.unionid_header", "X-WX-UnionID");
-        if identity_header.is_some() && identity_header == unionid_header {
-            self.problem(
-                "auth.unionid_header",
-                "must differ from auth.identity_header".into(),
-            );
+        let phone_header = self.header(raw.phone_header, "auth.phone_header", "X-WX-Phone");
+        let headers = [
+            ("auth.identity_header", &identity_header),
+            ("auth.unionid_header", &unionid_header),
+            ("auth.phone_header", &phone_header),
+        ];
+        for (i, (key, name)) in headers.iter().enumerate() {
+            if let Some((other, _)) = headers[..i]
+                .iter()
+                .find(|(_, n)| n.is_some() && *n == *name)
+            {
+                self.problem(key, format!("must differ from {other}"));
+            }
         }
         Some(AuthConfig {
             login_path: login_path?,
             verify_path: verify_path?,
             refresh_path: refresh_path?,
             logout_path: logout_path?,
+            phone_path: phone_path?,
+            decrypt_path: decrypt_path?,
             identity_header: identity_header?,
             unionid_header: unionid_header?,
+            phone_header: phone_header?,
         })
     }
 
@@ -660,6 +703,12 @@ impl Validator {
                 None
             }
         };
+        if raw.forward_phone == Some(true) && auth == Some(RouteAuth::None) {
+            self.problem(
+                &at("forward_phone"),
+                "needs auth = \"required\": a public route has no caller to take a phone number from".into(),
+            );
+        }
         let connect_timeout =
             self.positive_duration(raw.connect_timeout, &at("connect_timeout"), "2s");
         let read_timeout = self.positive_duration(raw.read_timeout, &at("read_timeout"), "30s");
@@ -671,6 +720,7 @@ impl Validator {
             auth: auth?,
             connect_timeout: connect_timeout?,
             read_timeout: read_timeout?,
+            forward_phone: raw.forward_phone.unwrap_or(false),
         })
     }
 }

@@ -18,6 +18,7 @@ pub struct RawWechat {
     pub secret: Option<String>,
     pub api_base: Option<String>,
     pub timeout: Option<String>,
+    pub access_token_api: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +36,9 @@ pub struct RawAuth {
     pub verify_path: Option<String>,
     pub refresh_path: Option<String>,
     pub logout_path: Option<String>,
+    pub phone_path: Option<String>,
+    pub decrypt_path: Option<String>,
+    pub phone_header: Option<String>,
     pub identity_header: Option<String>,
     pub unionid_header: Option<String>,
 }
@@ -57,4 +61,5 @@ pub struct RawRoute {
     pub auth: Option<String>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
+    pub forward_phone: Option<bool>,
 }

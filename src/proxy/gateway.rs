@@ -11,6 +11,7 @@ use crate::auth::login::{self, EndpointRequest, Login};
 use crate::auth::Identity;
 use crate::config::{Config, RouteAuth};
 use crate::reply::{self, Reject};
+use crate::session::Phone;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -29,6 +30,8 @@ pub struct GatewayState {
     pub verify_path: String,
     pub refresh_path: String,
     pub logout_path: String,
+    pub phone_path: String,
+    pub decrypt_path: String,
     pub identity: IdentityHeaders,
     pub max_body: usize,
 }
@@ -47,10 +50,13 @@ impl GatewayState {
             verify_path: config.auth.verify_path.clone(),
             refresh_path: config.auth.refresh_path.clone(),
             logout_path: config.auth.logout_path.clone(),
-            identity: IdentityHeaders {
-                openid: config.auth.identity_header.clone(),
-                unionid: config.auth.unionid_header.clone(),
-            },
+            phone_path: config.auth.phone_path.clone(),
+            decrypt_path: config.auth.decrypt_path.clone(),
+            identity: IdentityHeaders::new(
+                config.auth.identity_header.clone(),
+                config.auth.unionid_header.clone(),
+                config.auth.phone_header.clone(),
+            ),
             max_body: config.server.max_body,
         })
     }
@@ -71,6 +77,7 @@ impl Gateway {
 pub struct Ctx {
     route: Option<Arc<Route>>,
     identity: Option<Identity>,
+    phone: Option<Phone>,
     started: Instant,
     _in_flight: InFlightGuard,
 }
@@ -183,6 +190,8 @@ pub enum Endpoint {
     Verify,
     Refresh,
     Logout,
+    Phone,
+    Decrypt,
 }
 
 impl GatewayState {
@@ -196,6 +205,10 @@ impl GatewayState {
             Some(Endpoint::Refresh)
         } else if path == self.logout_path {
             Some(Endpoint::Logout)
+        } else if path == self.phone_path {
+            Some(Endpoint::Phone)
+        } else if path == self.decrypt_path {
+            Some(Endpoint::Decrypt)
         } else {
             None
         }
@@ -238,7 +251,7 @@ impl Gateway {
             }
             Endpoint::Verify => {
                 let json = login::verify_body(&request)?;
-                let data = login.check(login::verify_token(&json, &req.headers))?;
+                let data = login.check(login::verify_token(json.as_ref(), &req.headers))?;
                 Ok(reply::success("验证成功", data))
             }
             Endpoint::Refresh => {
@@ -249,14 +262,31 @@ impl Gateway {
                 ))
             }
             Endpoint::Logout => {
-                if req.method != http::Method::POST {
-                    return Err(Reject::MethodNotAllowed);
-                }
-                let json = login::verify_body(&request)?;
+                let json = login::post_body(&request)?;
                 login
-                    .logout(login::verify_token(&json, &req.headers))
+                    .logout(login::verify_token(Some(&json), &req.headers))
                     .await?;
                 Ok(reply::success("已退出登录", serde_json::json!({})))
+            }
+            Endpoint::Phone => {
+                let json = login::post_body(&request)?;
+                let identity = login.verify(login::verify_token(Some(&json), &req.headers))?;
+                let code = login::string_field(&json, "code", Reject::LoginCodeMissing)?;
+                Ok(reply::success(
+                    "获取手机号成功",
+                    login.phone(&identity, &code).await?,
+                ))
+            }
+            Endpoint::Decrypt => {
+                let json = login::post_body(&request)?;
+                let identity = login.verify(login::verify_token(Some(&json), &req.headers))?;
+                let data =
+                    login::string_field(&json, "encryptedData", Reject::DecryptFieldsMissing)?;
+                let iv = login::string_field(&json, "iv", Reject::DecryptFieldsMissing)?;
+                Ok(reply::success(
+                    "解密成功",
+                    login.decrypt(&identity, &data, &iv).await?,
+                ))
             }
         }
     }
@@ -270,6 +300,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             route: None,
             identity: None,
+            phone: None,
             started: Instant::now(),
             _in_flight: self.in_flight.enter(),
         }
@@ -284,14 +315,19 @@ impl ProxyHttp for Gateway {
             // Only right after start-up with a shared store: load the revocation list first.
             revocations.wait_ready(revocations.stale_after()).await;
         }
-        match authorize(session.req_header(), &self.state) {
-            Ok((route, identity)) => {
-                ctx.route = Some(route);
-                ctx.identity = identity;
-                Ok(false)
+        let (route, identity) = match authorize(session.req_header(), &self.state) {
+            Ok(decision) => decision,
+            Err(r) => return reject(session, &r).await,
+        };
+        if let (true, Some(identity)) = (route.forward_phone, &identity) {
+            match self.state.login.phone_of(&identity.sid).await {
+                Ok(phone) => ctx.phone = phone,
+                Err(r) => return reject(session, &r).await,
             }
-            Err(r) => reject(session, &r).await,
         }
+        ctx.route = Some(route);
+        ctx.identity = identity;
+        Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -317,6 +353,9 @@ impl ProxyHttp for Gateway {
         self.state.identity.strip(upstream_request);
         if let Some(identity) = &ctx.identity {
             self.state.identity.inject(upstream_request, identity);
+        }
+        if let Some(phone) = &ctx.phone {
+            self.state.identity.inject_phone(upstream_request, phone);
         }
         Ok(())
     }

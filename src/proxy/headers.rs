@@ -3,6 +3,7 @@
 //! the gateway), then the verified identity set.
 
 use crate::auth::Identity;
+use crate::session::Phone;
 use http::HeaderName;
 use pingora::http::RequestHeader;
 
@@ -12,14 +13,36 @@ const RESERVED_PREFIX: &str = "x-wx-";
 pub struct IdentityHeaders {
     pub openid: HeaderName,
     pub unionid: HeaderName,
+    /// The phone number without country code (`purePhoneNumber`).
+    pub phone: HeaderName,
+    /// `<phone header>-Country-Code`.
+    pub phone_country: HeaderName,
 }
 
 impl IdentityHeaders {
+    pub fn new(openid: HeaderName, unionid: HeaderName, phone: HeaderName) -> Self {
+        let phone_country =
+            HeaderName::from_bytes(format!("{}-country-code", phone.as_str()).as_bytes())
+                .unwrap_or_else(|_| HeaderName::from_static("x-wx-phone-country-code"));
+        IdentityHeaders {
+            openid,
+            unionid,
+            phone,
+            phone_country,
+        }
+    }
+
     /// Whether a client may not send this header (names from `http` are lowercase).
     pub fn is_reserved(&self, name: &str) -> bool {
         starts_with_normalized(name, RESERVED_PREFIX)
-            || eq_normalized(name, self.openid.as_str())
-            || eq_normalized(name, self.unionid.as_str())
+            || [
+                &self.openid,
+                &self.unionid,
+                &self.phone,
+                &self.phone_country,
+            ]
+            .iter()
+            .any(|h| eq_normalized(name, h.as_str()))
     }
 
     /// Remove every client-sent identity header.
@@ -46,6 +69,14 @@ impl IdentityHeaders {
     }
 }
 
+impl IdentityHeaders {
+    /// Set the verified phone number (routes with `forward_phone`).
+    pub fn inject_phone(&self, req: &mut RequestHeader, phone: &Phone) {
+        let _ = req.insert_header(self.phone.clone(), phone.pure_phone_number.as_str());
+        let _ = req.insert_header(self.phone_country.clone(), phone.country_code.as_str());
+    }
+}
+
 fn normalize(b: u8) -> u8 {
     match b {
         b'_' => b'-',
@@ -69,10 +100,11 @@ mod tests {
     use super::*;
 
     fn ids() -> IdentityHeaders {
-        IdentityHeaders {
-            openid: HeaderName::from_static("x-user-openid"),
-            unionid: HeaderName::from_static("x-wx-unionid"),
-        }
+        IdentityHeaders::new(
+            HeaderName::from_static("x-user-openid"),
+            HeaderName::from_static("x-wx-unionid"),
+            HeaderName::from_static("x-user-phone"),
+        )
     }
 
     fn request(headers: &[(&str, &str)]) -> RequestHeader {

@@ -15,6 +15,8 @@ pub struct Route {
     pub name: String,
     pub prefix: String,
     pub auth: RouteAuth,
+    /// Inject the caller's verified phone number.
+    pub forward_phone: bool,
     upstreams: LoadBalancer<RoundRobin>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -28,6 +30,7 @@ impl Route {
             name: c.name.clone(),
             prefix: c.prefix.clone(),
             auth: c.auth,
+            forward_phone: c.forward_phone,
             upstreams,
             connect_timeout: c.connect_timeout,
             read_timeout: c.read_timeout,
@@ -96,6 +99,7 @@ mod tests {
             auth,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            forward_phone: false,
         })
         .unwrap()
     }
@@ -163,6 +167,7 @@ mod tests {
             auth: RouteAuth::None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(2),
+            forward_phone: false,
         })
         .unwrap();
         let a = r.peer().unwrap();

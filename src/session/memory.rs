@@ -1,7 +1,8 @@
 //! The embedded session store: a bounded map whose entries expire, for a single instance.
 
 use super::{
-    Clock, Revocation, RevocationBatch, Rotation, Session, SessionStore, StoreError, SystemClock,
+    new_lock_token, Clock, Phone, Revocation, RevocationBatch, Rotation, Session, SessionStore,
+    SharedValue, StoreError, SystemClock,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -21,6 +22,9 @@ struct State {
     /// (sequence number, revocation), oldest first.
     revoked: Vec<(u64, Revocation)>,
     seq: u64,
+    shared: HashMap<String, SharedValue>,
+    /// name -> (token, expiry in ms).
+    locks: HashMap<String, (String, u64)>,
 }
 
 impl State {
@@ -150,6 +154,62 @@ impl SessionStore for MemoryStore {
         })
     }
 
+    async fn set_phone(&self, sid: &str, phone: &Phone) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(match self.lock().live(sid, now) {
+            Some(session) => {
+                session.phone = Some(phone.clone());
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn get_shared(&self, name: &str) -> Result<Option<SharedValue>, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(self
+            .lock()
+            .shared
+            .get(name)
+            .filter(|v| v.expires_at_ms > now)
+            .cloned())
+    }
+
+    async fn put_shared(&self, name: &str, value: &SharedValue) -> Result<(), StoreError> {
+        self.lock().shared.insert(name.to_string(), value.clone());
+        Ok(())
+    }
+
+    async fn delete_shared(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.shared.get(name).is_some_and(|v| v.value == value) {
+            state.shared.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<String>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        if state.locks.get(name).is_some_and(|(_, exp)| *exp > now) {
+            return Ok(None);
+        }
+        let token = new_lock_token();
+        state.locks.insert(
+            name.to_string(),
+            (token.clone(), now.saturating_add(ms(ttl))),
+        );
+        Ok(Some(token))
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.locks.get(name).is_some_and(|(t, _)| t == token) {
+            state.locks.remove(name);
+        }
+        Ok(())
+    }
+
     fn is_shared(&self) -> bool {
         false
     }
@@ -168,6 +228,7 @@ mod tests {
             session_key: Secret::new("k"),
             created_at: 0,
             refresh_hash: "h0".into(),
+            phone: None,
         }
     }
 

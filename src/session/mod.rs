@@ -19,6 +19,7 @@ pub use revocation::{RevocationSync, Revocations};
 
 use crate::secret::Secret;
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::time::Duration;
@@ -36,6 +37,30 @@ pub struct Session {
     pub created_at: u64,
     /// SHA-256 (hex) of the one refresh token that is valid now.
     pub refresh_hash: String,
+    /// The phone number WeChat verified for this user, once asked for.
+    pub phone: Option<Phone>,
+}
+
+/// A phone number as WeChat reports it (field names as in WeChat's answer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phone {
+    /// With the country code for numbers outside China, e.g. "+1 2025550123".
+    #[serde(rename = "phoneNumber")]
+    pub phone_number: String,
+    #[serde(rename = "purePhoneNumber")]
+    pub pure_phone_number: String,
+    #[serde(rename = "countryCode")]
+    pub country_code: String,
+}
+
+/// A value shared by every instance (the WeChat access token), with its expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedValue {
+    pub value: String,
+    /// Unix ms after which the value must not be used.
+    pub expires_at_ms: u64,
+    /// Unix ms after which it should be replaced.
+    pub refresh_at_ms: u64,
 }
 
 /// A store failure; the message is safe to log (never session contents, never the Redis URL).
@@ -100,6 +125,24 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Revocations recorded after `cursor` (0: all that are still in force).
     async fn revocations_since(&self, cursor: u64) -> Result<RevocationBatch, StoreError>;
 
+    /// Record the session's verified phone number; `false` when there is no such session.
+    async fn set_phone(&self, sid: &str, phone: &Phone) -> Result<bool, StoreError>;
+
+    /// A value shared between instances, if present and not expired.
+    async fn get_shared(&self, name: &str) -> Result<Option<SharedValue>, StoreError>;
+
+    /// Store a shared value until its `expires_at_ms`.
+    async fn put_shared(&self, name: &str, value: &SharedValue) -> Result<(), StoreError>;
+
+    /// Remove a shared value if it still holds `value` (compare-and-delete).
+    async fn delete_shared(&self, name: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Take a lock for at most `ttl`; `Some(token)` when taken, to pass to [`Self::unlock`].
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<String>, StoreError>;
+
+    /// Release a lock taken with [`Self::try_lock`] (no effect if it expired and was retaken).
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError>;
+
     /// Whether the store shares state between gateway instances (then revocations must be
     /// fetched from it; an in-process store tells this instance directly).
     fn is_shared(&self) -> bool;
@@ -107,6 +150,11 @@ pub trait SessionStore: Send + Sync + 'static {
 
 /// A fresh session id: 128 random bits, URL-safe base64.
 pub fn new_sid() -> String {
+    random_token(16)
+}
+
+/// A fresh lock token.
+pub fn new_lock_token() -> String {
     random_token(16)
 }
 

@@ -7,7 +7,11 @@
 //! atomic. Every operation is bounded by `session.timeout`; the connection is re-established by
 //! the connection manager when Redis comes back.
 
-use super::{Revocation, RevocationBatch, Rotation, Session, SessionStore, StoreError};
+use super::Clock;
+use super::{
+    new_lock_token, Phone, Revocation, RevocationBatch, Rotation, Session, SessionStore,
+    SharedValue, StoreError,
+};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -59,6 +63,21 @@ end
 return out
 "#;
 
+/// Sets a field only on a session that exists.
+const SET_PHONE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'phone', ARGV[1])
+return 1
+"#;
+
+/// Deletes KEYS[1] if its field (ARGV[1]) or, without a field, its value equals ARGV[2].
+const COMPARE_AND_DELETE: &str = r#"
+local cur
+if ARGV[1] == '' then cur = redis.call('GET', KEYS[1]) else cur = redis.call('HGET', KEYS[1], ARGV[1]) end
+if cur == ARGV[2] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 pub struct RedisStore {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
@@ -67,6 +86,8 @@ pub struct RedisStore {
     rotate: Script,
     revoke: Script,
     since: Script,
+    set_phone: Script,
+    compare_and_delete: Script,
 }
 
 fn unix_now() -> u64 {
@@ -92,6 +113,8 @@ impl RedisStore {
             rotate: Script::new(&format!("{ROTATE_HEAD}{REVOKE}return -1")),
             revoke: Script::new(&format!("{REVOKE_HEAD}{REVOKE}return 1")),
             since: Script::new(SINCE),
+            set_phone: Script::new(SET_PHONE),
+            compare_and_delete: Script::new(COMPARE_AND_DELETE),
         })
     }
 
@@ -155,6 +178,7 @@ impl RedisStore {
             session_key: Secret::new(take("session_key")?),
             created_at: take("created_at")?.parse().ok()?,
             refresh_hash: take("refresh")?,
+            phone: take("phone").and_then(|p| serde_json::from_str(&p).ok()),
         })
     }
 }
@@ -168,13 +192,21 @@ impl SessionStore for RedisStore {
     async fn create(&self, session: &Session, ttl: Duration) -> Result<(), StoreError> {
         let key = self.session_key(&session.sid);
         let created_at = session.created_at.to_string();
-        let fields = [
+        let phone = session
+            .phone
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok())
+            .unwrap_or_default();
+        let mut fields = vec![
             ("openid", session.openid.as_str()),
             ("unionid", session.unionid.as_deref().unwrap_or("")),
             ("session_key", session.session_key.expose()),
             ("created_at", created_at.as_str()),
             ("refresh", session.refresh_hash.as_str()),
         ];
+        if !phone.is_empty() {
+            fields.push(("phone", phone.as_str()));
+        }
         self.bounded(|mut c| async move {
             redis::pipe()
                 .atomic()
@@ -284,6 +316,108 @@ impl SessionStore for RedisStore {
             }
         }
         Ok(batch)
+    }
+
+    async fn set_phone(&self, sid: &str, phone: &Phone) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(phone).map_err(|e| StoreError(e.to_string()))?;
+        let mut invocation = self.set_phone.prepare_invoke();
+        invocation.key(self.session_key(sid)).arg(json);
+        let set: i64 = self
+            .bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        Ok(set == 1)
+    }
+
+    async fn get_shared(&self, name: &str) -> Result<Option<SharedValue>, StoreError> {
+        let key = self.key(&format!("shared:{name}"));
+        let fields: HashMap<String, String> = self
+            .bounded(
+                |mut c| async move { redis::cmd("HGETALL").arg(&key).query_async(&mut c).await },
+            )
+            .await?;
+        let number = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
+        let value = match (
+            fields.get("value"),
+            number("expires_at_ms"),
+            number("refresh_at_ms"),
+        ) {
+            (Some(value), Some(expires_at_ms), Some(refresh_at_ms)) => Some(SharedValue {
+                value: value.clone(),
+                expires_at_ms,
+                refresh_at_ms,
+            }),
+            _ => None,
+        };
+        let now = super::SystemClock.now_ms();
+        Ok(value.filter(|v| v.expires_at_ms > now))
+    }
+
+    async fn put_shared(&self, name: &str, value: &SharedValue) -> Result<(), StoreError> {
+        let key = self.key(&format!("shared:{name}"));
+        let expires = value.expires_at_ms.to_string();
+        let refresh = value.refresh_at_ms.to_string();
+        let fields = [
+            ("value", value.value.as_str()),
+            ("expires_at_ms", expires.as_str()),
+            ("refresh_at_ms", refresh.as_str()),
+        ];
+        let at = value.expires_at_ms as i64;
+        self.bounded(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .del(&key)
+                .ignore()
+                .hset_multiple(&key, &fields)
+                .ignore()
+                .pexpire_at(&key, at)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn delete_shared(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let mut invocation = self.compare_and_delete.prepare_invoke();
+        invocation
+            .key(self.key(&format!("shared:{name}")))
+            .arg("value")
+            .arg(value);
+        self.bounded(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<String>, StoreError> {
+        let key = self.key(&format!("lock:{name}"));
+        let token = new_lock_token();
+        let set: Option<String> = self
+            .bounded(|mut c| {
+                let token = token.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ms(ttl))
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(set.map(|_| token))
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError> {
+        let mut invocation = self.compare_and_delete.prepare_invoke();
+        invocation
+            .key(self.key(&format!("lock:{name}")))
+            .arg("")
+            .arg(token);
+        self.bounded(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
+            .await
+            .map(|_| ())
     }
 
     fn is_shared(&self) -> bool {

@@ -46,6 +46,10 @@ impl Revocations {
         }
     }
 
+    pub fn fail_mode(&self) -> FailMode {
+        self.fail_mode
+    }
+
     pub fn stale_after(&self) -> Duration {
         Duration::from_millis(self.stale_after_ms)
     }

@@ -2,9 +2,10 @@
 //! reads bytes, parses leniently and branches on `errcode` only (never on `errmsg`). URLs carry
 //! the appsecret: they are never logged, and reqwest errors are stripped of them.
 
-use crate::config::WechatConfig;
+use crate::config::{AccessTokenApi, WechatConfig};
 use crate::reply::Reject;
 use crate::secret::Secret;
+use crate::session::Phone;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -51,12 +52,53 @@ struct Code2SessionAnswer {
     unionid: Option<String>,
 }
 
+/// An access token as WeChat handed it out.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: Secret,
+    pub expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    errcode: i64,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PhoneAnswer {
+    #[serde(default)]
+    errcode: i64,
+    phone_info: Option<PhoneInfo>,
+}
+
+#[derive(Deserialize)]
+struct PhoneInfo {
+    #[serde(rename = "phoneNumber")]
+    phone_number: String,
+    #[serde(rename = "purePhoneNumber")]
+    pure_phone_number: String,
+    /// Documented as a string, shown as a number in WeChat's own example: accept both.
+    #[serde(rename = "countryCode")]
+    country_code: serde_json::Value,
+    watermark: Option<Watermark>,
+}
+
+#[derive(Deserialize)]
+struct Watermark {
+    appid: Option<String>,
+}
+
 pub struct WechatClient {
     http: reqwest::Client,
+    api_base: String,
     code2session_url: String,
     appid: String,
     secret: Secret,
     timeout: Duration,
+    access_token_api: AccessTokenApi,
 }
 
 impl WechatClient {
@@ -70,10 +112,101 @@ impl WechatClient {
             .map_err(|e| format!("cannot build the WeChat HTTP client: {}", e.without_url()))?;
         Ok(WechatClient {
             http,
+            api_base: config.api_base.clone(),
             code2session_url: format!("{}/sns/jscode2session", config.api_base),
             appid: config.appid.clone(),
             secret: config.secret.clone(),
             timeout: config.timeout,
+            access_token_api: config.access_token_api,
+        })
+    }
+
+    pub fn appid(&self) -> &str {
+        &self.appid
+    }
+
+    /// Fetch an access token from the configured API. `stable_token` is always asked with
+    /// `force_refresh: false`: forced refreshes are rationed by WeChat and never routine.
+    pub async fn fetch_access_token(&self) -> Result<AccessToken, WechatError> {
+        let (request, api) = match self.access_token_api {
+            AccessTokenApi::Stable => (
+                self.http
+                    .post(format!("{}/cgi-bin/stable_token", self.api_base))
+                    .json(&serde_json::json!({
+                        "grant_type": "client_credential",
+                        "appid": self.appid,
+                        "secret": self.secret.expose(),
+                        "force_refresh": false,
+                    })),
+                "stable_token",
+            ),
+            AccessTokenApi::Classic => (
+                self.http
+                    .get(format!("{}/cgi-bin/token", self.api_base))
+                    .query(&[
+                        ("grant_type", "client_credential"),
+                        ("appid", self.appid.as_str()),
+                        ("secret", self.secret.expose()),
+                    ]),
+                "token",
+            ),
+        };
+        let body = self.send(request, api).await?;
+        let answer: TokenAnswer = parse(&body, api)?;
+        if answer.errcode != 0 {
+            tracing::warn!(
+                errcode = answer.errcode,
+                api,
+                "WeChat refused an access token"
+            );
+            return Err(WechatError::Api(answer.errcode));
+        }
+        match (answer.access_token, answer.expires_in) {
+            (Some(token), Some(expires_in)) if !token.is_empty() && expires_in > 0 => {
+                tracing::info!(api, expires_in, "access token fetched");
+                Ok(AccessToken {
+                    token: Secret::new(token),
+                    expires_in,
+                })
+            }
+            _ => Err(WechatError::BadResponse),
+        }
+    }
+
+    /// `wxa/business/getuserphonenumber`. Billed per success by WeChat: never retried here.
+    pub async fn phone_number(
+        &self,
+        access_token: &Secret,
+        code: &str,
+        openid: &str,
+    ) -> Result<Phone, WechatError> {
+        let request = self
+            .http
+            .post(format!("{}/wxa/business/getuserphonenumber", self.api_base))
+            .query(&[("access_token", access_token.expose())])
+            .json(&serde_json::json!({ "code": code, "openid": openid }));
+        let body = self.send(request, "getuserphonenumber").await?;
+        let answer: PhoneAnswer = parse(&body, "getuserphonenumber")?;
+        if answer.errcode != 0 {
+            tracing::info!(errcode = answer.errcode, "getuserphonenumber refused");
+            return Err(WechatError::Api(answer.errcode));
+        }
+        let info = answer.phone_info.ok_or(WechatError::BadResponse)?;
+        if let Some(appid) = info.watermark.and_then(|w| w.appid) {
+            if appid != self.appid {
+                tracing::warn!("getuserphonenumber answered for another appid");
+                return Err(WechatError::BadResponse);
+            }
+        }
+        let country_code = match info.country_code {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return Err(WechatError::BadResponse),
+        };
+        Ok(Phone {
+            phone_number: info.phone_number,
+            pure_phone_number: info.pure_phone_number,
+            country_code,
         })
     }
 

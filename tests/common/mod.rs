@@ -119,7 +119,19 @@ fn stand_in(args: &[&str]) -> Proc {
 
 /// The stand-in WeChat, accepting only our appid and secret.
 pub fn mock_wechat() -> Proc {
-    stand_in(&["mock-wechat", "--appid", APPID, "--secret", APPSECRET])
+    mock_wechat_with(&[])
+}
+
+/// The stand-in WeChat for another appid.
+pub fn mock_wechat_for(appid: &str) -> Proc {
+    stand_in(&["mock-wechat", "--appid", appid, "--secret", APPSECRET])
+}
+
+/// The stand-in WeChat with extra arguments (e.g. `--token-ttl 3`).
+pub fn mock_wechat_with(extra: &[&str]) -> Proc {
+    let mut args = vec!["mock-wechat", "--appid", APPID, "--secret", APPSECRET];
+    args.extend_from_slice(extra);
+    stand_in(&args)
 }
 
 pub fn echo() -> Proc {
@@ -217,7 +229,11 @@ impl Stack {
 
     /// Start with a configuration edited by `edit`.
     pub fn with(edit: impl FnOnce(String) -> String) -> Stack {
-        let wechat = mock_wechat();
+        Self::with_mock(mock_wechat(), edit)
+    }
+
+    /// Start with this stand-in WeChat and a configuration edited by `edit`.
+    pub fn with_mock(wechat: Proc, edit: impl FnOnce(String) -> String) -> Stack {
         let echo = echo();
         let gw = gateway(&edit(config(wechat.addr, echo.addr)));
         Stack { wechat, echo, gw }
@@ -365,4 +381,20 @@ pub fn redis_on(port: u16) -> Proc {
 
 pub fn redis_server() -> Proc {
     redis_on(free_port())
+}
+
+/// GET with an optional bearer token and extra headers; status and JSON answer.
+pub async fn get_with(
+    url: String,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut req = client().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    json(req.send().await.expect("request")).await
 }
