@@ -17,7 +17,9 @@ demo: build
 test: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	rm -rf target/tmp
 	$(CARGO) test --locked
+	bash scripts/check-logs.sh
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings

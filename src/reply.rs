@@ -70,6 +70,10 @@ pub enum Reject {
     MethodNotAllowed,
     /// A body over the gateway endpoints' limit.
     BodyTooLarge,
+    /// Request headers over the gateway's bounds.
+    HeadersTooLarge,
+    /// Too many calls to an endpoint that calls WeChat, from one client address.
+    RateLimited,
     /// WeChat answered with an `errcode`.
     Wechat { errcode: i64 },
     /// WeChat could not be reached (connection refused, DNS, TLS).
@@ -151,6 +155,13 @@ impl Reject {
             Reject::NoRoute => p(404, "10404", "接口不存在", Some("no_route")),
             Reject::MethodNotAllowed => p(405, "10405", "请求方法不支持", None),
             Reject::BodyTooLarge => p(413, "10413", "请求体过大", None),
+            Reject::HeadersTooLarge => p(431, "10431", "请求头过大", None),
+            Reject::RateLimited => p(
+                429,
+                "10429",
+                "请求过于频繁，请稍后再试",
+                Some("rate_limited"),
+            ),
             Reject::Wechat { errcode } => {
                 let (status, message, reason) = wechat_errcode(*errcode);
                 Parts {

@@ -25,6 +25,9 @@ struct Claims {
     aud: String,
 }
 
+/// The longest token worth decoding.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -108,6 +111,10 @@ impl Tokens {
 
     /// Verify signature, algorithm, exp/nbf (with leeway), issuer and audience.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenProblem> {
+        if token.len() > MAX_TOKEN_BYTES {
+            // Ours are a few hundred bytes: do not spend base64 and JSON work on a giant.
+            return Err(TokenProblem::Malformed);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| problem(e.kind()))?;
         let c = data.claims;

@@ -6,7 +6,7 @@ mod raw;
 
 pub use crate::secret::Secret;
 use http::HeaderName;
-use raw::{RawAuth, RawJwt, RawRoute, RawServer, RawSession, RawWechat};
+use raw::{RawAuth, RawJwt, RawRateLimit, RawRoute, RawServer, RawSession, RawWechat};
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -21,12 +21,22 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub auth: AuthConfig,
     pub session: SessionConfig,
+    pub rate_limit: RateLimitConfig,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Calls per client address per minute to the endpoints that call WeChat (0: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub login_per_minute: u32,
+    pub phone_per_minute: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub threads: usize,
     /// Upper bound on how long SIGTERM waits for in-flight requests.
     pub grace_period: Duration,
@@ -182,6 +192,17 @@ pub fn parse(
     source: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    parse_with(text, source, lookup, true)
+}
+
+/// [`parse`], optionally without DNS: host names other than IP literals are then refused
+/// (fuzzing must not do network lookups).
+pub fn parse_with(
+    text: &str,
+    source: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    resolve_names: bool,
+) -> Result<Config, ConfigError> {
     let fail = |problems| ConfigError {
         source: source.to_string(),
         problems,
@@ -192,7 +213,10 @@ pub fn parse(
             message: e.to_string().trim().replace('\n', "\n    "),
         }])
     })?;
-    let mut v = Validator::default();
+    let mut v = Validator {
+        problems: Vec::new(),
+        resolve_names,
+    };
     for (key, value) in root.iter_mut() {
         env::expand_value(value, key, lookup, &mut |path, message| {
             v.problem(path, message)
@@ -204,6 +228,7 @@ pub fn parse(
     let mut jwt = None;
     let mut auth = None;
     let mut session = None;
+    let mut rate_limit = None;
     let mut routes = None;
     for (key, value) in root {
         match key.as_str() {
@@ -212,6 +237,7 @@ pub fn parse(
             "jwt" => jwt = v.section::<RawJwt>(value, &key),
             "auth" => auth = v.section::<RawAuth>(value, &key),
             "session" => session = v.section::<RawSession>(value, &key),
+            "rate_limit" => rate_limit = v.section::<RawRateLimit>(value, &key),
             "routes" => routes = v.routes(value),
             _ => v.problem(&key, "unknown key".into()),
         }
@@ -223,6 +249,11 @@ pub fn parse(
     let auth = v.auth(auth.unwrap_or_default());
     let session = v.session(session.unwrap_or_default(), jwt.as_ref());
     let routes = v.check_routes(routes);
+    let rate_limit = rate_limit.unwrap_or_default();
+    let rate_limit = RateLimitConfig {
+        login_per_minute: rate_limit.login_per_minute.unwrap_or(30),
+        phone_per_minute: rate_limit.phone_per_minute.unwrap_or(10),
+    };
 
     match (server, wechat, jwt, auth, session, routes) {
         (Some(server), Some(wechat), Some(jwt), Some(auth), Some(session), Some(routes))
@@ -234,6 +265,7 @@ pub fn parse(
                 jwt,
                 auth,
                 session,
+                rate_limit,
                 routes,
             })
         }
@@ -243,9 +275,9 @@ pub fn parse(
 
 /// Collects problems while turning raw sections into typed ones. Each method returns `None` when
 /// its section has a problem, and has then recorded it.
-#[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+    resolve_names: bool,
 }
 
 fn join(base: &str, rest: &str) -> String {
@@ -344,13 +376,26 @@ impl Validator {
 
     fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
         let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen = match resolve_host_port(&listen_text) {
+        let listen = match resolve_host_port(&listen_text, self.resolve_names) {
             Ok(addrs) => addrs.into_iter().next(),
             Err(message) => {
                 self.problem("server.listen", message);
                 None
             }
         };
+        let mut trusted_proxies = Vec::new();
+        for (i, net) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
+            let parsed = net
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => trusted_proxies.push(n),
+                Err(_) => self.problem(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("{net:?} is not an address or CIDR (e.g. \"10.0.0.0/8\")"),
+                ),
+            }
+        }
         let threads = match raw.threads {
             Some(0) => {
                 self.problem("server.threads", "must be at least 1".into());
@@ -375,6 +420,7 @@ impl Validator {
         };
         Some(ServerConfig {
             listen: listen?,
+            trusted_proxies,
             threads: threads?,
             grace_period: grace_period?,
             max_body: max_body?,
@@ -677,7 +723,7 @@ impl Validator {
                 upstreams_ok = false;
             }
             for (j, u) in list.iter().enumerate() {
-                match resolve_host_port(u) {
+                match resolve_host_port(u, self.resolve_names) {
                     Ok(found) => {
                         for a in found {
                             if !addrs.contains(&a) {
@@ -738,7 +784,7 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// Resolve `host:port` once, at load time (the gateway never does a blocking lookup per request).
-fn resolve_host_port(text: &str) -> Result<Vec<SocketAddr>, String> {
+fn resolve_host_port(text: &str, resolve_names: bool) -> Result<Vec<SocketAddr>, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
@@ -757,6 +803,9 @@ fn resolve_host_port(text: &str) -> Result<Vec<SocketAddr>, String> {
         return Err(format!("{text:?} has no valid port (expected host:port)"));
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    if !resolve_names {
+        return Err(format!("{text:?}: not resolving host names here"));
+    }
     match (host, port).to_socket_addrs() {
         Ok(addrs) => {
             let addrs: Vec<_> = addrs.collect();

@@ -7,6 +7,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 pub struct RawServer {
     pub listen: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub threads: Option<usize>,
     pub grace_period: Option<String>,
     pub max_body: Option<String>,
@@ -62,4 +63,10 @@ pub struct RawRoute {
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub forward_phone: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRateLimit {
+    pub login_per_minute: Option<u32>,
+    pub phone_per_minute: Option<u32>,
 }

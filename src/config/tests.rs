@@ -171,21 +171,25 @@ fn syntax_errors_are_one_problem_not_a_panic() {
     assert!(has(&p, "routes", "array of tables"));
 }
 
+fn resolve_host_port_(text: &str) -> Result<Vec<SocketAddr>, String> {
+    resolve_host_port(text, true)
+}
+
 #[test]
 fn upstream_forms() {
-    assert!(resolve_host_port("127.0.0.1:80").is_ok());
-    assert!(resolve_host_port("[::1]:80").is_ok());
-    assert!(resolve_host_port("localhost:80").is_ok());
-    assert!(resolve_host_port("localhost")
+    assert!(resolve_host_port_("127.0.0.1:80").is_ok());
+    assert!(resolve_host_port_("[::1]:80").is_ok());
+    assert!(resolve_host_port_("localhost:80").is_ok());
+    assert!(resolve_host_port_("localhost")
         .unwrap_err()
         .contains("no port"));
-    assert!(resolve_host_port("127.0.0.1")
+    assert!(resolve_host_port_("127.0.0.1")
         .unwrap_err()
         .contains("no port"));
-    assert!(resolve_host_port("http://127.0.0.1:80").is_err());
-    assert!(resolve_host_port("127.0.0.1:http").is_err());
-    assert!(resolve_host_port("127.0.0.1:99999").is_err());
-    assert!(resolve_host_port(":80").is_err());
+    assert!(resolve_host_port_("http://127.0.0.1:80").is_err());
+    assert!(resolve_host_port_("127.0.0.1:http").is_err());
+    assert!(resolve_host_port_("127.0.0.1:99999").is_err());
+    assert!(resolve_host_port_(":80").is_err());
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use super::drain::{InFlight, InFlightGuard};
 use super::headers::IdentityHeaders;
+use super::limit::{client_ip, PerMinute};
 use super::route::{route_path, Route, RouteTable};
 use crate::auth::extract;
 use crate::auth::login::{self, EndpointRequest, Login};
@@ -34,6 +35,9 @@ pub struct GatewayState {
     pub decrypt_path: String,
     pub identity: IdentityHeaders,
     pub max_body: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub login_limit: PerMinute,
+    pub phone_limit: PerMinute,
 }
 
 impl GatewayState {
@@ -58,6 +62,9 @@ impl GatewayState {
                 config.auth.phone_header.clone(),
             ),
             max_body: config.server.max_body,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            login_limit: PerMinute::new(config.rate_limit.login_per_minute),
+            phone_limit: PerMinute::new(config.rate_limit.phone_per_minute),
         })
     }
 }
@@ -96,6 +103,28 @@ pub fn authorize(
     Ok((Arc::clone(route), identity))
 }
 
+/// Bounds on request headers (Pingora itself refuses more than 1 MiB with a bare 400).
+const MAX_HEADERS: usize = 100;
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuse requests whose headers exceed the gateway's bounds. Token headers do not count: an
+/// oversized token is a bad token (401 10200), which is what its client needs to hear. Pure.
+pub fn check_headers(req: &RequestHeader) -> Result<(), Reject> {
+    if req.headers.len() > MAX_HEADERS {
+        return Err(Reject::HeadersTooLarge);
+    }
+    let bytes: usize = req
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != header::AUTHORIZATION && k.as_str() != "token")
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(Reject::HeadersTooLarge);
+    }
+    Ok(())
+}
+
 /// The envelope for a proxy error, or `None` when the client is gone and nothing can be sent.
 pub fn proxy_error(e: &Error) -> Option<Reject> {
     use ErrorType::*;
@@ -127,6 +156,7 @@ async fn respond(session: &mut Session, status: u16, body: Bytes) -> Result<()> 
     match status {
         401 => head.insert_header(header::WWW_AUTHENTICATE, "Bearer")?,
         405 => head.insert_header(header::ALLOW, "GET, POST")?,
+        429 => head.insert_header(header::RETRY_AFTER, "60")?,
         _ => {}
     }
     session.write_response_header(Box::new(head), false).await?;
@@ -216,8 +246,33 @@ impl GatewayState {
 }
 
 impl Gateway {
+    /// The client's address (behind trusted proxies), if the connection has one.
+    fn client(&self, session: &Session) -> Option<std::net::IpAddr> {
+        let peer = session.client_addr()?.as_inet()?.ip();
+        let forwarded = session
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Some(client_ip(peer, forwarded, &self.state.trusted_proxies))
+    }
+
+    /// Whether this client may make one more call that spends WeChat quota.
+    fn within_limit(&self, session: &Session, endpoint: Endpoint) -> bool {
+        let limit = match endpoint {
+            Endpoint::Login => &self.state.login_limit,
+            Endpoint::Phone => &self.state.phone_limit,
+            _ => return true,
+        };
+        self.client(session).is_none_or(|ip| limit.allow(ip))
+    }
+
     /// Read the (bounded) body, compute the answer, write it.
     async fn serve_endpoint(&self, session: &mut Session, endpoint: Endpoint) -> Result<bool> {
+        if !self.within_limit(session, endpoint) {
+            return reject(session, &Reject::RateLimited).await;
+        }
         let answer = match read_body(session, self.state.max_body).await {
             Ok(body) => self.answer(endpoint, session.req_header(), &body).await,
             Err(r) => Err(r),
@@ -307,6 +362,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Err(r) = check_headers(session.req_header()) {
+            return reject(session, &r).await;
+        }
         if let Some(endpoint) = self.state.endpoint(session.req_header().uri.path()) {
             return self.serve_endpoint(session, endpoint).await;
         }

@@ -4,6 +4,7 @@
 pub mod drain;
 pub mod gateway;
 pub mod headers;
+pub mod limit;
 pub mod route;
 
 pub use gateway::{Gateway, GatewayState};

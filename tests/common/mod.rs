@@ -157,6 +157,10 @@ timeout = "1s"
 secret = "${{WXGATE_JWT_SECRET}}"
 ttl = "2h"
 
+[rate_limit]
+login_per_minute = 1000
+phone_per_minute = 1000
+
 [[routes]]
 prefix = "/api/"
 upstreams = ["{echo}"]

@@ -1,0 +1,155 @@
+//! Who the client is (behind trusted proxies), and how often it may make the gateway call WeChat,
+//! so that a flood cannot burn the app's WeChat quota (errcode 45011).
+
+use ipnet::IpNet;
+use pingora_limits::rate::Rate;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The client's address: the peer, unless the peer is a trusted proxy; then the right-most
+/// address in `X-Forwarded-For` that is not a trusted proxy (what the nearest untrusted hop said
+/// cannot be forged by the client; anything further left can). Malformed entries stop the walk.
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for entry in forwarded_for.rev().flat_map(|v| v.rsplit(',')) {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64 (one subscriber).
+pub fn client_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4) as u128,
+        IpAddr::V6(v6) => u128::from(v6) & !((1u128 << 64) - 1) | (1 << 32),
+    }
+}
+
+/// Calls per client per minute, in fixed memory whatever the number of clients.
+pub struct PerMinute {
+    limit: u32,
+    rate: Rate,
+}
+
+impl PerMinute {
+    /// `limit` calls a minute per client; 0 means unlimited.
+    pub fn new(limit: u32) -> Self {
+        PerMinute {
+            limit,
+            // 4 x 16384 counters: collisions stay rare with many thousands of clients.
+            rate: Rate::new_with_estimator_config(Duration::from_secs(60), 4, 16384),
+        }
+    }
+
+    /// Count one call; `false` when the client is over its limit.
+    pub fn allow(&self, client: IpAddr) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        self.rate.observe(&client_key(client), 1) <= self.limit as isize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peers_are_the_client_whatever_they_claim() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), ["1.2.3.4"].into_iter(), &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), [].into_iter(), &[]),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_skipped_from_the_right() {
+        let trusted = nets(&["10.0.0.0/8", "127.0.0.1/32"]);
+        // client, then a trusted hop: the client is the right-most untrusted address.
+        let xff = ["6.6.6.6, 198.51.100.7, 10.1.2.3"];
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), xff.into_iter(), &trusted),
+            ip("198.51.100.7")
+        );
+        // Several headers are one list, in order.
+        let xff = ["6.6.6.6", "198.51.100.7", "10.1.2.3"];
+        assert_eq!(
+            client_ip(ip("10.9.9.9"), xff.into_iter(), &trusted),
+            ip("198.51.100.7")
+        );
+        // Only trusted hops: the left-most of them.
+        assert_eq!(
+            client_ip(ip("10.9.9.9"), ["10.1.1.1"].into_iter(), &trusted),
+            ip("10.1.1.1")
+        );
+        // No header: the proxy itself.
+        assert_eq!(
+            client_ip(ip("10.9.9.9"), [].into_iter(), &trusted),
+            ip("10.9.9.9")
+        );
+        // Garbage stops the walk at the last good hop.
+        let xff = ["6.6.6.6, garbage, 10.1.2.3"];
+        assert_eq!(
+            client_ip(ip("10.9.9.9"), xff.into_iter(), &trusted),
+            ip("10.1.2.3")
+        );
+        assert_eq!(
+            client_ip(ip("10.9.9.9"), ["2001:db8::1"].into_iter(), &trusted),
+            ip("2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        assert_eq!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        assert_ne!(client_key(ip("0.0.0.1")), client_key(ip("::1")));
+    }
+
+    #[test]
+    fn limits_per_client() {
+        let limit = PerMinute::new(3);
+        let a = ip("192.0.2.1");
+        let b = ip("192.0.2.2");
+        assert!((0..3).all(|_| limit.allow(a)));
+        assert!(!limit.allow(a));
+        assert!(limit.allow(b));
+        let off = PerMinute::new(0);
+        assert!((0..1000).all(|_| off.allow(a)));
+    }
+}

@@ -1,0 +1,439 @@
+//! Bad input and faults: generated malformed and forged tokens, size bounds, the login rate
+//! limit, misbehaving upstream apps. Every answer must be a documented envelope, never a 5xx for
+//! the client's mistake, never a dropped connection.
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// One raw request; status and parsed envelope. Panics if the connection drops without a full
+/// answer.
+fn raw(addr: SocketAddr, head_lines: &[u8], body: &[u8]) -> (u16, Value) {
+    let mut req = Vec::new();
+    req.extend_from_slice(head_lines);
+    req.extend_from_slice(
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    req.extend_from_slice(body);
+    let answer = raw_request(addr, &req);
+    let status: u16 = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer (dropped connection?) to {:?}",
+                String::from_utf8_lossy(&req[..req.len().min(200)])
+            )
+        });
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not an envelope: {answer}"));
+    (status, value)
+}
+
+fn with_auth(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut head = b"GET /api/x HTTP/1.1\r\nHost: gw\r\n".to_vec();
+    head.extend_from_slice(name.as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// A JWT from raw header and claims JSON, HMAC-signed with our key (so only the flaw counts).
+fn signed(header: &str, claims: &str) -> String {
+    signed_with(header, claims, JWT_SECRET)
+}
+
+fn signed_with(header: &str, claims: &str, secret: &str) -> String {
+    let msg = format!("{}.{}", B64.encode(header), B64.encode(claims));
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    // Sign the exact bytes with HS256 through the library's JWS helper: header and claims
+    // as written, whatever the header claims.
+    let sig =
+        jsonwebtoken::crypto::sign(msg.as_bytes(), &key, jsonwebtoken::Algorithm::HS256).unwrap();
+    format!("{msg}.{sig}")
+}
+
+fn forged_tokens() -> Vec<(String, String)> {
+    let n = now();
+    let claims = |extra: &str| {
+        format!(r#"{{"sub":"o1","sid":"s1","iat":{n},"iss":"wxgate","aud":"{APPID}"{extra}}}"#)
+    };
+    let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let exp = format!(r#","exp":{}"#, n + 600);
+    let mut out = vec![
+        ("no exp".into(), signed(hs, &claims(""))),
+        (
+            "exp string".into(),
+            signed(hs, &claims(&format!(r#","exp":"{}""#, n + 600))),
+        ),
+        (
+            "exp float".into(),
+            signed(hs, &claims(&format!(r#","exp":{}.5"#, n + 600))),
+        ),
+        ("exp negative".into(), signed(hs, &claims(r#","exp":-1"#))),
+        ("exp huge".into(), signed(hs, &claims(r#","exp":1e30"#))),
+        ("exp null".into(), signed(hs, &claims(r#","exp":null"#))),
+        (
+            "exp past".into(),
+            signed(hs, &claims(&format!(r#","exp":{}"#, n - 5))),
+        ),
+        (
+            "nbf future".into(),
+            signed(hs, &claims(&format!(r#"{exp},"nbf":{}"#, n + 300))),
+        ),
+        (
+            "nbf string".into(),
+            signed(hs, &claims(&format!(r#"{exp},"nbf":"soon""#))),
+        ),
+        (
+            "no sub".into(),
+            signed(
+                hs,
+                &format!(r#"{{"sid":"s1","iat":{n},"iss":"wxgate","aud":"{APPID}"{exp}}}"#),
+            ),
+        ),
+        (
+            "empty sub".into(),
+            signed(hs, &claims(&exp).replace(r#""sub":"o1""#, r#""sub":"""#)),
+        ),
+        (
+            "wrong aud".into(),
+            signed(hs, &claims(&exp).replace(APPID, "wxother")),
+        ),
+        (
+            "aud array".into(),
+            signed(
+                hs,
+                &claims(&exp).replace(&format!(r#""{APPID}""#), r#"["wxother"]"#),
+            ),
+        ),
+        (
+            "wrong iss".into(),
+            signed(hs, &claims(&exp).replace("wxgate", "evil")),
+        ),
+        ("claims not json".into(), signed(hs, "not json")),
+        ("claims array".into(), signed(hs, "[1,2,3]")),
+    ];
+    for alg in [
+        "none", "None", "HS384", "HS512", "RS256", "ES256", "EdDSA", "PS256", "hs256", "",
+    ] {
+        let header = format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#);
+        out.push((format!("alg {alg}"), signed(&header, &claims(&exp))));
+        out.push((
+            format!("alg {alg} unsigned"),
+            format!("{}.{}.", B64.encode(&header), B64.encode(claims(&exp))),
+        ));
+    }
+    for header in [r#"{"typ":"JWT"}"#, r#"{"alg":["HS256"]}"#, "not json"] {
+        out.push((format!("header {header}"), signed(header, &claims(&exp))));
+    }
+    // Key-selection headers pointing at the attacker's key, signed with it: the key is pinned.
+    let attacker = "attacker-key-attacker-key-attacker-key";
+    for header in [
+        r#"{"alg":"HS256","kid":"../../../../dev/null"}"#,
+        r#"{"alg":"HS256","jku":"http://evil/keys"}"#,
+        r#"{"alg":"HS256","jwk":{"kty":"oct","k":"YXR0YWNrZXI"}}"#,
+        r#"{"alg":"HS256"}"#,
+    ] {
+        out.push((
+            format!("attacker {header}"),
+            signed_with(header, &claims(&exp), attacker),
+        ));
+    }
+    out
+}
+
+fn malformed_values(valid: &str) -> Vec<Vec<u8>> {
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    // Random bytes from everything a header value may carry (visible ASCII, space, obs-text).
+    for i in 0..200 {
+        let len = rng.random_range(1..300);
+        let mut v: Vec<u8> = (0..len)
+            .map(|_| loop {
+                let b: u8 = rng.random();
+                if b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b) || b >= 0x80 {
+                    break b;
+                }
+            })
+            .collect();
+        if i % 2 == 0 {
+            let mut prefixed = b"Bearer ".to_vec();
+            prefixed.append(&mut v);
+            v = prefixed;
+        }
+        out.push(v);
+    }
+    // Truncations of a valid token, and a valid token with junk after it.
+    for cut in (1..valid.len()).step_by(valid.len() / 25 + 1) {
+        out.push(format!("Bearer {}", &valid[..cut]).into_bytes());
+    }
+    for junk in ["x", ".", "..", ".x", " x", "\tjunk", "=", "%00", "\u{00e9}"] {
+        out.push(format!("Bearer {valid}{junk}").into_bytes());
+    }
+    let parts: Vec<&str> = valid.split('.').collect();
+    out.push(format!("Bearer {}.{}", parts[0], parts[1]).into_bytes());
+    out.push(format!("Bearer {}.{}.{}.{}", parts[0], parts[1], parts[2], parts[2]).into_bytes());
+    out.push(format!("Bearer {}.{}.{}", parts[0], parts[0], parts[2]).into_bytes());
+    out.push(format!("Bearer {}.{}.{}", parts[1], parts[1], parts[2]).into_bytes());
+    for v in [
+        "a",
+        "a.b",
+        "a.b.c.d",
+        ".",
+        "..",
+        "...",
+        "!!!.@@@.###",
+        "eyJ%%%.eyJ.sig",
+        "Bearer Bearer x",
+    ] {
+        out.push(format!("Bearer {v}").into_bytes());
+        out.push(v.as_bytes().to_vec());
+    }
+    for v in [
+        "bearer x.y.z",
+        "BEARER x.y.z",
+        "bEaReR x",
+        "Bearer\tx.y.z",
+        "Basic dXNlcjpwYXNz",
+        "Digest x",
+        "Bearer",
+        "Bearer   ",
+        "   ",
+    ] {
+        out.push(v.as_bytes().to_vec());
+    }
+    // Huge values: bounded by the gateway (no decode past 8 KiB), answered all the same.
+    for n in [8_193, 100_000, 600_000] {
+        out.push(format!("Bearer {}", "A".repeat(n)).into_bytes());
+    }
+    out.push(format!("Bearer {valid}{}", "A".repeat(50_000)).into_bytes());
+    out
+}
+
+#[test]
+fn hundreds_of_malformed_and_forged_tokens_get_401_envelopes() {
+    let s = Stack::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let valid = rt.block_on(login(&s, "fuzz.1"));
+    let mut cases: Vec<(String, Vec<u8>)> = malformed_values(&valid)
+        .into_iter()
+        .map(|v| ("authorization".to_string(), v))
+        .collect();
+    for (_, token) in forged_tokens() {
+        cases.push((
+            "authorization".into(),
+            format!("Bearer {token}").into_bytes(),
+        ));
+        cases.push(("token".into(), token.into_bytes()));
+    }
+    // The same values in the `token` header.
+    let extra: Vec<_> = cases
+        .iter()
+        .filter(|(n, _)| n == "authorization")
+        .take(120)
+        .map(|(_, v)| ("token".to_string(), v.clone()))
+        .collect();
+    cases.extend(extra);
+    assert!(cases.len() >= 400, "{} cases", cases.len());
+    for (name, value) in &cases {
+        let (status, v) = raw(s.gw.addr, &with_auth(name, value), b"");
+        let shown = String::from_utf8_lossy(&value[..value.len().min(80)]);
+        assert_eq!(status, 401, "{name}: {shown:?}: {v}");
+        let code = v["code"].as_str().unwrap_or("");
+        assert!(code == "10200" || code == "10119", "{name}: {shown:?}: {v}");
+        assert_eq!(
+            v["message"],
+            if code == "10200" {
+                "token已过期"
+            } else {
+                "token必须传递"
+            }
+        );
+    }
+    // And the gateway is still well.
+    let (status, _) = rt.block_on(get_bearer(s.url("/api/x"), &valid));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn forged_tokens_are_refused_by_is_auth_too() {
+    let s = Stack::start();
+    for (what, token) in forged_tokens() {
+        let body = json!({ "token": token }).to_string();
+        let (status, v) = raw(
+            s.gw.addr,
+            b"POST /isAuth HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n",
+            body.as_bytes(),
+        );
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (401, Some("10200")),
+            "{what}: {v}"
+        );
+    }
+}
+
+#[test]
+fn sizes_are_bounded() {
+    let s = Stack::start();
+    // Big non-token headers: 431.
+    let mut head = b"GET /public/x HTTP/1.1\r\nHost: gw\r\n".to_vec();
+    head.extend_from_slice(format!("X-Big: {}\r\n", "b".repeat(70_000)).as_bytes());
+    let (status, v) = raw(s.gw.addr, &head, b"");
+    assert_eq!((status, v["code"].as_str()), (431, Some("10431")), "{v}");
+    let mut head = b"GET /public/x HTTP/1.1\r\nHost: gw\r\n".to_vec();
+    for i in 0..150 {
+        head.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    let (status, v) = raw(s.gw.addr, &head, b"");
+    assert_eq!((status, v["code"].as_str()), (431, Some("10431")), "{v}");
+    // Bodies of gateway endpoints: declared or chunked, refused past the limit.
+    let big = format!("{{\"token\":\"{}\"}}", "t".repeat(20_000));
+    let (status, v) = raw(
+        s.gw.addr,
+        b"POST /isAuth HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n",
+        big.as_bytes(),
+    );
+    assert_eq!((status, v["code"].as_str()), (413, Some("10413")), "{v}");
+    let chunk = "c".repeat(8000);
+    let mut chunked = Vec::new();
+    for _ in 0..4 {
+        chunked.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let mut req = b"POST /auth HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    req.extend_from_slice(&chunked);
+    let answer = raw_request(s.gw.addr, &req);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("10413"), "{answer}");
+}
+
+#[test]
+fn login_rate_limit_per_client_address() {
+    let limited = |c: String| {
+        c.replace("login_per_minute = 1000", "login_per_minute = 3")
+            .replace("[server]", "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+    };
+    let s = Stack::with(limited);
+    let login_from = |xff: Option<&str>, code: &str| {
+        let mut head = format!("GET /auth?code={code} HTTP/1.1\r\nHost: gw\r\n");
+        if let Some(x) = xff {
+            head.push_str(&format!("X-Forwarded-For: {x}\r\n"));
+        }
+        raw(s.gw.addr, head.as_bytes(), b"")
+    };
+    for i in 0..3 {
+        let (status, v) = login_from(Some("198.51.100.1"), &format!("rl.a{i}"));
+        assert_eq!(status, 200, "{v}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let calls_before = rt.block_on(wechat_stats(&s.wechat))["jscode2session"]
+        .as_u64()
+        .unwrap();
+    let (status, v) = login_from(Some("198.51.100.1"), "rl.a3");
+    assert_eq!((status, v["code"].as_str()), (429, Some("10429")), "{v}");
+    let calls_after = rt.block_on(wechat_stats(&s.wechat))["jscode2session"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        calls_before, calls_after,
+        "a refused login never reaches WeChat"
+    );
+    // Another client behind the same trusted proxy has its own budget; the address the client
+    // itself wrote further left does not count.
+    let (status, v) = login_from(Some("6.6.6.6, 198.51.100.2"), "rl.b0");
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = login_from(Some("198.51.100.2, 198.51.100.1"), "rl.a4");
+    assert_eq!(status, 429);
+
+    // Without trusted proxies, X-Forwarded-For is ignored: one peer, one budget.
+    let s2 = Stack::with(|c| c.replace("login_per_minute = 1000", "login_per_minute = 2"));
+    for (i, xff) in ["1.1.1.1", "2.2.2.2"].iter().enumerate() {
+        let head =
+            format!("GET /auth?code=rl.c{i} HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: {xff}\r\n");
+        assert_eq!(raw(s2.gw.addr, head.as_bytes(), b"").0, 200);
+    }
+    let head = "GET /auth?code=rl.c9 HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 3.3.3.3\r\n";
+    let (status, v) = raw(s2.gw.addr, head.as_bytes(), b"");
+    assert_eq!((status, v["code"].as_str()), (429, Some("10429")), "{v}");
+}
+
+/// An upstream app that misbehaves according to the request path.
+fn faulty_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = req.split(' ').nth(1).unwrap_or("").to_string();
+                match path.as_str() {
+                    "/faulty/close" => {}
+                    "/faulty/partial-head" => {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Le");
+                    }
+                    "/faulty/garbage" => {
+                        let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.0\r\n\r\n");
+                    }
+                    // Returning with most of the request unread closes with RST: a crash.
+                    "/faulty/reset" => {}
+                    _ => {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn upstream_faults_are_502_envelopes() {
+    let upstream = faulty_upstream();
+    let s = Stack::with(|c| {
+        format!("{c}\n[[routes]]\nprefix = \"/faulty/\"\nupstreams = [\"{upstream}\"]\nauth = \"none\"\n")
+    });
+    let fine = raw_request(
+        s.gw.addr,
+        b"GET /faulty/fine HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    );
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+    for path in ["/faulty/close", "/faulty/partial-head", "/faulty/garbage"] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n");
+        let (status, v) = raw(s.gw.addr, head.as_bytes(), b"");
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (502, Some("10510")),
+            "{path}: {v}"
+        );
+    }
+    // An upstream that dies with unread data (RST).
+    let head = "POST /faulty/reset HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\n";
+    let (status, v) = raw(s.gw.addr, head.as_bytes(), "x".repeat(100_000).as_bytes());
+    assert_eq!((status, v["code"].as_str()), (502, Some("10510")), "{v}");
+}
