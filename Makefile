@@ -1,7 +1,7 @@
 # The two commands a new machine needs: `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: setup build demo test lint check-config fmt clean
+.PHONY: setup build demo test fuzz lint fmt clean
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,11 @@ test: setup
 	rm -rf target/tmp
 	$(CARGO) test --locked
 	bash scripts/check-logs.sh
+	FUZZ_SECONDS=5 bash scripts/fuzz.sh
+
+## Fuzz every target longer: make fuzz FUZZ_SECONDS=600
+fuzz:
+	bash scripts/fuzz.sh
 
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
