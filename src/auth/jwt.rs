@@ -11,7 +11,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What we sign.
+#[derive(Debug, Serialize)]
 struct Claims {
     /// The openid.
     sub: String,
@@ -23,6 +24,19 @@ struct Claims {
     exp: u64,
     iss: String,
     aud: String,
+}
+
+/// What verification keeps: jsonwebtoken checks exp/nbf/iss/aud on its own borrowed view, so
+/// only the identity is deserialised (no allocation for claims we do not use). `exp` is here
+/// too, as an integer: the library alone would accept a fractional one.
+#[derive(Debug, Deserialize)]
+struct Verified {
+    sub: String,
+    #[serde(default)]
+    unionid: Option<String>,
+    sid: String,
+    #[allow(dead_code)]
+    exp: u64,
 }
 
 /// The longest token worth decoding.
@@ -115,7 +129,7 @@ impl Tokens {
             // Ours are a few hundred bytes: do not spend base64 and JSON work on a giant.
             return Err(TokenProblem::Malformed);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Verified>(token, &self.decoding, &self.validation)
             .map_err(|e| problem(e.kind()))?;
         let c = data.claims;
         if c.sub.is_empty() || c.sid.is_empty() {
