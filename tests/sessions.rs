@@ -252,3 +252,52 @@ async fn redis_outage_is_prompt_documented_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn starting_while_redis_is_down_answers_promptly() {
+    let port = free_port();
+    let wechat = mock_wechat();
+    let echo = echo();
+    let section = |mode: &str| {
+        format!(
+            "\n[session]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}/\"\ntimeout = \"500ms\"\nfail_mode = \"{mode}\"\n"
+        )
+    };
+    let base = config(wechat.addr, echo.addr);
+    let open = gateway(&(base.clone() + &section("open")));
+    let closed = gateway(&(base + &section("closed")));
+    let token = {
+        let out = std::process::Command::new(bin())
+            .args(["token", "--openid", "o-early", "-c"])
+            .arg(open.log.as_ref().unwrap().with_file_name("gateway.toml"))
+            .env("WECHAT_APPSECRET", APPSECRET)
+            .env("WXGATE_JWT_SECRET", JWT_SECRET)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(call(&open, &token).await.0, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let (status, v) = call(&closed, &token).await;
+        assert_eq!((status, v["code"].as_str()), (503, Some("10503")), "{v}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Redis comes up: the closed instance serves again.
+    let _redis = redis_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&closed, &token).await.0 != 200 {
+        assert!(Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -54,12 +54,19 @@ impl Revocations {
         Duration::from_millis(self.stale_after_ms)
     }
 
-    /// Whether the revocation list has been loaded (always, for an in-process store).
+    /// Whether the first sync after start-up has been tried (always, for an in-process store).
+    /// Until then requests wait briefly, so a fresh instance does not judge tokens on an empty
+    /// list; after a failed first try they are judged by `fail_mode`, without waiting.
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
 
-    /// Wait (at most `limit`) for the first sync after start-up.
+    /// Record that a sync was tried, whatever its outcome.
+    pub fn mark_tried(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Wait (at most `limit`) for the first sync attempt after start-up.
     pub async fn wait_ready(&self, limit: Duration) {
         let mut rx = self.ready.subscribe();
         let _ = tokio::time::timeout(limit, rx.wait_for(|ready| *ready)).await;
@@ -110,7 +117,7 @@ impl Revocations {
         }
         self.cursor.store(batch.cursor, Ordering::Relaxed);
         self.last_sync_ms.store(now_ms, Ordering::Relaxed);
-        self.ready.send_replace(true);
+        self.mark_tried();
         Ok(n)
     }
 }
@@ -127,11 +134,12 @@ impl BackgroundService for RevocationSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut healthy = true;
         loop {
-            match self
+            let outcome = self
                 .revocations
                 .sync(&*self.store, self.clock.now_ms())
-                .await
-            {
+                .await;
+            self.revocations.mark_tried();
+            match outcome {
                 Ok(_) if !healthy => {
                     tracing::info!("session store reachable again; revocations in step");
                     healthy = true;
@@ -179,6 +187,13 @@ mod tests {
         let closed = Revocations::new(true, FailMode::Closed, Duration::from_secs(3));
         assert!(!closed.is_ready());
         assert_eq!(closed.check("s", 10_000), Err(Reject::StoreUnavailable));
+        let open_down = Revocations::new(true, FailMode::Open, Duration::from_secs(3));
+        open_down.mark_tried();
+        assert!(
+            open_down.is_ready(),
+            "a failed first sync does not keep requests waiting"
+        );
+        assert_eq!(open_down.check("s", 10_000), Ok(()));
         closed.sync(&store, 10_000).await.unwrap();
         assert!(closed.is_ready());
         assert_eq!(closed.check("s", 12_000), Ok(()));
