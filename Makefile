@@ -26,6 +26,17 @@ test: setup
 fuzz:
 	bash scripts/fuzz.sh
 
+## Side-by-side benchmark (nginx, wxgate, Node) on loopback: table, checks, bench/out/.
+## Knobs: DURATION=10s CONNECTIONS=32 SKIP_NODE=1 WXGATE=path (see bench/run.sh).
+.PHONY: bench soak
+bench:
+	bash bench/run.sh
+
+## 180 s at 256 connections on the protected route: errors and RSS growth (PASS/FAIL).
+## Knobs: SOAK_DURATION=180s SOAK_CONNECTIONS=256 SOAK_THREADS=1 (see bench/soak.sh).
+soak:
+	bash bench/soak.sh
+
 lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 

@@ -1,0 +1,223 @@
+# Helpers shared by bench/run.sh and bench/soak.sh (sourced, not run).
+# Servers are pinned to SERVER_CPU, wrk to WRK_CPU; every process started here is recorded in
+# PIDS and stopped by `cleanup` (installed as the EXIT trap by the scripts).
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$ROOT/bench"
+OUT="$BENCH/out"
+WRK_CPU=${WRK_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-1}
+APPID=wxbench000000000
+export WECHAT_APPSECRET=bench-appsecret
+export WXGATE_JWT_SECRET=bench-jwt-secret-0123456789abcdef0123456789
+PIDS=()
+LAST_PID=
+
+say() { printf '%s\n' "$*" >&2; }
+die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+
+need_tool() { # need_tool CMD HINT
+  command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed ($2)"
+}
+
+check_cpus() {
+  if ! taskset -c "$WRK_CPU" true 2>/dev/null || ! taskset -c "$SERVER_CPU" true 2>/dev/null; then
+    die "cannot pin to CPUs $WRK_CPU (wrk) and $SERVER_CPU (servers): this needs 2 cores (set WRK_CPU/SERVER_CPU)"
+  fi
+}
+
+# The binary: $WXGATE if given (must exist), else target/release/wxgate, built if missing.
+find_wxgate() {
+  if [ -n "${WXGATE:-}" ]; then
+    [ -x "$WXGATE" ] || die "WXGATE=$WXGATE is not an executable file"
+  else
+    WXGATE="$ROOT/target/release/wxgate"
+    if [ ! -x "$WXGATE" ]; then
+      say "== $WXGATE missing: cargo build --release --locked"
+      (cd "$ROOT" && cargo build --release --locked)
+    fi
+  fi
+  WXGATE=$(cd "$(dirname "$WXGATE")" && pwd)/$(basename "$WXGATE")
+}
+
+# free_ports N: N distinct free loopback ports, chosen by the kernel, one per line.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print("\n".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+# start NAME CMD...: run CMD pinned to SERVER_CPU in the background, output in $OUT/NAME.log.
+start() {
+  local name=$1; shift
+  taskset -c "$SERVER_CPU" "$@" >"$OUT/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# wait_port PORT PID NAME: until PORT accepts connections (10 s at most, and while PID lives).
+wait_port() {
+  local port=$1 pid=$2 name=$3 i
+  for i in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$OUT/$name.log" >&2 || true
+      die "$name exited before listening on 127.0.0.1:$port (log: $OUT/$name.log)"
+    fi
+    sleep 0.1
+  done
+  die "$name is not listening on 127.0.0.1:$port after 10 s (log: $OUT/$name.log)"
+}
+
+# stop PID [SIGNAL]: signal it (TERM by default), wait up to 5 s, then KILL it and its children.
+stop() {
+  local pid=$1 sig=${2:-TERM} i rest=()
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      pkill -KILL -P "$pid" 2>/dev/null || true
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+  for i in "${PIDS[@]}"; do [ "$i" = "$pid" ] || rest+=("$i"); done
+  PIDS=("${rest[@]+"${rest[@]}"}")
+}
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop "$pid"; done
+}
+
+# rss_kb PID FIELD: VmHWM (peak) or VmRSS (now) of PID, in kB.
+rss_kb() {
+  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+
+# nginx_conf DIR PORT [ORIGIN_PORT]: one worker, no access log, everything under DIR.
+# Without ORIGIN_PORT it is the origin (a fixed 60-byte JSON body); with it, a reverse proxy
+# to the origin with upstream keepalive.
+nginx_conf() {
+  local dir=$1 port=$2 origin=${3:-} user="" location upstream=""
+  mkdir -p "$dir/tmp"
+  if [ "$(id -u)" = 0 ]; then user="user root;"; fi
+  if [ -z "$origin" ]; then
+    location="default_type application/json;
+      return 200 '{\"code\":\"200\",\"message\":\"ok\",\"data\":{\"hello\":\"world\"}}';"
+  else
+    upstream="upstream origin { server 127.0.0.1:$origin; keepalive 64; keepalive_requests 1000000; }"
+    location="proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";"
+  fi
+  cat >"$dir/nginx.conf" <<EOF
+$user
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  keepalive_requests 1000000;
+  $upstream
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      $location
+    }
+  }
+}
+EOF
+}
+
+# start_nginx NAME PORT [ORIGIN_PORT]: sets LAST_PID to the master.
+start_nginx() {
+  local name=$1 dir="$OUT/$1"
+  nginx_conf "$dir" "$2" "${3:-}"
+  start "$name" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;'
+  wait_port "$2" "$LAST_PID" "$name"
+}
+
+# nginx_worker MASTER_PID: the worker's pid (the process that serves).
+nginx_worker() {
+  local w i
+  for i in $(seq 20); do
+    w=$(pgrep -P "$1" | head -n 1 || true)
+    if [ -n "$w" ]; then echo "$w"; return 0; fi
+    sleep 0.1
+  done
+  die "no nginx worker under pid $1"
+}
+
+# wxgate_conf FILE PORT ORIGIN_PORT WECHAT_PORT THREADS STORE [REDIS_PORT]
+# Routes: /api/ (auth required) and /public/ (auth none), both to the origin.
+wxgate_conf() {
+  local file=$1 port=$2 origin=$3 wechat=$4 threads=$5 store=$6 redis=${7:-}
+  cat >"$file" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+threads = $threads
+grace_period = "1s"
+[wechat]
+appid = "$APPID"
+secret = "\${WECHAT_APPSECRET}"
+api_base = "http://127.0.0.1:$wechat"
+[jwt]
+secret = "\${WXGATE_JWT_SECRET}"
+ttl = "2h"
+[session]
+store = "$store"
+${redis:+redis_url = \"redis://127.0.0.1:$redis/0\"}
+[rate_limit]
+# One client address makes every request here: the login row measures logins, not the limit.
+login_per_minute = 0
+[[routes]]
+name = "api"
+prefix = "/api/"
+upstreams = ["127.0.0.1:$origin"]
+auth = "required"
+[[routes]]
+name = "public"
+prefix = "/public/"
+upstreams = ["127.0.0.1:$origin"]
+auth = "none"
+EOF
+  "$WXGATE" check -c "$file" >/dev/null || die "wxgate rejected $file"
+}
+
+# start_wxgate NAME CONF PORT: the gateway, access log silenced; sets LAST_PID.
+start_wxgate() {
+  RUST_LOG=warn start "$1" "$WXGATE" run -c "$2"
+  wait_port "$3" "$LAST_PID" "$1"
+}
+
+# expect_200 URL [CURL ARGS...]: one request must answer 200 before anything is measured.
+expect_200() {
+  local url=$1 code; shift
+  code=$(curl -s -o "$OUT/last-body.txt" -w '%{http_code}' --max-time 5 "$@" "$url" || true)
+  [ "$code" = 200 ] || die "GET $url answered '$code', not 200: $(head -c 300 "$OUT/last-body.txt" 2>/dev/null)"
+}
+
+# to_seconds 10s|3m|1h|90 -> seconds (wrk's duration syntax).
+to_seconds() {
+  local d=$1
+  case "$d" in
+    *s) echo "${d%s}" ;;
+    *m) echo $(( ${d%m} * 60 )) ;;
+    *h) echo $(( ${d%h} * 3600 )) ;;
+    *) echo "$d" ;;
+  esac
+}
