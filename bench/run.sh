@@ -104,7 +104,7 @@ say "== row 1: origin directly"
 url="http://127.0.0.1:$P_ORIGIN/api/hello"
 expect_200 "$url"
 warm 1 "$CONNECTIONS" "$url"
-measure 1 "$CONNECTIONS" "$url"
+measure 1 "$CONNECTIONS" "$url" "${AUTH[@]}"
 row 1 "origin: nginx, static 60-byte JSON" wrk-1.txt "$(rss_kb "$(nginx_worker "$origin_pid")" VmHWM)" "$CONNECTIONS" "" ""
 
 # Row 2: nginx as the reverse proxy.
@@ -114,7 +114,7 @@ pid=$LAST_PID
 url="http://127.0.0.1:$P_PROXY/api/hello"
 expect_200 "$url"
 warm 2 "$CONNECTIONS" "$url"
-measure 2 "$CONNECTIONS" "$url"
+measure 2 "$CONNECTIONS" "$url" "${AUTH[@]}"
 row 2 "nginx reverse proxy (no auth, upstream keepalive)" wrk-2.txt "$(rss_kb "$(nginx_worker "$pid")" VmHWM)" "$CONNECTIONS" "" ""
 stop "$pid"
 
@@ -132,7 +132,7 @@ bench_wxgate() {
 }
 
 say "== row 3: wxgate, public route"
-bench_wxgate 3 "wxgate, public route (auth = none)" "$OUT/wxgate-memory.toml" "$P_GW3" "$CONNECTIONS" /public/hello
+bench_wxgate 3 "wxgate, public route (auth = none)" "$OUT/wxgate-memory.toml" "$P_GW3" "$CONNECTIONS" /public/hello "${AUTH[@]}"
 
 say "== row 4: wxgate, protected route, HS256, memory store"
 wxgate_conf "$OUT/wxgate-4.toml" "$P_GW4" "$P_ORIGIN" "$P_MOCK" 1 memory

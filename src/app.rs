@@ -68,6 +68,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let grace = config.server.grace_period;
     let conf = ServerConf {
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         // Upper bound only: the drain service exits as soon as in-flight requests are done.
         grace_period_seconds: Some(grace.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),

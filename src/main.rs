@@ -9,6 +9,11 @@ use wxgate::auth::jwt::{unix_now, Tokens};
 use wxgate::auth::Identity;
 use wxgate::config;
 
+/// glibc malloc showed up at ~8% of a proxied request's CPU in `perf`; mimalloc is faster for
+/// the many small short-lived allocations of HTTP handling.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wxgate",

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub threads: usize,
+    /// Tokio work stealing between the worker threads (off: one runtime per thread).
+    pub work_stealing: bool,
     /// Upper bound on how long SIGTERM waits for in-flight requests.
     pub grace_period: Duration,
     /// Body limit of the endpoints the gateway answers itself (`/auth`, `/isAuth`).
@@ -422,6 +424,7 @@ impl Validator {
             listen: listen?,
             trusted_proxies,
             threads: threads?,
+            work_stealing: raw.work_stealing.unwrap_or(false),
             grace_period: grace_period?,
             max_body: max_body?,
         })

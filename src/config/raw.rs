@@ -9,6 +9,7 @@ pub struct RawServer {
     pub listen: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
     pub grace_period: Option<String>,
     pub max_body: Option<String>,
 }
