@@ -15,7 +15,6 @@ use wxgate::config;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-
 #[derive(Parser)]
 #[command(
     name = "wxgate",

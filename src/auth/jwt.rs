@@ -9,6 +9,8 @@ use crate::reply::TokenProblem;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What we sign.
@@ -35,12 +37,37 @@ struct Verified {
     #[serde(default)]
     unionid: Option<String>,
     sid: String,
-    #[allow(dead_code)]
     exp: u64,
 }
 
 /// The longest token worth decoding.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Tokens remembered after a full verification (~2 MB at most).
+const CACHE_ENTRIES: usize = 4096;
+
+/// Tokens that passed a full verification, by their exact text (signature included, so only the
+/// very same token can hit). A hit still checks `exp`; revocation is checked by the caller on
+/// every request. Negative results are not kept.
+struct VerifiedCache {
+    entries: RwLock<HashMap<Box<str>, (Identity, u64)>>,
+}
+
+impl VerifiedCache {
+    fn get(&self, token: &str) -> Option<(Identity, u64)> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(token).cloned()
+    }
+
+    fn insert(&self, token: &str, identity: &Identity, exp: u64) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_ENTRIES {
+            // Crude but bounded: start over (a miss only costs one full verification).
+            entries.clear();
+        }
+        entries.insert(token.into(), (identity.clone(), exp));
+    }
+}
 
 pub struct Tokens {
     encoding: EncodingKey,
@@ -51,6 +78,7 @@ pub struct Tokens {
     leeway: Duration,
     issuer: String,
     audience: String,
+    verified: VerifiedCache,
 }
 
 /// A freshly signed token.
@@ -89,6 +117,9 @@ impl Tokens {
             leeway: config.leeway,
             issuer: config.issuer.clone(),
             audience: appid.to_string(),
+            verified: VerifiedCache {
+                entries: RwLock::new(HashMap::new()),
+            },
         }
     }
 
@@ -123,8 +154,36 @@ impl Tokens {
             .map_err(|e| format!("cannot sign a token: {e}"))
     }
 
-    /// Verify signature, algorithm, exp/nbf (with leeway), issuer and audience.
+    /// Verify signature, algorithm, exp/nbf (with leeway), issuer and audience; a token that
+    /// passed before only has its `exp` checked again.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenProblem> {
+        self.verify_at(token, unix_now())
+    }
+
+    fn verify_at(&self, token: &str, now: u64) -> Result<Identity, TokenProblem> {
+        if token.len() > MAX_TOKEN_BYTES {
+            // Ours are a few hundred bytes: do not spend hashing, base64 or JSON on a giant.
+            return Err(TokenProblem::Malformed);
+        }
+        if let Some((identity, exp)) = self.verified.get(token) {
+            // jsonwebtoken's rule: expired when exp < now - leeway.
+            return if exp.saturating_add(self.leeway.as_secs()) < now {
+                Err(TokenProblem::Expired)
+            } else {
+                Ok(identity)
+            };
+        }
+        let (identity, exp) = self.verify_fully(token)?;
+        self.verified.insert(token, &identity, exp);
+        Ok(identity)
+    }
+
+    /// The full check, without the cache (benchmarks compare the two).
+    pub fn verify_uncached(&self, token: &str) -> Result<Identity, TokenProblem> {
+        self.verify_fully(token).map(|(identity, _)| identity)
+    }
+
+    fn verify_fully(&self, token: &str) -> Result<(Identity, u64), TokenProblem> {
         if token.len() > MAX_TOKEN_BYTES {
             // Ours are a few hundred bytes: do not spend base64 and JSON work on a giant.
             return Err(TokenProblem::Malformed);
@@ -135,11 +194,15 @@ impl Tokens {
         if c.sub.is_empty() || c.sid.is_empty() {
             return Err(TokenProblem::MissingClaim);
         }
-        Ok(Identity {
-            openid: c.sub,
-            unionid: c.unionid,
-            sid: c.sid,
-        })
+        let exp = c.exp;
+        Ok((
+            Identity {
+                openid: c.sub,
+                unionid: c.unionid,
+                sid: c.sid,
+            },
+            exp,
+        ))
     }
 }
 
@@ -310,6 +373,28 @@ mod tests {
             t.verify(&sign_raw(HS256, &other_iss, KEY)),
             Err(TokenProblem::WrongAudience)
         );
+    }
+
+    #[test]
+    fn cached_tokens_still_expire() {
+        let t = tokens();
+        let now = unix_now();
+        let signed = t.sign(&alice(), now).unwrap();
+        assert_eq!(t.verify_at(&signed.token, now), Ok(alice()));
+        assert_eq!(
+            t.verify_at(&signed.token, now + 60),
+            Ok(alice()),
+            "from the cache"
+        );
+        assert_eq!(
+            t.verify_at(&signed.token, now + signed.expires_in + 1),
+            Err(TokenProblem::Expired)
+        );
+        // Only the exact token hits: one changed character is verified in full, and fails.
+        let mut forged = signed.token.clone();
+        forged.pop();
+        forged.push('A');
+        assert!(t.verify_at(&forged, now).is_err() || forged == signed.token);
     }
 
     #[test]
