@@ -147,6 +147,15 @@ pub fn proxy_error(e: &Error) -> Option<Reject> {
     })
 }
 
+/// Whether an error only says that the client closed its connection.
+pub fn client_went_away(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
+
 /// Write a complete gateway answer.
 async fn respond(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
     let mut head = ResponseHeader::build(status, Some(4))?;
@@ -438,6 +447,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// A client that hangs up mid-request is not the gateway's error: no ERROR line for it
+    /// (the access log still records the request).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        client_went_away(error)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -479,6 +494,8 @@ mod tests {
         );
         let down = Error::new_down(ErrorType::ConnectionClosed);
         assert_eq!(proxy_error(&down), None);
+        assert!(client_went_away(&down));
+        assert!(!client_went_away(&up(ErrorType::ConnectionClosed)));
         let bad = Error::new_down(ErrorType::InvalidHTTPHeader);
         assert_eq!(proxy_error(&bad), Some(Reject::BadRequest { status: 400 }));
         assert_eq!(
