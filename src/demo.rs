@@ -136,6 +136,15 @@ Try, in another terminal:
   # a WeChat error comes back with WeChat's errcode
   curl -s 'http://{gw}/auth?code=err40029-x'; echo
 
+  # the user's phone number (the code comes from a getPhoneNumber button; any code works here)
+  curl -s -X POST http://{gw}/auth/phone -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{"code":"alice.phone1"}}'; echo
+
+  # a new token with the refresh token of a login, then log out (the token is refused after)
+  RT=$(curl -s 'http://{gw}/auth?code=alice.3' | sed -E 's/.*"refresh_token":"([^"]+)".*/\1/')
+  curl -s -X POST http://{gw}/auth/refresh -H 'Content-Type: application/json' -d "{{\"refresh_token\":\"$RT\"}}"; echo
+  curl -s -X POST http://{gw}/auth/logout -H "Authorization: Bearer $TOKEN"; echo
+  curl -s http://{gw}/api/hello -H "Authorization: Bearer $TOKEN"; echo
+
 Ctrl-C stops everything.
 "#
     )
