@@ -27,12 +27,8 @@ use std::time::{Duration, Instant};
 pub struct GatewayState {
     pub routes: RouteTable,
     pub login: Arc<Login>,
-    pub login_path: String,
-    pub verify_path: String,
-    pub refresh_path: String,
-    pub logout_path: String,
-    pub phone_path: String,
-    pub decrypt_path: String,
+    /// The gateway's own endpoints, by path.
+    endpoints: Vec<(String, Endpoint)>,
     pub identity: IdentityHeaders,
     pub max_body: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -50,12 +46,20 @@ impl GatewayState {
         Ok(GatewayState {
             routes: RouteTable::new(routes),
             login,
-            login_path: config.auth.login_path.clone(),
-            verify_path: config.auth.verify_path.clone(),
-            refresh_path: config.auth.refresh_path.clone(),
-            logout_path: config.auth.logout_path.clone(),
-            phone_path: config.auth.phone_path.clone(),
-            decrypt_path: config.auth.decrypt_path.clone(),
+            endpoints: {
+                let a = &config.auth;
+                [
+                    (&a.login_path, Endpoint::Login),
+                    (&a.verify_path, Endpoint::Verify),
+                    (&a.refresh_path, Endpoint::Refresh),
+                    (&a.logout_path, Endpoint::Logout),
+                    (&a.phone_path, Endpoint::Phone),
+                    (&a.decrypt_path, Endpoint::Decrypt),
+                ]
+                .into_iter()
+                .map(|(path, e)| (path.clone(), e))
+                .collect()
+            },
             identity: IdentityHeaders::new(
                 config.auth.identity_header.clone(),
                 config.auth.unionid_header.clone(),
@@ -236,21 +240,10 @@ pub enum Endpoint {
 impl GatewayState {
     /// Which gateway endpoint a path names, if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        if path == self.login_path {
-            Some(Endpoint::Login)
-        } else if path == self.verify_path {
-            Some(Endpoint::Verify)
-        } else if path == self.refresh_path {
-            Some(Endpoint::Refresh)
-        } else if path == self.logout_path {
-            Some(Endpoint::Logout)
-        } else if path == self.phone_path {
-            Some(Endpoint::Phone)
-        } else if path == self.decrypt_path {
-            Some(Endpoint::Decrypt)
-        } else {
-            None
-        }
+        self.endpoints
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, e)| *e)
     }
 }
 
