@@ -64,6 +64,17 @@ pub fn run(config: Config) -> Result<(), String> {
     // Fail with a clear message now rather than inside Pingora's listener start-up.
     std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
 
+    // SIGINT is a fast stop, which Pingora implements as an immediate exit, but it installs its
+    // handler only once its services (listeners included) are up: a SIGINT in that window, with
+    // SIGINT inherited as ignored (a background job of a non-interactive shell), was lost.
+    // Exiting from our own handler, installed before any listener exists, closes the window.
+    signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        0,
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    )
+    .map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+
     let (state, sync) = build_state(&config)?;
     let grace = config.server.grace_period;
     let conf = ServerConf {
