@@ -421,86 +421,69 @@ fn body_kind(req: &EndpointRequest<'_>) -> BodyKind {
     }
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// `a=1&b=2` as string fields; the first of repeated names counts.
+fn form_fields(bytes: &[u8]) -> Fields {
+    let mut fields = Fields::new();
+    for (k, v) in form_urlencoded::parse(bytes) {
+        fields
+            .entry(k.into_owned())
+            .or_insert_with(|| serde_json::Value::String(v.into_owned()));
+    }
+    fields
 }
 
 /// A JSON body as an object; anything else is [`Reject::BadBody`].
-fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Reject> {
+fn json_object(body: &[u8]) -> Result<Fields, Reject> {
     match serde_json::from_slice(body) {
         Ok(serde_json::Value::Object(map)) => Ok(map),
         _ => Err(Reject::BadBody),
     }
 }
 
+/// The body as fields, whatever the method: empty, a form, or a JSON object.
+fn body_fields(req: &EndpointRequest<'_>) -> Result<Fields, Reject> {
+    match body_kind(req) {
+        BodyKind::Empty => Ok(Fields::new()),
+        BodyKind::Json => json_object(req.body),
+        BodyKind::Form => Ok(form_fields(req.body)),
+    }
+}
+
 /// The login code of an `/auth` request: `GET ?code=`, or `POST` with `{"code": "..."}` (a form
 /// body, or the query when the body is empty, also work).
 pub fn login_code(req: &EndpointRequest<'_>) -> Result<String, Reject> {
-    let code = match *req.method {
-        Method::GET => query_param(req.query, "code"),
-        Method::POST => match body_kind(req) {
-            BodyKind::Empty => query_param(req.query, "code"),
-            BodyKind::Form => query_param(std::str::from_utf8(req.body).ok(), "code"),
-            BodyKind::Json => match json_object(req.body)?.get("code") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(_) => return Err(Reject::BadBody),
-            },
-        },
+    let from_query = || form_fields(req.query.unwrap_or("").as_bytes());
+    let fields = match *req.method {
+        Method::GET => from_query(),
+        Method::POST if matches!(body_kind(req), BodyKind::Empty) => from_query(),
+        Method::POST => body_fields(req)?,
         _ => return Err(Reject::MethodNotAllowed),
     };
-    match code.map(|c| c.trim().to_string()) {
-        Some(c) if !c.is_empty() => Ok(c),
-        _ => Err(Reject::LoginCodeMissing),
-    }
+    string_field(&fields, "code", Reject::LoginCodeMissing)
 }
 
 /// The refresh token of an `/auth/refresh` request: `{"refresh_token": "..."}` (or a form).
 pub fn refresh_token(req: &EndpointRequest<'_>) -> Result<String, Reject> {
-    if *req.method != Method::POST {
-        return Err(Reject::MethodNotAllowed);
-    }
-    let token = match body_kind(req) {
-        BodyKind::Empty => None,
-        BodyKind::Form => query_param(std::str::from_utf8(req.body).ok(), "refresh_token"),
-        BodyKind::Json => match json_object(req.body)?.get("refresh_token") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(Reject::BadBody),
-        },
-    };
-    match token.map(|t| t.trim().to_string()) {
-        Some(t) if !t.is_empty() => Ok(t),
-        _ => Err(Reject::RefreshTokenMissing),
-    }
+    string_field(
+        &post_body(req)?,
+        "refresh_token",
+        Reject::RefreshTokenMissing,
+    )
 }
 
-/// The JSON object (or form, as strings) body of a POST endpoint; an empty body is an empty
-/// object.
-pub fn post_body(
-    req: &EndpointRequest<'_>,
-) -> Result<serde_json::Map<String, serde_json::Value>, Reject> {
+/// The fields of a POST endpoint's body (JSON object or form); an empty body has none.
+pub fn post_body(req: &EndpointRequest<'_>) -> Result<Fields, Reject> {
     if *req.method != Method::POST {
         return Err(Reject::MethodNotAllowed);
     }
-    match body_kind(req) {
-        BodyKind::Empty => Ok(serde_json::Map::new()),
-        BodyKind::Json => json_object(req.body),
-        BodyKind::Form => Ok(form_urlencoded::parse(req.body)
-            .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
-            .collect()),
-    }
+    body_fields(req)
 }
 
 /// A required string field of a body: absent, null or blank is `missing`; another type is
 /// [`Reject::BadBody`].
-pub fn string_field(
-    body: &serde_json::Map<String, serde_json::Value>,
-    name: &str,
-    missing: Reject,
-) -> Result<String, Reject> {
+pub fn string_field(body: &Fields, name: &str, missing: Reject) -> Result<String, Reject> {
     match body.get(name) {
         None | Some(serde_json::Value::Null) => Err(missing),
         Some(serde_json::Value::String(s)) if s.trim().is_empty() => Err(missing),
@@ -511,7 +494,7 @@ pub fn string_field(
 
 /// What an `/isAuth` request presents: the body's `token` first (the tutorial), then headers.
 pub fn verify_token<'a>(
-    body_json: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    body_json: Option<&'a Fields>,
     headers: &'a http::HeaderMap,
 ) -> Presented<'a> {
     let from_body = match body_json {
@@ -526,24 +509,14 @@ pub fn verify_token<'a>(
 
 /// Parse the `/isAuth` body: empty is fine (the token may be in a header), otherwise a JSON
 /// object or a form.
-pub fn verify_body(
-    req: &EndpointRequest<'_>,
-) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Reject> {
+pub fn verify_body(req: &EndpointRequest<'_>) -> Result<Option<Fields>, Reject> {
     match *req.method {
         Method::GET | Method::POST => {}
         _ => return Err(Reject::MethodNotAllowed),
     }
     match body_kind(req) {
         BodyKind::Empty => Ok(None),
-        BodyKind::Json => json_object(req.body).map(Some),
-        BodyKind::Form => {
-            let token = query_param(std::str::from_utf8(req.body).ok(), "token");
-            let mut map = serde_json::Map::new();
-            if let Some(t) = token {
-                map.insert("token".into(), serde_json::Value::String(t));
-            }
-            Ok(Some(map))
-        }
+        _ => body_fields(req).map(Some),
     }
 }
 
