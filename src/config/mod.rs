@@ -539,6 +539,15 @@ impl Validator {
         }
     }
 
+    /// Report each key whose (valid) value repeats an earlier key's.
+    fn distinct<T: PartialEq>(&mut self, keyed: &[(&str, &Option<T>)]) {
+        for (i, (key, value)) in keyed.iter().enumerate() {
+            if let Some((other, _)) = keyed[..i].iter().find(|(_, v)| v.is_some() && *v == *value) {
+                self.problem(key, format!("must differ from {other}"));
+            }
+        }
+    }
+
     fn auth(&mut self, raw: RawAuth) -> Option<AuthConfig> {
         let login_path = self.path(raw.login_path, "auth.login_path", "/auth");
         let verify_path = self.path(raw.verify_path, "auth.verify_path", "/isAuth");
@@ -554,11 +563,7 @@ impl Validator {
             ("auth.phone_path", &phone_path),
             ("auth.decrypt_path", &decrypt_path),
         ];
-        for (i, (key, path)) in paths.iter().enumerate() {
-            if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p.is_some() && *p == *path) {
-                self.problem(key, format!("must differ from {other}"));
-            }
-        }
+        self.distinct(&paths);
         let identity_header =
             self.header(raw.identity_header, "auth.identity_header", "X-WX-OpenID");
         let unionid_header = self.header(raw.unionid_header, "auth.unionid_header", "X-WX-UnionID");
@@ -568,14 +573,7 @@ impl Validator {
             ("auth.unionid_header", &unionid_header),
             ("auth.phone_header", &phone_header),
         ];
-        for (i, (key, name)) in headers.iter().enumerate() {
-            if let Some((other, _)) = headers[..i]
-                .iter()
-                .find(|(_, n)| n.is_some() && *n == *name)
-            {
-                self.problem(key, format!("must differ from {other}"));
-            }
-        }
+        self.distinct(&headers);
         Some(AuthConfig {
             login_path: login_path?,
             verify_path: verify_path?,
