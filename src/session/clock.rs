@@ -1,11 +1,21 @@
 //! Time as the session stores see it, so that expiry can be tested without sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// Unix seconds now.
+pub fn unix_secs() -> u64 {
+    SystemClock.now_ms() / 1000
 }
 
 pub struct SystemClock;

@@ -1,8 +1,8 @@
 //! The embedded session store: a bounded map whose entries expire, for a single instance.
 
 use super::{
-    new_lock_token, Clock, Phone, Revocation, RevocationBatch, Rotation, Session, SessionStore,
-    SharedValue, StoreError, SystemClock,
+    millis, new_lock_token, Clock, Phone, Revocation, RevocationBatch, Rotation, Session,
+    SessionStore, SharedValue, StoreError, SystemClock,
 };
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -70,10 +70,6 @@ impl MemoryStore {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
-}
-
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn create(&self, session: &Session, ttl: Duration) -> Result<(), StoreError> {
@@ -95,7 +91,7 @@ impl SessionStore for MemoryStore {
         }
         map.insert(
             session.sid.clone(),
-            (session.clone(), now.saturating_add(ms(ttl))),
+            (session.clone(), now.saturating_add(millis(ttl))),
         );
         Ok(())
     }
@@ -126,7 +122,7 @@ impl SessionStore for MemoryStore {
         match &outcome {
             Rotation::Rotated(_) => {
                 if let Some((_, expires)) = state.sessions.get_mut(sid) {
-                    *expires = now.saturating_add(ms(ttl));
+                    *expires = now.saturating_add(millis(ttl));
                 }
             }
             _ => state.revoke(sid, revoke_until, now),
@@ -197,7 +193,7 @@ impl SessionStore for MemoryStore {
         let token = new_lock_token();
         state.locks.insert(
             name.to_string(),
-            (token.clone(), now.saturating_add(ms(ttl))),
+            (token.clone(), now.saturating_add(millis(ttl))),
         );
         Ok(Some(token))
     }

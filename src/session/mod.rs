@@ -13,7 +13,7 @@ mod redis;
 mod revocation;
 
 pub use self::redis::RedisStore;
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{millis, unix_secs, Clock, ManualClock, SystemClock};
 pub use memory::MemoryStore;
 pub use revocation::{RevocationSync, Revocations};
 

@@ -7,10 +7,9 @@
 //! atomic. Every operation is bounded by `session.timeout`; the connection is re-established by
 //! the connection manager when Redis comes back.
 
-use super::Clock;
 use super::{
-    new_lock_token, Phone, Revocation, RevocationBatch, Rotation, Session, SessionStore,
-    SharedValue, StoreError,
+    millis, new_lock_token, unix_secs, Clock, Phone, Revocation, RevocationBatch, Rotation,
+    Session, SessionStore, SharedValue, StoreError, SystemClock,
 };
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -18,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::OnceCell;
 
 /// Deletes the session and records its revocation; prunes revocations past their `until`.
@@ -90,14 +89,13 @@ pub struct RedisStore {
     compare_and_delete: Script,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn store_error(e: redis::RedisError) -> StoreError {
     StoreError(format!("redis: {e}"))
+}
+
+/// A TTL for PEXPIRE / SET PX, which refuse 0.
+fn px(d: Duration) -> u64 {
+    millis(d).max(1)
 }
 
 impl RedisStore {
@@ -183,10 +181,6 @@ impl RedisStore {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis().clamp(1, u64::MAX as u128) as u64
-}
-
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn create(&self, session: &Session, ttl: Duration) -> Result<(), StoreError> {
@@ -212,7 +206,7 @@ impl SessionStore for RedisStore {
                 .atomic()
                 .hset_multiple(&key, &fields)
                 .ignore()
-                .pexpire(&key, ms(ttl) as i64)
+                .pexpire(&key, px(ttl) as i64)
                 .ignore()
                 .query_async::<()>(&mut c)
                 .await
@@ -246,10 +240,10 @@ impl SessionStore for RedisStore {
         invocation
             .arg(presented)
             .arg(next)
-            .arg(ms(ttl))
+            .arg(px(ttl))
             .arg(sid)
             .arg(revoke_until)
-            .arg(unix_now());
+            .arg(unix_secs());
         // The script answers the rotated session's fields (read in the same atomic step), or
         // -1 for reuse, or 0 for no session.
         let outcome: redis::Value = self
@@ -271,7 +265,7 @@ impl SessionStore for RedisStore {
     async fn revoke(&self, sid: &str, until: u64) -> Result<(), StoreError> {
         let mut invocation = self.revoke.prepare_invoke();
         self.revoking_keys(&mut invocation, sid);
-        invocation.arg(sid).arg(until).arg(unix_now());
+        invocation.arg(sid).arg(until).arg(unix_secs());
         self.bounded(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
             .await
             .map(|_| ())
@@ -298,7 +292,7 @@ impl SessionStore for RedisStore {
             cursor = 0;
             flat = fetch(0).await?;
         }
-        let now = unix_now();
+        let now = unix_secs();
         let mut batch = RevocationBatch {
             cursor,
             revoked: Vec::new(),
@@ -348,7 +342,7 @@ impl SessionStore for RedisStore {
             }),
             _ => None,
         };
-        let now = super::SystemClock.now_ms();
+        let now = SystemClock.now_ms();
         Ok(value.filter(|v| v.expires_at_ms > now))
     }
 
@@ -400,7 +394,7 @@ impl SessionStore for RedisStore {
                         .arg(token)
                         .arg("NX")
                         .arg("PX")
-                        .arg(ms(ttl))
+                        .arg(px(ttl))
                         .query_async(&mut c)
                         .await
                 }
