@@ -3,30 +3,57 @@
 //! `${VAR}` is replaced by the variable's value (an unset variable is a problem at that key
 //! path); `${VAR:-default}` falls back to `default`; `$${` is a literal `${`.
 
-/// Expand every string inside `value` in place. `report(path, message)` receives each problem.
+/// Expand every string inside `value` in place; `report(path, message)` receives each problem.
+/// Returns `false` when a string in it could not be expanded: tables drop such entries, so that
+/// validation never checks a placeholder such as the literal `${WXGATE_JWT_SECRET}`.
 pub fn expand_value(
     value: &mut toml::Value,
     path: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     report: &mut dyn FnMut(&str, String),
-) {
+) -> bool {
     match value {
         toml::Value::String(s) if s.contains('$') => match expand(s, lookup) {
-            Ok(expanded) => *s = expanded,
-            Err(message) => report(path, message),
+            Ok(expanded) => {
+                *s = expanded;
+                true
+            }
+            Err(message) => {
+                report(path, message);
+                false
+            }
         },
         toml::Value::Array(items) => {
+            let mut ok = true;
             for (i, item) in items.iter_mut().enumerate() {
-                expand_value(item, &format!("{path}[{i}]"), lookup, report);
+                ok &= expand_value(item, &format!("{path}[{i}]"), lookup, report);
             }
+            ok
         }
         toml::Value::Table(table) => {
-            for (key, item) in table.iter_mut() {
-                expand_value(item, &format!("{path}.{key}"), lookup, report);
-            }
+            expand_table(table, path, lookup, report);
+            true
         }
-        _ => {}
+        _ => true,
     }
+}
+
+/// [`expand_value`] for each entry of a table (`path` empty at the root), dropping the entries
+/// that could not be expanded.
+pub fn expand_table(
+    table: &mut toml::Table,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(&str, String),
+) {
+    table.retain(|key, item| {
+        let at = if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        };
+        expand_value(item, &at, lookup, report)
+    });
 }
 
 /// Expand one string. The error names every unset variable (never a value).
@@ -106,6 +133,29 @@ mod tests {
         assert_eq!(expand("$${A}", &env).as_deref(), Ok("${A}"));
         assert_eq!(expand("cost $5", &env).as_deref(), Ok("cost $5"));
         assert_eq!(expand("end$", &env).as_deref(), Ok("end$"));
+    }
+
+    #[test]
+    fn entries_that_cannot_be_expanded_are_dropped_and_reported() {
+        let mut table: toml::Table = toml::from_str(
+            "a = \"${A}\"\nb = \"${NOPE}\"\n[s]\nc = [\"x\", \"${NADA}\"]\nd = \"${A}\"",
+        )
+        .unwrap();
+        let mut reported = Vec::new();
+        expand_table(&mut table, "", &env, &mut |path, message| {
+            reported.push(format!("{path}: {message}"))
+        });
+        assert_eq!(
+            reported,
+            [
+                "b: environment variable NOPE is not set",
+                "s.c[1]: environment variable NADA is not set"
+            ]
+        );
+        assert_eq!(table["a"].as_str(), Some("alpha"));
+        assert!(!table.contains_key("b"));
+        assert!(!table["s"].as_table().unwrap().contains_key("c"));
+        assert_eq!(table["s"]["d"].as_str(), Some("alpha"));
     }
 
     #[test]

@@ -6,11 +6,14 @@ mod raw;
 
 pub use crate::secret::Secret;
 use http::HeaderName;
-use raw::{RawAuth, RawJwt, RawRateLimit, RawRoute, RawServer, RawSession, RawWechat};
+use raw::{
+    DurationText, RawAuth, RawJwt, RawRateLimit, RawRoute, RawServer, RawSession, RawWechat,
+};
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The validated configuration the gateway runs with.
@@ -175,17 +178,59 @@ impl std::error::Error for ConfigError {}
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 const MIN_SECRET_BYTES: usize = 32;
 
+/// Why a configuration file could not be used.
+#[derive(Debug)]
+pub enum LoadError {
+    /// There is no file at that path.
+    NotFound(PathBuf),
+    /// The file exists but cannot be read (permissions, a directory, not UTF-8).
+    Unreadable(PathBuf, String),
+    /// The file was read; these are its problems.
+    Invalid(ConfigError),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::NotFound(path) => {
+                write!(f, "configuration file {} not found", path.display())?;
+                if path.is_relative() {
+                    if let Ok(dir) = std::env::current_dir() {
+                        write!(f, " in {}", dir.display())?;
+                    }
+                }
+                write!(
+                    f,
+                    ".\n  Point at yours with `-c FILE` (or WXGATE_CONFIG=FILE).\
+                     \n  To write one, start from the commented example gateway.toml in \
+                     wxgate's repository: it lists every key with its default.\
+                     \n  To try wxgate without a file, run `wxgate demo`."
+                )
+            }
+            LoadError::Unreadable(path, error) => {
+                write!(
+                    f,
+                    "cannot read configuration file {}: {error}",
+                    path.display()
+                )
+            }
+            LoadError::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
 /// Load and validate a configuration file, reading `${VAR}` from the process environment.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        source: source.clone(),
-        problems: vec![Problem {
-            path: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        }],
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound(path.to_path_buf()),
+        _ => LoadError::Unreadable(path.to_path_buf(), e.to_string()),
     })?;
-    parse(&text, &source, &|name| std::env::var(name).ok())
+    parse(&text, &path.display().to_string(), &|name| {
+        std::env::var(name).ok()
+    })
+    .map_err(LoadError::Invalid)
 }
 
 /// Parse and validate configuration text. `lookup` resolves `${VAR}` (tests pass their own).
@@ -215,15 +260,16 @@ pub fn parse_with(
             message: e.to_string().trim().replace('\n', "\n    "),
         }])
     })?;
+    let order = FileOrder::of(&root);
     let mut v = Validator {
         problems: Vec::new(),
+        invalid: Vec::new(),
         resolve_names,
+        jwt_ttl: None,
     };
-    for (key, value) in root.iter_mut() {
-        env::expand_value(value, key, lookup, &mut |path, message| {
-            v.problem(path, message)
-        });
-    }
+    env::expand_table(&mut root, "", lookup, &mut |path, message| {
+        v.invalid(path, message)
+    });
 
     let mut server = None;
     let mut wechat = None;
@@ -249,7 +295,7 @@ pub fn parse_with(
     let wechat = v.wechat(wechat.unwrap_or_default());
     let jwt = v.jwt(jwt.unwrap_or_default());
     let auth = v.auth(auth.unwrap_or_default());
-    let session = v.session(session.unwrap_or_default(), jwt.as_ref());
+    let session = v.session(session.unwrap_or_default());
     let routes = v.check_routes(routes);
     let rate_limit = rate_limit.unwrap_or_default();
     let rate_limit = RateLimitConfig {
@@ -271,7 +317,63 @@ pub fn parse_with(
                 routes,
             })
         }
-        _ => Err(fail(v.problems)),
+        _ => {
+            let mut problems = v.problems;
+            problems.sort_by_key(|p| order.rank(&p.path));
+            Err(fail(problems))
+        }
+    }
+}
+
+/// Where each key path appears in the file, so that problems are listed in the file's order.
+struct FileOrder {
+    /// Key path -> (its position, the position of the last key inside it).
+    at: HashMap<String, (usize, usize)>,
+}
+
+impl FileOrder {
+    fn of(root: &toml::Table) -> Self {
+        fn walk(value: &toml::Value, path: String, at: &mut HashMap<String, (usize, usize)>) {
+            let first = at.len();
+            at.insert(path.clone(), (first, first));
+            match value {
+                toml::Value::Table(t) => {
+                    for (key, item) in t {
+                        walk(item, join(&path, key), at);
+                    }
+                }
+                toml::Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(item, format!("{path}[{i}]"), at);
+                    }
+                }
+                _ => {}
+            }
+            let last = at.len() - 1;
+            at.insert(path, (first, last));
+        }
+        let mut at = HashMap::new();
+        for (key, value) in root {
+            walk(value, key.clone(), &mut at);
+        }
+        FileOrder { at }
+    }
+
+    /// A key in the file sorts where it is; a key that is not (missing, or a default) sorts
+    /// after the keys of its nearest enclosing table that is; a section absent from the file
+    /// sorts last. Ties keep the validator's order.
+    fn rank(&self, path: &str) -> (usize, usize) {
+        if let Some((first, _)) = self.at.get(path) {
+            return (*first, 0);
+        }
+        let mut p = path;
+        while let Some(i) = p.rfind(['.', '[']) {
+            p = &p[..i];
+            if let Some((_, last)) = self.at.get(p) {
+                return (*last, 1);
+            }
+        }
+        (usize::MAX, 0)
     }
 }
 
@@ -279,7 +381,12 @@ pub fn parse_with(
 /// its section has a problem, and has then recorded it.
 struct Validator {
     problems: Vec<Problem>,
+    /// Key paths whose value was refused before validation (wrong type, unset `${VAR}`): the
+    /// key was dropped, and must not also be reported missing, defaulted or compared.
+    invalid: Vec<String>,
     resolve_names: bool,
+    /// `jwt.ttl` when it is valid on its own, for the rules that compare it with other sections.
+    jwt_ttl: Option<Duration>,
 }
 
 fn join(base: &str, rest: &str) -> String {
@@ -300,26 +407,69 @@ impl Validator {
         });
     }
 
-    /// Deserialise one section, recording unknown keys and the first type error with its path.
-    fn section<T: DeserializeOwned>(&mut self, value: toml::Value, path: &str) -> Option<T> {
+    /// A problem with a value that validation must then treat as absent-but-given.
+    fn invalid(&mut self, path: &str, message: String) {
+        self.problem(path, message);
+        self.invalid.push(path.to_string());
+    }
+
+    /// Whether `path`, a table around it or a value inside it was refused already.
+    fn is_invalid(&self, path: &str) -> bool {
+        let under = |child: &str, parent: &str| {
+            child.starts_with(parent)
+                && matches!(child.as_bytes().get(parent.len()), Some(b'.' | b'['))
+        };
+        self.invalid
+            .iter()
+            .any(|p| p == path || under(p, path) || under(path, p))
+    }
+
+    /// Deserialise one section, recording unknown keys and every type error with its path. A key
+    /// of the wrong type is dropped and the section read again, so it hides no other key.
+    fn section<T: DeserializeOwned>(&mut self, mut value: toml::Value, path: &str) -> Option<T> {
+        // A failed attempt stops at its error: the keys after it are seen by the next one.
         let mut unknown = Vec::new();
-        let mut track = serde_path_to_error::Track::new();
-        let result = {
-            let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-            let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
-            T::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+        let result = loop {
+            let mut track = serde_path_to_error::Track::new();
+            let result = {
+                let mut on_unknown = |p: serde_ignored::Path<'_>| {
+                    let p = p.to_string();
+                    if !unknown.contains(&p) {
+                        unknown.push(p);
+                    }
+                };
+                let de = serde_ignored::Deserializer::new(value.clone(), &mut on_unknown);
+                T::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+            };
+            let e = match result {
+                Ok(t) => break Some(t),
+                Err(e) => e,
+            };
+            let inner = track.path();
+            let key = match inner.iter().next() {
+                Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+                _ => None,
+            };
+            let message = clean_serde_message(&e.to_string());
+            let dropped = match (&key, &mut value) {
+                (Some(key), toml::Value::Table(table)) => table.remove(key).is_some(),
+                _ => false,
+            };
+            match (dropped, key) {
+                (true, Some(key)) => {
+                    self.problem(&join(path, &inner.to_string()), message);
+                    self.invalid.push(join(path, &key));
+                }
+                _ => {
+                    self.invalid(&join(path, &inner.to_string()), message);
+                    break None;
+                }
+            }
         };
         for key in unknown {
             self.problem(&join(path, &key), "unknown key".into());
         }
-        match result {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let inner = track.path().to_string();
-                self.problem(&join(path, &inner), clean_serde_message(&e.to_string()));
-                None
-            }
-        }
+        result
     }
 
     fn routes(&mut self, value: toml::Value) -> Option<Vec<Option<RawRoute>>> {
@@ -332,7 +482,7 @@ impl Validator {
                     .collect(),
             ),
             _ => {
-                self.problem(
+                self.invalid(
                     "routes",
                     "must be an array of tables ([[routes]] entries)".into(),
                 );
@@ -342,14 +492,29 @@ impl Validator {
     }
 
     fn required<T>(&mut self, value: Option<T>, path: &str) -> Option<T> {
-        if value.is_none() {
+        if value.is_none() && !self.is_invalid(path) {
             self.problem(path, "required key is missing".into());
         }
         value
     }
 
-    fn duration(&mut self, value: Option<String>, path: &str, default: &str) -> Option<Duration> {
-        let text = value.unwrap_or_else(|| default.to_string());
+    /// The value as written, or the key's default when it was not written; `None` when it was
+    /// written but refused already.
+    fn or_default(&self, value: Option<String>, path: &str, default: &str) -> Option<String> {
+        match value {
+            Some(v) => Some(v),
+            None if self.is_invalid(path) => None,
+            None => Some(default.to_string()),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<DurationText>,
+        path: &str,
+        default: &str,
+    ) -> Option<Duration> {
+        let text = self.or_default(value.map(|d| d.0), path, default)?;
         match humantime::parse_duration(text.trim()) {
             Ok(d) => Some(d),
             Err(e) => {
@@ -364,7 +529,7 @@ impl Validator {
 
     fn positive_duration(
         &mut self,
-        value: Option<String>,
+        value: Option<DurationText>,
         path: &str,
         default: &str,
     ) -> Option<Duration> {
@@ -377,13 +542,14 @@ impl Validator {
     }
 
     fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
-        let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen = match resolve_host_port(&listen_text, self.resolve_names) {
-            Ok(addrs) => addrs.into_iter().next(),
-            Err(message) => {
+        let listen_text = self.or_default(raw.listen, "server.listen", DEFAULT_LISTEN);
+        let listen = match listen_text.map(|t| resolve_host_port(&t, self.resolve_names)) {
+            Some(Ok(addrs)) => addrs.into_iter().next(),
+            Some(Err(message)) => {
                 self.problem("server.listen", message);
                 None
             }
+            None => None,
         };
         let mut trusted_proxies = Vec::new();
         for (i, net) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
@@ -409,7 +575,7 @@ impl Validator {
         let grace_period = self.duration(raw.grace_period, "server.grace_period", "10s");
         let max_body = match raw.max_body {
             None => Some(16 * 1024),
-            Some(text) => match parse_size(&text) {
+            Some(raw::SizeText(text)) => match parse_size(&text) {
                 Some(n) if n > 0 => Some(n),
                 _ => {
                     self.problem(
@@ -443,22 +609,26 @@ impl Validator {
                 self.problem("wechat.secret", "must not be empty".into());
             }
         }
-        let api_base = raw
-            .api_base
-            .unwrap_or_else(|| "https://api.weixin.qq.com".to_string());
-        let api_base = api_base.trim_end_matches('/').to_string();
-        let base_ok = api_base.starts_with("http://") || api_base.starts_with("https://");
-        if !base_ok {
+        let api_base = self
+            .or_default(raw.api_base, "wechat.api_base", "https://api.weixin.qq.com")
+            .map(|b| b.trim_end_matches('/').to_string());
+        let base_ok = api_base
+            .as_ref()
+            .is_some_and(|b| b.starts_with("http://") || b.starts_with("https://"));
+        if let (false, Some(api_base)) = (base_ok, &api_base) {
             self.problem(
                 "wechat.api_base",
                 format!("{api_base:?} must start with http:// or https://"),
             );
         }
         let timeout = self.positive_duration(raw.timeout, "wechat.timeout", "3s");
-        let access_token_api = match raw.access_token_api.as_deref().unwrap_or("stable") {
-            "stable" => Some(AccessTokenApi::Stable),
-            "classic" => Some(AccessTokenApi::Classic),
-            other => {
+        let access_token_api =
+            self.or_default(raw.access_token_api, "wechat.access_token_api", "stable");
+        let access_token_api = match access_token_api.as_deref() {
+            None => None,
+            Some("stable") => Some(AccessTokenApi::Stable),
+            Some("classic") => Some(AccessTokenApi::Classic),
+            Some(other) => {
                 self.problem(
                     "wechat.access_token_api",
                     format!("{other:?} is not one of \"stable\", \"classic\""),
@@ -469,16 +639,18 @@ impl Validator {
         Some(WechatConfig {
             appid: appid?,
             secret: Secret::new(secret?),
-            api_base: base_ok.then_some(api_base)?,
+            api_base: api_base.filter(|_| base_ok)?,
             timeout: timeout?,
             access_token_api: access_token_api?,
         })
     }
 
     fn jwt(&mut self, raw: RawJwt) -> Option<JwtConfig> {
-        let algorithm = match raw.algorithm.as_deref().unwrap_or("HS256") {
-            "HS256" => Some(JwtAlgorithm::HS256),
-            other => {
+        let algorithm = self.or_default(raw.algorithm, "jwt.algorithm", "HS256");
+        let algorithm = match algorithm.as_deref() {
+            None => None,
+            Some("HS256") => Some(JwtAlgorithm::HS256),
+            Some(other) => {
                 self.problem(
                     "jwt.algorithm",
                     format!("{other:?} is not supported (supported: \"HS256\")"),
@@ -500,6 +672,7 @@ impl Validator {
             }
         }
         let ttl = self.positive_duration(raw.ttl, "jwt.ttl", "2h");
+        self.jwt_ttl = ttl;
         let leeway = self.duration(raw.leeway, "jwt.leeway", "0s");
         let issuer = raw.issuer.unwrap_or_else(|| "wxgate".to_string());
         let secret_ok = secret.as_ref().is_some_and(|s| s.len() >= MIN_SECRET_BYTES);
@@ -513,7 +686,7 @@ impl Validator {
     }
 
     fn path(&mut self, value: Option<String>, path: &str, default: &str) -> Option<String> {
-        let p = value.unwrap_or_else(|| default.to_string());
+        let p = self.or_default(value, path, default)?;
         if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
             self.problem(path, format!("{p:?} must be a path starting with '/'"));
             return None;
@@ -522,7 +695,7 @@ impl Validator {
     }
 
     fn header(&mut self, value: Option<String>, path: &str, default: &str) -> Option<HeaderName> {
-        let h = value.unwrap_or_else(|| default.to_string());
+        let h = self.or_default(value, path, default)?;
         match HeaderName::from_bytes(h.as_bytes()) {
             Ok(name) if !RESERVED_HEADERS.contains(&name.as_str()) => Some(name),
             Ok(_) => {
@@ -587,9 +760,11 @@ impl Validator {
         })
     }
 
-    fn session(&mut self, raw: RawSession, jwt: Option<&JwtConfig>) -> Option<SessionConfig> {
-        let store = match raw.store.as_deref().unwrap_or("memory") {
-            "memory" => {
+    fn session(&mut self, raw: RawSession) -> Option<SessionConfig> {
+        let store = self.or_default(raw.store, "session.store", "memory");
+        let store = match store.as_deref() {
+            None => None,
+            Some("memory") => {
                 if raw.redis_url.is_some() {
                     self.problem(
                         "session.redis_url",
@@ -606,7 +781,8 @@ impl Validator {
                     }),
                 }
             }
-            "redis" => match raw.redis_url {
+            Some("redis") => match raw.redis_url {
+                None if self.is_invalid("session.redis_url") => None,
                 None => {
                     self.problem(
                         "session.redis_url",
@@ -626,7 +802,7 @@ impl Validator {
                     }),
                 },
             },
-            other => {
+            Some(other) => {
                 self.problem(
                     "session.store",
                     format!("{other:?} is not one of \"memory\", \"redis\""),
@@ -635,22 +811,24 @@ impl Validator {
             }
         };
         let ttl = self.positive_duration(raw.ttl, "session.ttl", "30d");
-        if let (Some(ttl), Some(jwt)) = (ttl, jwt) {
-            if ttl < jwt.ttl {
+        if let (Some(ttl), Some(jwt_ttl)) = (ttl, self.jwt_ttl) {
+            if ttl < jwt_ttl {
                 self.problem(
                     "session.ttl",
                     format!(
                         "must be at least jwt.ttl ({}): a token must not outlive its session",
-                        humantime::format_duration(jwt.ttl)
+                        humantime::format_duration(jwt_ttl)
                     ),
                 );
             }
         }
         let timeout = self.positive_duration(raw.timeout, "session.timeout", "1s");
-        let fail_mode = match raw.fail_mode.as_deref().unwrap_or("closed") {
-            "closed" => Some(FailMode::Closed),
-            "open" => Some(FailMode::Open),
-            other => {
+        let fail_mode = self.or_default(raw.fail_mode, "session.fail_mode", "closed");
+        let fail_mode = match fail_mode.as_deref() {
+            None => None,
+            Some("closed") => Some(FailMode::Closed),
+            Some("open") => Some(FailMode::Open),
+            Some(other) => {
                 self.problem(
                     "session.fail_mode",
                     format!("{other:?} is not one of \"closed\", \"open\""),
@@ -668,10 +846,12 @@ impl Validator {
 
     fn check_routes(&mut self, raw: Option<Vec<Option<RawRoute>>>) -> Option<Vec<RouteConfig>> {
         let Some(raw) = raw else {
-            self.problem(
-                "routes",
-                "required: at least one [[routes]] entry (prefix and upstreams)".into(),
-            );
+            if !self.is_invalid("routes") {
+                self.problem(
+                    "routes",
+                    "required: at least one [[routes]] entry (prefix and upstreams)".into(),
+                );
+            }
             return None;
         };
         if raw.is_empty() {
@@ -679,36 +859,42 @@ impl Validator {
         }
         let mut out = Vec::with_capacity(raw.len());
         let mut ok = !raw.is_empty();
+        // Valid prefixes so far, with their route's index: a repeat is a problem whether or not
+        // the rest of either route is valid.
+        let mut prefixes: Vec<(usize, String)> = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let Some(r) = r else {
                 ok = false;
                 continue;
             };
-            match self.route(r, i) {
-                Some(route) => {
-                    if let Some(j) = out
-                        .iter()
-                        .position(|o: &RouteConfig| o.prefix == route.prefix)
-                    {
-                        self.problem(
-                            &format!("routes[{i}].prefix"),
-                            format!("{:?} is already the prefix of routes[{j}]", route.prefix),
-                        );
-                        ok = false;
-                    }
-                    out.push(route);
-                }
+            match self.route(r, i, &mut prefixes) {
+                Some(route) => out.push(route),
                 None => ok = false,
             }
         }
         ok.then_some(out)
     }
 
-    fn route(&mut self, raw: RawRoute, i: usize) -> Option<RouteConfig> {
+    fn route(
+        &mut self,
+        raw: RawRoute,
+        i: usize,
+        prefixes: &mut Vec<(usize, String)>,
+    ) -> Option<RouteConfig> {
         let at = |key: &str| format!("routes[{i}].{key}");
         let prefix = self.required(raw.prefix, &at("prefix"));
         let prefix = match prefix {
-            Some(p) if p.starts_with('/') => Some(p),
+            Some(p) if p.starts_with('/') => {
+                if let Some((j, _)) = prefixes.iter().find(|(_, q)| *q == p) {
+                    self.problem(
+                        &at("prefix"),
+                        format!("{p:?} is already the prefix of routes[{j}]"),
+                    );
+                } else {
+                    prefixes.push((i, p.clone()));
+                }
+                Some(p)
+            }
             Some(p) => {
                 self.problem(&at("prefix"), format!("{p:?} must start with '/'"));
                 None
@@ -739,10 +925,12 @@ impl Validator {
                 }
             }
         }
-        let auth = match raw.auth.as_deref().unwrap_or("required") {
-            "required" => Some(RouteAuth::Required),
-            "none" => Some(RouteAuth::None),
-            other => {
+        let auth = self.or_default(raw.auth, &at("auth"), "required");
+        let auth = match auth.as_deref() {
+            None => None,
+            Some("required") => Some(RouteAuth::Required),
+            Some("none") => Some(RouteAuth::None),
+            Some(other) => {
                 self.problem(
                     &at("auth"),
                     format!("{other:?} is not one of \"required\", \"none\""),

@@ -2,7 +2,45 @@
 //! key is reported by validation (with its path) instead of stopping deserialisation.
 //! Unknown keys are collected by the loader (serde_ignored), not refused here.
 
+use serde::de::{Deserializer, Visitor};
 use serde::Deserialize;
+use std::fmt;
+
+/// A string-valued key whose type error says what to write instead of "expected a string".
+macro_rules! text_type {
+    ($(#[$doc:meta])* $name:ident, $expecting:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(pub String);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Text;
+                impl Visitor<'_> for Text {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        Ok($name(v.to_string()))
+                    }
+                }
+                d.deserialize_str(Text)
+            }
+        }
+    };
+}
+
+text_type!(
+    /// A humantime duration as written: `"3s"`, `"2h"`, `"30d"`.
+    DurationText,
+    "a duration string such as \"3s\""
+);
+text_type!(
+    /// A size as written: `"16KiB"`, `"1MiB"`.
+    SizeText,
+    "a size string such as \"16KiB\""
+);
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawServer {
@@ -10,8 +48,8 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<String>>,
     pub threads: Option<usize>,
     pub work_stealing: Option<bool>,
-    pub grace_period: Option<String>,
-    pub max_body: Option<String>,
+    pub grace_period: Option<DurationText>,
+    pub max_body: Option<SizeText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -19,7 +57,7 @@ pub struct RawWechat {
     pub appid: Option<String>,
     pub secret: Option<String>,
     pub api_base: Option<String>,
-    pub timeout: Option<String>,
+    pub timeout: Option<DurationText>,
     pub access_token_api: Option<String>,
 }
 
@@ -27,8 +65,8 @@ pub struct RawWechat {
 pub struct RawJwt {
     pub algorithm: Option<String>,
     pub secret: Option<String>,
-    pub ttl: Option<String>,
-    pub leeway: Option<String>,
+    pub ttl: Option<DurationText>,
+    pub leeway: Option<DurationText>,
     pub issuer: Option<String>,
 }
 
@@ -49,8 +87,8 @@ pub struct RawAuth {
 pub struct RawSession {
     pub store: Option<String>,
     pub redis_url: Option<String>,
-    pub ttl: Option<String>,
-    pub timeout: Option<String>,
+    pub ttl: Option<DurationText>,
+    pub timeout: Option<DurationText>,
     pub fail_mode: Option<String>,
     pub memory_capacity: Option<usize>,
 }
@@ -61,8 +99,8 @@ pub struct RawRoute {
     pub prefix: Option<String>,
     pub upstreams: Option<Vec<String>>,
     pub auth: Option<String>,
-    pub connect_timeout: Option<String>,
-    pub read_timeout: Option<String>,
+    pub connect_timeout: Option<DurationText>,
+    pub read_timeout: Option<DurationText>,
     pub forward_phone: Option<bool>,
 }
 
