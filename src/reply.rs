@@ -76,6 +76,9 @@ pub enum Reject {
     RateLimited,
     /// WeChat answered with an `errcode`.
     Wechat { errcode: i64 },
+    /// WeChat refused the getPhoneNumber code of `/auth/phone` (40029 invalid, 40163 used,
+    /// 41008 missing): the user taps the button again; nothing is wrong with the login.
+    PhoneCode { errcode: i64 },
     /// WeChat could not be reached (connection refused, DNS, TLS).
     WechatUnreachable,
     /// WeChat answered, but not with a WeChat answer (HTML error page, non-JSON, HTTP error).
@@ -171,6 +174,15 @@ impl Reject {
                     reason: Some(reason),
                 }
             }
+            Reject::PhoneCode { errcode } => {
+                let (message, reason) = phone_code_errcode(*errcode);
+                Parts {
+                    status: 400,
+                    code: Cow::Owned(errcode.to_string()),
+                    message,
+                    reason: Some(reason),
+                }
+            }
             Reject::WechatUnreachable => p(
                 502,
                 "10501",
@@ -218,6 +230,15 @@ impl Reject {
             reason,
             data: None,
         })
+    }
+}
+
+/// Message and reason of a WeChat errcode about the phone code (not the login code).
+pub fn phone_code_errcode(errcode: i64) -> (&'static str, &'static str) {
+    match errcode {
+        40163 => ("手机号code已被使用", "phone_code_used"),
+        41008 => ("缺少手机号code", "missing_phone_code"),
+        _ => ("手机号code无效", "invalid_phone_code"),
     }
 }
 
@@ -283,7 +304,9 @@ pub struct CodeDoc {
 }
 
 /// Every code the gateway itself defines (WeChat errcodes pass through, see [`wechat_errcode`]).
+/// A test reads [`Reject::parts`]' source and fails if a code it can answer is missing here.
 pub fn documented_codes() -> Vec<CodeDoc> {
+    use DecryptError as D;
     use TokenProblem::Expired;
     let all = [
         (Reject::TokenMissing, "no token sent"),
@@ -301,6 +324,35 @@ pub fn documented_codes() -> Vec<CodeDoc> {
             Reject::BadBody,
             "body of a gateway endpoint is not valid JSON / form",
         ),
+        (
+            Reject::SessionGone,
+            "token valid but its session is gone (expired, evicted): log in again",
+        ),
+        (
+            Reject::DecryptFieldsMissing,
+            "`/auth/decrypt` without `encryptedData` or `iv`",
+        ),
+        (
+            Reject::Decrypt(D::EncryptedDataNotBase64),
+            "`encryptedData` or `iv` is not base64 (`reason` says which)",
+        ),
+        (Reject::Decrypt(D::IvLength), "`iv` is not 16 bytes"),
+        (
+            Reject::Decrypt(D::CiphertextLength),
+            "`encryptedData` is empty or not whole 16-byte blocks",
+        ),
+        (
+            Reject::Decrypt(D::BadPadding),
+            "decryption failed: tampered data, or the session_key changed since (log in again)",
+        ),
+        (
+            Reject::Decrypt(D::NotJson),
+            "decrypted data is not a JSON object",
+        ),
+        (
+            Reject::Decrypt(D::Watermark),
+            "`watermark.appid` missing or another app's",
+        ),
         (Reject::BadPath, "path has `.` or `..` segments"),
         (Reject::NoRoute, "no route matches the path"),
         (
@@ -310,6 +362,14 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         (
             Reject::BodyTooLarge,
             "body over the gateway endpoints' limit",
+        ),
+        (
+            Reject::RateLimited,
+            "too many logins or phone calls from one client address (`rate_limit`)",
+        ),
+        (
+            Reject::HeadersTooLarge,
+            "more than 100 request headers or 64 KiB of them",
         ),
         (Reject::WechatUnreachable, "WeChat unreachable"),
         (
@@ -395,6 +455,52 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for c in &codes {
             assert!(seen.insert(c.code), "duplicate code {}", c.code);
+        }
+    }
+
+    /// The code literals [`Reject::parts`] can answer, read from its source: a variant added
+    /// there with a new code cannot be left out of the table by forgetting a hand-written list.
+    fn codes_in_parts_source() -> std::collections::BTreeSet<&'static str> {
+        let src = include_str!("reply.rs");
+        let start = src.find("pub fn parts(").expect("parts() in reply.rs");
+        let end = src[start..]
+            .find("pub fn status(")
+            .expect("status() after parts()")
+            + start;
+        src[start..end]
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|lit| lit.len() == 5 && lit.bytes().all(|b| b.is_ascii_digit()))
+            .collect()
+    }
+
+    #[test]
+    fn documented_codes_cover_every_code_the_gateway_answers() {
+        let produced = codes_in_parts_source();
+        assert!(produced.len() >= 20, "{produced:?}");
+        assert!(produced.contains("10429") && produced.contains("10431"));
+        let documented: std::collections::BTreeSet<_> =
+            documented_codes().iter().map(|c| c.code).collect();
+        let missing: Vec<_> = produced.difference(&documented).collect();
+        assert!(
+            missing.is_empty(),
+            "codes answered but not documented: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn phone_codes_have_their_own_messages() {
+        for errcode in [40029, 40163, 41008] {
+            let phone = json(Reject::PhoneCode { errcode }.body());
+            let login = json(Reject::Wechat { errcode }.body());
+            assert_eq!(phone["code"], errcode.to_string());
+            assert_eq!(Reject::PhoneCode { errcode }.status(), 400);
+            assert!(
+                phone["message"].as_str().unwrap().contains("手机号"),
+                "{phone}"
+            );
+            assert_ne!(phone["message"], login["message"]);
         }
     }
 }

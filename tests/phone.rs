@@ -143,6 +143,11 @@ async fn phone_rejections() {
         (400, Some("40029")),
         "a used phone code: {v}"
     );
+    // About the phone code, not the login code.
+    assert_eq!(v["message"], "手机号code无效", "{v}");
+    assert_eq!(v["reason"], "invalid_phone_code", "{v}");
+    let (_, v) = phone(&s, &token, "bad code!").await;
+    assert_eq!(v["message"], "手机号code无效", "{v}");
     // WeChat's example shows countryCode as a number: it comes back as a string all the same.
     let (status, v) = phone(&s, &token, "numcc-yuri.p3").await;
     assert_eq!(status, 200, "{v}");

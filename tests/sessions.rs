@@ -301,3 +301,85 @@ async fn starting_while_redis_is_down_answers_promptly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+async fn code_exchanges(wechat: &Proc) -> u64 {
+    wechat_stats(wechat).await["jscode2session"]
+        .as_u64()
+        .expect("jscode2session counter")
+}
+
+/// Log in with `code` until it works (the store is coming back), at most 10 s.
+async fn login_when_back(gw: &Proc, code: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, v) = get(&gw.url(&format!("/auth?code={code}"))).await;
+        if status == 200 {
+            return v["data"].clone();
+        }
+        assert_eq!((status, v["code"].as_str()), (503, Some("10503")), "{v}");
+        assert!(Instant::now() < deadline, "no login after Redis came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Killed Redis, login at once (long before any background check can notice the outage): the
+/// answer is 503 and WeChat never saw the code, which logs in once Redis is back.
+#[tokio::test]
+async fn a_login_at_the_start_of_a_redis_outage_does_not_spend_the_code() {
+    let port = free_port();
+    let redis = redis_on(port);
+    let wechat = mock_wechat();
+    let echo = echo();
+    let gw = gateway(&(config(wechat.addr, echo.addr) + &redis_section(&redis, "closed")));
+    login_data(&gw, "quinn.1").await;
+    let before = code_exchanges(&wechat).await;
+
+    drop(redis);
+    for _ in 0..3 {
+        let (status, v) = get(&gw.url("/auth?code=quinn.2")).await;
+        assert_eq!((status, v["code"].as_str()), (503, Some("10503")), "{v}");
+    }
+    assert_eq!(
+        code_exchanges(&wechat).await,
+        before,
+        "a login during the outage spent the code at WeChat"
+    );
+
+    let _redis = redis_on(port);
+    let data = login_when_back(&gw, "quinn.2").await;
+    assert_eq!(code_exchanges(&wechat).await, before + 1);
+    let (status, v) = call(&gw, data["token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// Redis dies after the check and while WeChat is answering: the code is spent, so WeChat's
+/// answer is kept, and a retry with the same code logs in once Redis is back, without a second
+/// WeChat call (which would only answer 40163).
+#[tokio::test]
+async fn a_code_spent_while_redis_died_logs_in_on_retry() {
+    let port = free_port();
+    let redis = redis_on(port);
+    let wechat = mock_wechat();
+    let echo = echo();
+    let gw = gateway(&(config(wechat.addr, echo.addr) + &redis_section(&redis, "closed")));
+    login_data(&gw, "ruth.1").await;
+    let before = code_exchanges(&wechat).await;
+
+    let url = gw.url("/auth?code=slow800-ruth.2");
+    let pending = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(redis);
+    let (status, v) = pending.await.unwrap();
+    assert_eq!((status, v["code"].as_str()), (503, Some("10503")), "{v}");
+    assert_eq!(code_exchanges(&wechat).await, before + 1);
+
+    let _redis = redis_on(port);
+    let data = login_when_back(&gw, "slow800-ruth.2").await;
+    assert_eq!(
+        code_exchanges(&wechat).await,
+        before + 1,
+        "the retry asked WeChat again"
+    );
+    let (status, v) = call(&gw, data["token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{v}");
+}

@@ -13,7 +13,7 @@ use crate::session::{
     new_refresh_token, new_sid, refresh_hash, refresh_token_sid, Clock, Revocations, Rotation,
     Session, SessionStore,
 };
-use crate::wechat::{crypto, AccessTokens, WechatClient};
+use crate::wechat::{crypto, AccessTokens, Code2Session, WechatClient, WechatError};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http::Method;
 use serde::Serialize;
@@ -39,6 +39,12 @@ pub struct VerifyData {
 }
 
 type LoginOutcome = Result<LoginData, Reject>;
+
+/// How long WeChat's answer for a code is kept when its session could not be stored: a login
+/// code is valid for 5 minutes, and a retry with the same code within them then logs in
+/// without calling WeChat (which would answer 40163 for the spent code).
+const UNSTORED_MS: u64 = 5 * 60_000;
+const UNSTORED_MAX: usize = 10_000;
 type InFlight = Arc<Mutex<HashMap<String, Shared<BoxFuture<'static, LoginOutcome>>>>>;
 
 /// Sessions: where they are kept, how long they live, which are revoked.
@@ -62,6 +68,8 @@ pub struct Login {
     in_flight: InFlight,
     /// sid -> (phone, fetched at ms): only numbers that were found, so a new one shows at once.
     phones: Mutex<HashMap<String, (Phone, u64)>>,
+    /// code -> (WeChat's answer, until ms): exchanges whose session the store refused.
+    unstored: Mutex<HashMap<String, (Code2Session, u64)>>,
 }
 
 impl Login {
@@ -78,6 +86,7 @@ impl Login {
             sessions,
             in_flight: Arc::default(),
             phones: Mutex::default(),
+            unstored: Mutex::default(),
         }
     }
 
@@ -99,7 +108,7 @@ impl Login {
     /// session. The session is checked first, so a code is never spent for nothing.
     pub async fn phone(&self, identity: &Identity, code: &str) -> Result<Phone, Reject> {
         if !plausible_code(code) {
-            return Err(Reject::Wechat { errcode: 40029 });
+            return Err(Reject::PhoneCode { errcode: 40029 });
         }
         let session = self.session_of(identity).await?;
         let phone = self
@@ -109,7 +118,14 @@ impl Login {
                 let openid = &session.openid;
                 async move { wechat.phone_number(&token, code, openid).await }
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // About the phone code, not the login: its own message.
+                WechatError::Api(errcode @ (40029 | 40163 | 41008)) => {
+                    Reject::PhoneCode { errcode }
+                }
+                e => e.into(),
+            })?;
         self.remember_phone(&identity.sid, &phone).await?;
         tracing::info!(sid = %identity.sid, "phone number verified");
         Ok(phone)
@@ -258,11 +274,46 @@ impl Login {
         shared.await
     }
 
+    /// The code's WeChat answer (kept from an earlier try whose session was not stored, or
+    /// asked for once the store has shown it accepts writes), then a stored session.
     async fn exchange(&self, code: &str) -> LoginOutcome {
-        let wx = self.wechat.code2session(code).await?;
+        let kept = {
+            let mut unstored = lock(&self.unstored);
+            let now = self.now_ms();
+            unstored.retain(|_, (_, until)| *until > now);
+            unstored.remove(code)
+        };
+        let wx = match kept {
+            Some((wx, _)) => wx,
+            None => {
+                // Known-good before the code is spent: an outage not yet noticed by the
+                // revocation sync (the first seconds) must not cost the user's code either.
+                self.sessions
+                    .store
+                    .ready_for_login()
+                    .await
+                    .map_err(Self::store_error)?;
+                self.wechat.code2session(code).await?
+            }
+        };
+        match self.start_session(&wx).await {
+            Err(Reject::StoreUnavailable) => {
+                // The store failed between the check and the write: keep WeChat's answer so
+                // that the client's retry with the same code succeeds once the store is back.
+                let mut unstored = lock(&self.unstored);
+                if unstored.len() < UNSTORED_MAX {
+                    unstored.insert(code.to_string(), (wx, self.now_ms() + UNSTORED_MS));
+                }
+                Err(Reject::StoreUnavailable)
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn start_session(&self, wx: &Code2Session) -> LoginOutcome {
         let identity = Identity {
-            openid: wx.openid,
-            unionid: wx.unionid,
+            openid: wx.openid.clone(),
+            unionid: wx.unionid.clone(),
             sid: new_sid(),
         };
         let refresh_token = new_refresh_token(&identity.sid);
@@ -270,7 +321,7 @@ impl Login {
             sid: identity.sid.clone(),
             openid: identity.openid.clone(),
             unionid: identity.unionid.clone(),
-            session_key: wx.session_key,
+            session_key: wx.session_key.clone(),
             created_at: unix_now(),
             refresh_hash: refresh_hash(&refresh_token),
             phone: None,

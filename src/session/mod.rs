@@ -143,6 +143,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Release a lock taken with [`Self::try_lock`] (no effect if it expired and was retaken).
     async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError>;
 
+    /// Prove, before a login spends the user's one-time code at WeChat, that the store accepts
+    /// a write now (one bounded round trip for Redis; nothing to prove in memory).
+    async fn ready_for_login(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether the store shares state between gateway instances (then revocations must be
     /// fetched from it; an in-process store tells this instance directly).
     fn is_shared(&self) -> bool;

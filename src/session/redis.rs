@@ -214,6 +214,22 @@ impl SessionStore for RedisStore {
         .await
     }
 
+    /// A write, not a PING: a replica that became read-only, or a Redis out of memory, answers
+    /// a PING but would refuse the session.
+    async fn ready_for_login(&self) -> Result<(), StoreError> {
+        let key = self.key("login:probe");
+        self.bounded(|mut c| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(10_000)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
     async fn get(&self, sid: &str) -> Result<Option<Session>, StoreError> {
         let key = self.session_key(sid);
         let fields: HashMap<String, String> = self
