@@ -10,8 +10,10 @@ build: setup
 	$(CARGO) build --release --locked
 
 ## Run the gateway with a stand-in WeChat and an echo app on loopback; prints what to try.
+## Another address: make demo LISTEN=127.0.0.1:3100
+LISTEN ?= 127.0.0.1:3000
 demo: build
-	./target/release/wxgate demo
+	./target/release/wxgate demo --listen $(LISTEN)
 
 ## Everything CI runs: formatting, lints, unit and end-to-end tests.
 test: setup
