@@ -50,15 +50,18 @@ fn request(token: &str) -> RequestHeader {
 
 fn routes() -> RouteTable {
     let route = |prefix: &str, auth| {
-        Route::from_config(&RouteConfig {
-            name: prefix.into(),
-            prefix: prefix.into(),
-            upstreams: vec!["127.0.0.1:9001".parse().unwrap()],
-            auth,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            forward_phone: false,
-        })
+        Route::new(
+            &RouteConfig {
+                name: prefix.into(),
+                prefix: prefix.into(),
+                upstreams: vec![wxgate::config::parse_host_port("127.0.0.1:9001").unwrap()],
+                auth,
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(1),
+                forward_phone: false,
+            },
+            &["127.0.0.1:9001".parse().unwrap()],
+        )
         .unwrap()
     };
     RouteTable::new(vec![

@@ -1,19 +1,30 @@
-//! Start-up: build every long-lived piece once from a validated [`Config`] (keys, validation,
-//! routes, resolved upstreams, HTTP client, session store), then hand them to Pingora.
+//! Start-up and reload. A [`Snapshot`] is built from a validated [`Config`]: the route table
+//! (upstreams resolved here, off the request path) and the services the configuration selects.
+//! On reload the services whose sections did not change are carried over (the session store and
+//! its revocation list, the WeChat client and its access token, the token keys and their cache,
+//! rate-limit counters); what is rebuilt is said in the log.
 
+use crate::admin::{AdminApp, ReloadStatus};
 use crate::auth::jwt::Tokens;
-use crate::auth::login::{Login, Sessions};
-use crate::config::{Config, StoreKind};
+use crate::auth::{Login, LoginParts, Sessions};
+use crate::config::{self, Config, LoadError, StoreKind};
+use crate::metrics::METRICS;
 use crate::proxy::drain::{Drain, InFlight};
-use crate::proxy::{Gateway, GatewayState};
+use crate::proxy::limit::PerMinute;
+use crate::proxy::route::{Route, RouteTable};
+use crate::proxy::{Gateway, Live, Snapshot};
 use crate::session::{
     Clock, MemoryStore, RedisStore, RevocationSync, Revocations, SessionStore, SystemClock,
 };
 use crate::wechat::WechatClient;
+use arc_swap::ArcSwap;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 /// The session store the configuration asks for.
 pub fn build_store(
@@ -29,40 +40,227 @@ pub fn build_store(
     })
 }
 
-/// The gateway's shared state, ready to serve, and the background task that keeps its
-/// revocation list in step when the store is shared.
-pub fn build_state(config: &Config) -> Result<(Arc<GatewayState>, Option<RevocationSync>), String> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let tokens = Arc::new(Tokens::new(&config.jwt, &config.wechat.appid));
-    let wechat = Arc::new(WechatClient::new(&config.wechat)?);
-    let store = build_store(config, clock.clone())?;
-    // Stale once a few syncs in a row have failed (each is bounded by session.timeout).
-    let stale_after = config.session.timeout * 2 + std::time::Duration::from_secs(1);
-    let revocations = Arc::new(Revocations::new(
-        store.is_shared(),
-        config.session.fail_mode,
-        stale_after,
-    ));
-    let sync = store.is_shared().then(|| RevocationSync {
-        revocations: revocations.clone(),
-        store: store.clone(),
-        clock: clock.clone(),
-    });
-    let sessions = Sessions {
-        store,
-        revocations,
-        clock,
-        ttl: config.session.ttl,
-    };
-    let login = Arc::new(Login::new(wechat, tokens, sessions));
-    Ok((Arc::new(GatewayState::new(config, login)?), sync))
+/// How long revocations may go unsynced before a shared store counts as down: a few failed
+/// syncs in a row, each bounded by `session.timeout`.
+fn stale_after(config: &Config) -> Duration {
+    config.session.timeout * 2 + Duration::from_secs(1)
 }
 
-/// Run the gateway in the foreground until SIGINT (fast) or SIGTERM (graceful).
-pub fn run(config: Config) -> Result<(), String> {
+/// Build the snapshot for `config`, whose routes' upstreams are `resolved`. With `previous`,
+/// reuse every service whose sections are unchanged; the second value names what was rebuilt.
+pub fn build_snapshot(
+    config: Config,
+    resolved: &[Vec<SocketAddr>],
+    previous: Option<&Snapshot>,
+) -> Result<(Snapshot, Vec<&'static str>), String> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut rebuilt = Vec::new();
+    let old = previous.map(|p| (&*p.config, p.login.parts()));
+    let same_app = |old: &Config| old.wechat.appid == config.wechat.appid;
+
+    let wechat = match &old {
+        Some((c, parts)) if c.wechat == config.wechat => parts.wechat.clone(),
+        _ => {
+            rebuilt.push("WeChat client");
+            Arc::new(WechatClient::new(&config.wechat)?)
+        }
+    };
+    let tokens = match &old {
+        Some((c, parts)) if c.jwt == config.jwt && same_app(c) => parts.tokens.clone(),
+        _ => {
+            rebuilt.push("token keys");
+            Arc::new(Tokens::new(&config.jwt, &config.wechat.appid))
+        }
+    };
+    let same_store = |c: &Config| {
+        c.session.store == config.session.store
+            && c.session.timeout == config.session.timeout
+            && same_app(c)
+    };
+    let (store, revocations) = match &old {
+        Some((c, parts)) if same_store(c) => {
+            let s = &parts.sessions;
+            s.revocations
+                .set_policy(config.session.fail_mode, stale_after(&config));
+            (s.store.clone(), s.revocations.clone())
+        }
+        _ => {
+            rebuilt.push("session store");
+            let store = build_store(&config, clock.clone())?;
+            let revocations = Arc::new(Revocations::new(
+                store.is_shared(),
+                config.session.fail_mode,
+                stale_after(&config),
+            ));
+            (store, revocations)
+        }
+    };
+    let parts = LoginParts {
+        wechat,
+        tokens,
+        sessions: Sessions {
+            store,
+            revocations,
+            clock,
+            ttl: config.session.ttl,
+        },
+    };
+    let login = match previous {
+        Some(p) if rebuilt.is_empty() && p.config.session.ttl == config.session.ttl => {
+            p.login.clone()
+        }
+        Some(p) => Arc::new(p.login.with_parts(parts)),
+        None => Arc::new(Login::new(parts)),
+    };
+    let limit = |per_minute: u32, old: Option<&Arc<PerMinute>>| match old {
+        Some(l) if l.limit() == per_minute => l.clone(),
+        _ => Arc::new(PerMinute::new(per_minute)),
+    };
+    let login_limit = limit(
+        config.rate_limit.login_per_minute,
+        previous.map(|p| &p.login_limit),
+    );
+    let phone_limit = limit(
+        config.rate_limit.phone_per_minute,
+        previous.map(|p| &p.phone_limit),
+    );
+    let routes = config
+        .routes
+        .iter()
+        .zip(resolved)
+        .map(|(c, addrs)| Route::new(c, addrs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let generation = previous.map_or(1, |p| p.generation + 1);
+    let snapshot = Snapshot::new(
+        generation,
+        Arc::new(config),
+        RouteTable::new(routes),
+        login,
+        login_limit,
+        phone_limit,
+    );
+    Ok((snapshot, rebuilt))
+}
+
+/// Resolve the upstreams of `config` (blocking DNS), as a load error naming each bad key.
+pub fn resolve(config: &Config, source: &str) -> Result<Vec<Vec<SocketAddr>>, LoadError> {
+    config::resolve_routes(config).map_err(|problems| {
+        LoadError::Invalid(config::ConfigError {
+            source: source.to_string(),
+            problems,
+        })
+    })
+}
+
+/// Reloads on SIGHUP: the file is read and checked as `wxgate check` does, then a new snapshot
+/// replaces the live one. A file with problems changes nothing.
+pub struct Reloader {
+    path: PathBuf,
+    live: Live,
+    status: Arc<ReloadStatus>,
+    /// One reload at a time.
+    busy: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, live: Live, status: Arc<ReloadStatus>) -> Self {
+        Reloader {
+            path,
+            live,
+            status,
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// Reload now; the outcome is logged, counted and shown on the status page.
+    pub fn reload(&self) -> Result<u64, String> {
+        let _one = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = self.try_reload();
+        match &outcome {
+            Ok((generation, rebuilt)) => {
+                METRICS.reloads.with_label_values(&["ok"]).inc();
+                METRICS.last_reload_success.set(unix_now_f64());
+                let rebuilt = if rebuilt.is_empty() {
+                    "nothing (routes and settings only)".to_string()
+                } else {
+                    rebuilt.join(", ")
+                };
+                tracing::info!(generation, rebuilt = %rebuilt, "configuration reloaded");
+                self.status.record(Ok(*generation));
+            }
+            Err(message) => {
+                METRICS.reloads.with_label_values(&["error"]).inc();
+                tracing::error!("reload refused, the running configuration stays: {message}");
+                self.status.record(Err(message.clone()));
+            }
+        }
+        outcome.map(|(generation, _)| generation)
+    }
+
+    fn try_reload(&self) -> Result<(u64, Vec<&'static str>), String> {
+        let config = config::load(&self.path).map_err(|e| e.to_string())?;
+        let resolved =
+            resolve(&config, &self.path.display().to_string()).map_err(|e| e.to_string())?;
+        let current = self.live.load_full();
+        warn_start_up_only(&current.config, &config);
+        let (snapshot, rebuilt) = build_snapshot(config, &resolved, Some(&current))?;
+        let generation = snapshot.generation;
+        self.live.store(Arc::new(snapshot));
+        Ok((generation, rebuilt))
+    }
+}
+
+/// Keys a running process cannot apply: its listeners and runtimes exist already.
+fn warn_start_up_only(old: &Config, new: &Config) {
+    let changed = [
+        ("server.listen", old.server.listen != new.server.listen),
+        ("server.threads", old.server.threads != new.server.threads),
+        (
+            "server.work_stealing",
+            old.server.work_stealing != new.server.work_stealing,
+        ),
+        ("admin.listen", old.admin != new.admin),
+        ("log.format", old.log.format != new.log.format),
+    ];
+    for (key, _) in changed.iter().filter(|(_, c)| *c) {
+        tracing::warn!(
+            "{key} changed: it takes effect at the next start or upgrade, not on reload"
+        );
+    }
+}
+
+fn unix_now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How `run` starts.
+pub struct RunOptions {
+    /// The file the configuration came from (reloaded on SIGHUP).
+    pub config_path: Option<PathBuf>,
+    /// Take the listening sockets from a running wxgate (`wxgate run --upgrade`).
+    pub upgrade: bool,
+}
+
+/// The path of the socket through which an upgrade hands over the listeners. One per listen
+/// port, so that instances on one machine do not take each other's sockets.
+pub fn upgrade_socket(config: &Config) -> String {
+    format!("/tmp/wxgate-{}.upgrade.sock", config.server.listen.port())
+}
+
+/// Run the gateway in the foreground until SIGINT (fast), SIGTERM (graceful) or SIGQUIT
+/// (graceful, after handing the listeners to a new process started with `--upgrade`).
+pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     let listen = config.server.listen;
-    // Fail with a clear message now rather than inside Pingora's listener start-up.
-    std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    if !options.upgrade {
+        // Fail with a clear message now rather than inside Pingora's listener start-up. (An
+        // upgrade takes the running process's sockets: the port is busy on purpose.)
+        for addr in std::iter::once(listen).chain(config.admin.listen) {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        }
+    }
 
     // SIGINT is a fast stop, which Pingora implements as an immediate exit, but it installs its
     // handler only once its services (listeners included) are up: a SIGINT in that window, with
@@ -75,39 +273,13 @@ pub fn run(config: Config) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot handle SIGINT: {e}"))?;
 
-    let (state, sync) = build_state(&config)?;
-    let grace = config.server.grace_period;
-    let conf = ServerConf {
-        threads: config.server.threads,
-        work_stealing: config.server.work_stealing,
-        // Upper bound only: the drain service exits as soon as in-flight requests are done.
-        grace_period_seconds: Some(grace.as_secs() + 1),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
-    server.bootstrap();
-
-    let in_flight = InFlight::default();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state, in_flight.clone()),
-        "wxgate",
-    );
-    proxy.add_tcp(&listen.to_string());
-    server.add_service(proxy);
-    if let Some(sync) = sync {
-        server.add_service(background_service("revocation sync", sync));
-    }
-    server.add_service(background_service(
-        "drain",
-        Drain {
-            in_flight,
-            grace_period: grace,
-        },
-    ));
-    tracing::info!(
-        "wxgate listening on http://{listen} ({} route{}, appid {}, {} session store)",
+    let source = options
+        .config_path
+        .as_deref()
+        .map_or_else(|| "(built-in)".to_string(), |p| p.display().to_string());
+    let resolved = resolve(&config, &source).map_err(|e| e.to_string())?;
+    let summary = format!(
+        "{} route{}, appid {}, {} session store",
         config.routes.len(),
         if config.routes.len() == 1 { "" } else { "s" },
         config.wechat.appid,
@@ -116,5 +288,92 @@ pub fn run(config: Config) -> Result<(), String> {
             StoreKind::Redis { .. } => "redis",
         }
     );
+    let admin_listen = config.admin.listen;
+    let grace = config.server.grace_period;
+    let conf = ServerConf {
+        threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
+        // Upper bound only: the drain service exits as soon as in-flight requests are done.
+        grace_period_seconds: Some(grace.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: upgrade_socket(&config),
+        ..ServerConf::default()
+    };
+    let (snapshot, _) = build_snapshot(config, &resolved, None)?;
+    METRICS.last_reload_success.set(unix_now_f64());
+    let live: Live = Arc::new(ArcSwap::from_pointee(snapshot));
+    let status = Arc::new(ReloadStatus::new(source));
+
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+
+    let in_flight = InFlight::default();
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(live.clone(), in_flight.clone()),
+        "wxgate",
+    );
+    proxy.add_tcp(&listen.to_string());
+    server.add_service(proxy);
+    if let Some(admin_listen) = admin_listen {
+        let app = AdminApp::new(live.clone(), status.clone(), in_flight.clone());
+        let mut admin = pingora::services::listening::Service::new("admin".to_string(), app);
+        admin.add_tcp(&admin_listen.to_string());
+        server.add_service(admin);
+    }
+    let sync_live = live.clone();
+    server.add_service(background_service(
+        "revocation sync",
+        RevocationSync {
+            current: Box::new(move || {
+                let s = sync_live.load();
+                let sessions = s.login.sessions();
+                (sessions.store.clone(), sessions.revocations.clone())
+            }),
+            clock: Arc::new(SystemClock),
+        },
+    ));
+    server.add_service(background_service(
+        "drain",
+        Drain {
+            in_flight,
+            grace_period: grace,
+        },
+    ));
+    if let Some(path) = options.config_path {
+        let reloader = Reloader::new(path, live.clone(), status);
+        spawn_reload_on_sighup(reloader)?;
+    }
+    match admin_listen {
+        Some(admin) => tracing::info!(
+            "wxgate listening on http://{listen}, admin on http://{admin} ({summary})"
+        ),
+        None => tracing::info!("wxgate listening on http://{listen} ({summary})"),
+    }
     server.run_forever()
+}
+
+/// A thread that waits for SIGHUP and reloads; a failed reload leaves the running config.
+fn spawn_reload_on_sighup(reloader: Reloader) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                tracing::info!("SIGHUP: reloading {}", reloader.path.display());
+                let _ = reloader.reload();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the reload thread: {e}"))
+}
+
+/// Read and validate a configuration file (what `wxgate check` and `run` do first).
+pub fn load(path: &Path) -> Result<Config, String> {
+    config::load(path).map_err(|e| e.to_string())
 }

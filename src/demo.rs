@@ -110,7 +110,13 @@ pub fn run(listen: SocketAddr) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     println!("{}", instructions(listen, wechat_addr, echo_addr));
-    crate::app::run(config)
+    crate::app::run(
+        config,
+        crate::app::RunOptions {
+            config_path: None,
+            upgrade: false,
+        },
+    )
 }
 
 fn instructions(gw: SocketAddr, wechat: SocketAddr, echo: SocketAddr) -> String {

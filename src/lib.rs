@@ -1,9 +1,11 @@
 //! wxgate: an authentication gateway for WeChat mini program backends, built on Pingora.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod mock;
 pub mod proxy;
 pub mod reply;

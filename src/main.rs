@@ -28,10 +28,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway in the foreground (SIGINT: stop now; SIGTERM: finish in-flight requests).
+    /// Run the gateway in the foreground (SIGINT: stop now; SIGTERM: finish in-flight requests;
+    /// SIGHUP: reload the configuration; SIGQUIT: hand the listeners to a new process started
+    /// with --upgrade, then finish in-flight requests).
     Run {
         #[arg(short, long, env = "WXGATE_CONFIG", default_value = "gateway.toml")]
         config: PathBuf,
+        /// Take the listening sockets from the running wxgate (send it SIGQUIT next).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file: one OK line, or every problem with its key path.
     Check {
@@ -89,6 +94,10 @@ const CHATTY: &[&str] = &[
 ];
 
 fn init_logging() {
+    init_logging_as(wxgate::config::LogFormat::Text);
+}
+
+fn init_logging_as(format: wxgate::config::LogFormat) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     for krate in CHATTY {
@@ -96,20 +105,34 @@ fn init_logging() {
             filter = filter.add_directive(directive);
         }
     }
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        wxgate::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object per line: the event's fields at the top level, the request span's id.
+        wxgate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => {
-            init_logging();
-            load(&config).and_then(wxgate::app::run)
-        }
+        Command::Run { config, upgrade } => load(&config).and_then(|c| {
+            init_logging_as(c.log.format);
+            let options = wxgate::app::RunOptions {
+                config_path: Some(config),
+                upgrade,
+            };
+            wxgate::app::run(c, options)
+        }),
         Command::Check { config } => check(&config),
         Command::Demo { listen } => {
             init_logging();
@@ -157,6 +180,8 @@ fn load(path: &std::path::Path) -> Result<config::Config, String> {
 
 fn check(path: &std::path::Path) -> Result<(), String> {
     let c = load(path)?;
+    // Host names of upstreams are resolved as the gateway will at start-up and reload.
+    wxgate::app::resolve(&c, &path.display().to_string()).map_err(|e| e.to_string())?;
     println!(
         "{}: OK (listen {}, {} route{}, appid {})",
         path.display(),

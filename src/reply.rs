@@ -216,6 +216,29 @@ impl Reject {
         self.parts().status
     }
 
+    /// The headers that belong to this rejection itself, beside its envelope: the challenge of
+    /// a 401, the methods a 405's endpoint serves (`allow`), and `Retry-After` only where waiting
+    /// helps (a per-minute limit, a store or WeChat briefly unavailable), never for a daily
+    /// quota or a client's mistake.
+    pub fn headers(&self, allow: Option<&'static str>) -> Vec<(&'static str, &'static str)> {
+        const BEARER: &str = "Bearer";
+        const INVALID: &str = "Bearer error=\"invalid_token\"";
+        match self {
+            Reject::TokenMissing => vec![("www-authenticate", BEARER)],
+            Reject::Token(_) | Reject::RefreshTokenInvalid { .. } | Reject::SessionGone => {
+                vec![("www-authenticate", INVALID)]
+            }
+            Reject::MethodNotAllowed => vec![("allow", allow.unwrap_or("GET, POST"))],
+            Reject::RateLimited | Reject::Wechat { errcode: 45011 } => {
+                vec![("retry-after", "60")]
+            }
+            Reject::StoreUnavailable | Reject::Wechat { errcode: -1 } => {
+                vec![("retry-after", "1")]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The response body of this rejection.
     pub fn body(&self) -> Bytes {
         let Parts {
@@ -439,6 +462,39 @@ mod tests {
             assert_eq!(r.status(), status, "errcode {errcode}");
             assert_eq!(json(r.body())["code"], errcode.to_string());
         }
+    }
+
+    #[test]
+    fn headers_belong_to_the_rejection_not_the_status() {
+        let h = |r: Reject, allow| r.headers(allow);
+        assert_eq!(
+            h(Reject::MethodNotAllowed, Some("POST")),
+            [("allow", "POST")]
+        );
+        assert_eq!(h(Reject::RateLimited, None), [("retry-after", "60")]);
+        assert_eq!(h(Reject::StoreUnavailable, None), [("retry-after", "1")]);
+        // 429 and 503 from WeChat: retrying helps for the per-minute quota and "busy" ...
+        assert_eq!(
+            h(Reject::Wechat { errcode: 45011 }, None),
+            [("retry-after", "60")]
+        );
+        assert_eq!(
+            h(Reject::Wechat { errcode: -1 }, None),
+            [("retry-after", "1")]
+        );
+        // ... not for the daily quota, nor for a bad code, whatever their status.
+        assert!(h(Reject::Wechat { errcode: 45009 }, None).is_empty());
+        assert_eq!(Reject::Wechat { errcode: 45009 }.status(), 429);
+        assert!(h(Reject::Wechat { errcode: 40029 }, None).is_empty());
+        assert!(h(Reject::UpstreamUnreachable, None).is_empty());
+        assert_eq!(
+            h(Reject::TokenMissing, None),
+            [("www-authenticate", "Bearer")]
+        );
+        assert_eq!(
+            h(Reject::Token(TokenProblem::Expired), None)[0].1,
+            "Bearer error=\"invalid_token\""
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wxgate::auth::login::{self, EndpointRequest};
+use wxgate::auth::endpoints::{self as login, EndpointRequest};
 
 fuzz_target!(|data: &[u8]| {
     let (selector, rest) = data.split_first().unwrap_or((&0, &[]));

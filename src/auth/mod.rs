@@ -1,9 +1,14 @@
-//! Authentication: our tokens (`jwt`), where a client puts them (`extract`), and the endpoints
-//! the gateway answers itself (`login`).
+//! Authentication: our tokens (`jwt`), where a client puts them (`extract`), the auth service
+//! (`service`, with the user's phone and encrypted data in `user_data`) and the endpoints the
+//! gateway answers itself (`endpoints`).
 
+pub mod endpoints;
 pub mod extract;
 pub mod jwt;
-pub mod login;
+pub mod service;
+mod user_data;
+
+pub use service::{Login, LoginParts, Sessions};
 
 /// Who the caller is, as proven by a verified token. More than an openid: the unionid and the
 /// session id travel with it (the appid and phone number will join them).

@@ -109,3 +109,14 @@ pub struct RawRateLimit {
     pub login_per_minute: Option<u32>,
     pub phone_per_minute: Option<u32>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub openid: Option<String>,
+}

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -171,25 +172,38 @@ fn syntax_errors_are_one_problem_not_a_panic() {
     assert!(has(&p, "routes", "array of tables"));
 }
 
-fn resolve_host_port_(text: &str) -> Result<Vec<SocketAddr>, String> {
-    resolve_host_port(text, true)
-}
-
 #[test]
 fn upstream_forms() {
-    assert!(resolve_host_port_("127.0.0.1:80").is_ok());
-    assert!(resolve_host_port_("[::1]:80").is_ok());
-    assert!(resolve_host_port_("localhost:80").is_ok());
-    assert!(resolve_host_port_("localhost")
-        .unwrap_err()
-        .contains("no port"));
-    assert!(resolve_host_port_("127.0.0.1")
-        .unwrap_err()
-        .contains("no port"));
-    assert!(resolve_host_port_("http://127.0.0.1:80").is_err());
-    assert!(resolve_host_port_("127.0.0.1:http").is_err());
-    assert!(resolve_host_port_("127.0.0.1:99999").is_err());
-    assert!(resolve_host_port_(":80").is_err());
+    let ok = |t: &str| parse_host_port(t).map(|hp| hp.to_string());
+    assert_eq!(ok("127.0.0.1:80").as_deref(), Ok("127.0.0.1:80"));
+    assert_eq!(ok("[::1]:80").as_deref(), Ok("[::1]:80"));
+    assert_eq!(ok("app.internal:80").as_deref(), Ok("app.internal:80"));
+    assert!(ok("localhost").unwrap_err().contains("no port"));
+    assert!(ok("127.0.0.1").unwrap_err().contains("no port"));
+    assert!(ok("http://127.0.0.1:80").is_err());
+    assert!(ok("127.0.0.1:http").is_err());
+    assert!(ok("127.0.0.1:99999").is_err());
+    assert!(ok(":80").is_err());
+}
+
+/// Validation never blocks on DNS: a name that does not resolve is valid syntax, and resolving
+/// it is a separate step with its own problem at the key path.
+#[test]
+fn host_names_are_resolved_apart_from_validation() {
+    let text = MINIMAL.replace("127.0.0.1:9001", "no-such-host.invalid:9001");
+    let c = parse_ok(&text);
+    let problems = resolve_routes(&c).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].path, "routes[0].upstreams[0]");
+    assert!(
+        problems[0].message.contains("cannot resolve"),
+        "{problems:?}"
+    );
+    let c = parse_ok(MINIMAL);
+    assert_eq!(
+        resolve_routes(&c).unwrap(),
+        vec![vec!["127.0.0.1:9001".parse::<SocketAddr>().unwrap()]]
+    );
 }
 
 #[test]
@@ -218,9 +232,9 @@ fn only_pinned_algorithms_are_accepted() {
 
 #[test]
 fn sizes() {
-    assert_eq!(parse_size("16KiB"), Some(16384));
-    assert_eq!(parse_size("1MiB"), Some(1 << 20));
-    assert_eq!(parse_size("100"), Some(100));
-    assert_eq!(parse_size("lots"), None);
-    assert_eq!(parse_size("99999999999999999999KiB"), None);
+    assert_eq!(validate::parse_size("16KiB"), Some(16384));
+    assert_eq!(validate::parse_size("1MiB"), Some(1 << 20));
+    assert_eq!(validate::parse_size("100"), Some(100));
+    assert_eq!(validate::parse_size("lots"), None);
+    assert_eq!(validate::parse_size("99999999999999999999KiB"), None);
 }

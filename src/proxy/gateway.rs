@@ -2,16 +2,22 @@
 //! `request_filter` answers the gateway's own endpoints or authorizes (see [`authorize`]),
 //! `upstream_peer` picks the route's next upstream, `upstream_request_filter` sets identity
 //! headers, `fail_to_proxy` turns proxy errors into envelopes (see [`proxy_error`]).
+//!
+//! What happened to a request is recorded in its [`Ctx`] (endpoint or route, rejection, request
+//! id, client, upstream and its latency); [`write_answer`] writes every answer of the gateway's
+//! own from that record, and `logging` turns it into metrics and the access log line.
 
+use super::access::openid_for_log;
 use super::drain::{InFlight, InFlightGuard};
-use super::headers::IdentityHeaders;
-use super::limit::{client_ip, PerMinute};
-use super::route::{route_path, Route, RouteTable};
-use crate::auth::extract;
-use crate::auth::login::{self, EndpointRequest, Login};
-use crate::auth::Identity;
-use crate::config::{Config, RouteAuth};
-use crate::reply::{self, Reject};
+use super::limit::client_ip;
+use super::request_id::{self, request_id};
+use super::route::{route_path, Route};
+use super::snapshot::{Live, Snapshot};
+use crate::auth::endpoints::{self, Endpoint, EndpointRequest};
+use crate::auth::{extract, Identity};
+use crate::config::RouteAuth;
+use crate::metrics::METRICS;
+use crate::reply::Reject;
 use crate::session::Phone;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -20,75 +26,37 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Everything a request needs, built once at start-up from the configuration.
-pub struct GatewayState {
-    pub routes: RouteTable,
-    pub login: Arc<Login>,
-    /// The gateway's own endpoints, by path.
-    endpoints: Vec<(String, Endpoint)>,
-    pub identity: IdentityHeaders,
-    pub max_body: usize,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub login_limit: PerMinute,
-    pub phone_limit: PerMinute,
-}
-
-impl GatewayState {
-    pub fn new(config: &Config, login: Arc<Login>) -> Result<Self, String> {
-        let routes = config
-            .routes
-            .iter()
-            .map(Route::from_config)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(GatewayState {
-            routes: RouteTable::new(routes),
-            login,
-            endpoints: {
-                let a = &config.auth;
-                [
-                    (&a.login_path, Endpoint::Login),
-                    (&a.verify_path, Endpoint::Verify),
-                    (&a.refresh_path, Endpoint::Refresh),
-                    (&a.logout_path, Endpoint::Logout),
-                    (&a.phone_path, Endpoint::Phone),
-                    (&a.decrypt_path, Endpoint::Decrypt),
-                ]
-                .into_iter()
-                .map(|(path, e)| (path.clone(), e))
-                .collect()
-            },
-            identity: IdentityHeaders::new(
-                config.auth.identity_header.clone(),
-                config.auth.unionid_header.clone(),
-                config.auth.phone_header.clone(),
-            ),
-            max_body: config.server.max_body,
-            trusted_proxies: config.server.trusted_proxies.clone(),
-            login_limit: PerMinute::new(config.rate_limit.login_per_minute),
-            phone_limit: PerMinute::new(config.rate_limit.phone_per_minute),
-        })
-    }
-}
+use tracing::Instrument;
 
 pub struct Gateway {
-    state: Arc<GatewayState>,
+    live: Live,
     in_flight: InFlight,
 }
 
 impl Gateway {
-    pub fn new(state: Arc<GatewayState>, in_flight: InFlight) -> Self {
-        Gateway { state, in_flight }
+    pub fn new(live: Live, in_flight: InFlight) -> Self {
+        Gateway { live, in_flight }
     }
 }
 
-/// Per-request state.
+/// Per-request state: the snapshot the request runs under, and the record of what happened.
 pub struct Ctx {
+    snap: Arc<Snapshot>,
+    request_id: String,
+    client: Option<IpAddr>,
+    endpoint: Option<Endpoint>,
     route: Option<Arc<Route>>,
     identity: Option<Identity>,
     phone: Option<Phone>,
+    /// The gateway's own refusal or failure, when it answered instead of the upstream.
+    rejection: Option<Reject>,
+    upstream: Option<SocketAddr>,
+    upstream_started: Option<Instant>,
+    /// From choosing the upstream to its response header.
+    upstream_time: Option<Duration>,
     started: Instant,
     _in_flight: InFlightGuard,
 }
@@ -96,13 +64,13 @@ pub struct Ctx {
 /// Which route, and who the caller is (when the route requires a token). Pure: no I/O.
 pub fn authorize(
     req: &RequestHeader,
-    state: &GatewayState,
+    snap: &Snapshot,
 ) -> Result<(Arc<Route>, Option<Identity>), Reject> {
     let path = route_path(req.uri.path())?;
-    let route = state.routes.find(&path).ok_or(Reject::NoRoute)?;
+    let route = snap.routes.find(&path).ok_or(Reject::NoRoute)?;
     let identity = match route.auth {
         RouteAuth::None => None,
-        RouteAuth::Required => Some(state.login.verify(extract::from_headers(&req.headers))?),
+        RouteAuth::Required => Some(snap.login.verify(extract::from_headers(&req.headers))?),
     };
     Ok((Arc::clone(route), identity))
 }
@@ -160,28 +128,37 @@ pub fn client_went_away(e: &Error) -> bool {
         )
 }
 
-/// Write a complete gateway answer.
-async fn respond(session: &mut Session, status: u16, body: Bytes) -> Result<()> {
-    let mut head = ResponseHeader::build(status, Some(4))?;
-    head.insert_header(header::CONTENT_TYPE, "application/json; charset=utf-8")?;
-    head.insert_header(header::CONTENT_LENGTH, body.len())?;
-    head.insert_header(header::CACHE_CONTROL, "no-store")?;
-    match status {
-        401 => head.insert_header(header::WWW_AUTHENTICATE, "Bearer")?,
-        405 => head.insert_header(header::ALLOW, "GET, POST")?,
-        429 => head.insert_header(header::RETRY_AFTER, "60")?,
-        _ => {}
-    }
-    session.write_response_header(Box::new(head), false).await?;
-    session.write_response_body(Some(body), true).await
-}
-
-async fn reject(session: &mut Session, r: &Reject) -> Result<bool> {
-    if has_body(session.req_header()) {
+/// Write a complete answer of the gateway's own, recording a rejection in the context: the
+/// envelope, the headers every answer has, and the ones that belong to the rejection itself.
+pub async fn write_answer(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    outcome: Result<Bytes, Reject>,
+) -> Result<bool> {
+    let (status, body) = match outcome {
+        Ok(body) => (200, body),
+        Err(r) => {
+            let answer = (r.status(), r.body());
+            ctx.rejection = Some(r);
+            answer
+        }
+    };
+    if ctx.rejection.is_some() && has_body(session.req_header()) {
         // The unread body would have to be drained before the connection could be reused.
         session.set_keepalive(None);
     }
-    respond(session, r.status(), r.body()).await?;
+    let mut head = ResponseHeader::build(status, Some(6))?;
+    head.insert_header(header::CONTENT_TYPE, "application/json; charset=utf-8")?;
+    head.insert_header(header::CONTENT_LENGTH, body.len())?;
+    head.insert_header(header::CACHE_CONTROL, "no-store")?;
+    head.insert_header(request_id::HEADER, &ctx.request_id)?;
+    if let Some(r) = &ctx.rejection {
+        for (name, value) in r.headers(ctx.endpoint.map(Endpoint::allow)) {
+            head.insert_header(name, value)?;
+        }
+    }
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(true)
 }
 
@@ -226,126 +203,89 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
     }
 }
 
-/// The endpoints the gateway answers itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Login,
-    Verify,
-    Refresh,
-    Logout,
-    Phone,
-    Decrypt,
-}
-
-impl GatewayState {
-    /// Which gateway endpoint a path names, if any.
-    pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        self.endpoints
-            .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, e)| *e)
-    }
-}
-
 impl Gateway {
-    /// The client's address (behind trusted proxies), if the connection has one.
-    fn client(&self, session: &Session) -> Option<std::net::IpAddr> {
-        let peer = session.client_addr()?.as_inet()?.ip();
-        let forwarded = session
-            .req_header()
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        Some(client_ip(peer, forwarded, &self.state.trusted_proxies))
-    }
-
-    /// Whether this client may make one more call that spends WeChat quota.
-    fn within_limit(&self, session: &Session, endpoint: Endpoint) -> bool {
-        let limit = match endpoint {
-            Endpoint::Login => &self.state.login_limit,
-            Endpoint::Phone => &self.state.phone_limit,
-            _ => return true,
-        };
-        self.client(session).is_none_or(|ip| limit.allow(ip))
-    }
-
     /// Read the (bounded) body, compute the answer, write it.
-    async fn serve_endpoint(&self, session: &mut Session, endpoint: Endpoint) -> Result<bool> {
-        if !self.within_limit(session, endpoint) {
-            return reject(session, &Reject::RateLimited).await;
-        }
-        let answer = match read_body(session, self.state.max_body).await {
-            Ok(body) => self.answer(endpoint, session.req_header(), &body).await,
-            Err(r) => Err(r),
-        };
-        match answer {
-            Ok(body) => {
-                respond(session, 200, body).await?;
-                Ok(true)
-            }
-            Err(r) => reject(session, &r).await,
-        }
-    }
-
-    async fn answer(
+    async fn serve_endpoint(
         &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
         endpoint: Endpoint,
-        req: &RequestHeader,
-        body: &[u8],
-    ) -> Result<Bytes, Reject> {
-        let request = EndpointRequest {
-            method: &req.method,
-            query: req.uri.query(),
-            content_type: req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
-            body,
+    ) -> Result<bool> {
+        let snap = ctx.snap.clone();
+        let within_limit = match (snap.limit_of(endpoint), ctx.client) {
+            (Some(limit), Some(ip)) => limit.allow(ip),
+            _ => true,
         };
-        let login = &self.state.login;
-        match endpoint {
-            Endpoint::Login => {
-                let code = login::login_code(&request)?;
-                Ok(reply::success("登录", login.login(&code).await?))
+        let outcome = if !within_limit {
+            Err(Reject::RateLimited)
+        } else {
+            match read_body(session, snap.config.server.max_body).await {
+                Ok(body) => {
+                    let req = session.req_header();
+                    let request = EndpointRequest {
+                        method: &req.method,
+                        query: req.uri.query(),
+                        content_type: req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+                        body: &body,
+                    };
+                    let span = tracing::info_span!("request", id = %ctx.request_id);
+                    endpoints::answer(&snap.login, endpoint, &request, &req.headers)
+                        .instrument(span)
+                        .await
+                }
+                Err(r) => Err(r),
             }
-            Endpoint::Verify => {
-                let json = login::verify_body(&request)?;
-                let data = login.check(login::verify_token(json.as_ref(), &req.headers))?;
-                Ok(reply::success("验证成功", data))
-            }
-            Endpoint::Refresh => {
-                let refresh_token = login::refresh_token(&request)?;
-                Ok(reply::success(
-                    "刷新成功",
-                    login.refresh(&refresh_token).await?,
-                ))
-            }
-            Endpoint::Logout => {
-                let json = login::post_body(&request)?;
-                login
-                    .logout(login::verify_token(Some(&json), &req.headers))
-                    .await?;
-                Ok(reply::success("已退出登录", serde_json::json!({})))
-            }
-            Endpoint::Phone => {
-                let json = login::post_body(&request)?;
-                let identity = login.verify(login::verify_token(Some(&json), &req.headers))?;
-                let code = login::string_field(&json, "code", Reject::LoginCodeMissing)?;
-                Ok(reply::success(
-                    "获取手机号成功",
-                    login.phone(&identity, &code).await?,
-                ))
-            }
-            Endpoint::Decrypt => {
-                let json = login::post_body(&request)?;
-                let identity = login.verify(login::verify_token(Some(&json), &req.headers))?;
-                let data =
-                    login::string_field(&json, "encryptedData", Reject::DecryptFieldsMissing)?;
-                let iv = login::string_field(&json, "iv", Reject::DecryptFieldsMissing)?;
-                Ok(reply::success(
-                    "解密成功",
-                    login.decrypt(&identity, &data, &iv).await?,
-                ))
-            }
+        };
+        if endpoint == Endpoint::Login {
+            let result = match &outcome {
+                Ok(_) => "ok".into(),
+                Err(r) => r.parts().code,
+            };
+            METRICS.logins.with_label_values(&[&result]).inc();
         }
+        write_answer(session, ctx, outcome).await
+    }
+}
+
+/// The client's address (behind trusted proxies), if the connection has one.
+fn client_of(session: &Session, snap: &Snapshot) -> Option<IpAddr> {
+    let peer = session.client_addr()?.as_inet()?.ip();
+    let forwarded = session
+        .req_header()
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    Some(client_ip(
+        peer,
+        forwarded,
+        &snap.config.server.trusted_proxies,
+    ))
+}
+
+/// The route label of a request in metrics and the access log: the route's name, the gateway
+/// endpoint's (`endpoint:login`), or `none`. Never the path.
+fn route_label(ctx: &Ctx) -> &str {
+    match (&ctx.route, ctx.endpoint) {
+        (Some(route), _) => &route.name,
+        (None, Some(Endpoint::Login)) => "endpoint:login",
+        (None, Some(Endpoint::Verify)) => "endpoint:verify",
+        (None, Some(Endpoint::Refresh)) => "endpoint:refresh",
+        (None, Some(Endpoint::Logout)) => "endpoint:logout",
+        (None, Some(Endpoint::Phone)) => "endpoint:phone",
+        (None, Some(Endpoint::Decrypt)) => "endpoint:decrypt",
+        (None, None) => "none",
+    }
+}
+
+/// What became of the caller's token: `ok` (verified), `public` (route without auth),
+/// `rejected` (refused for it), or `-` (not looked at).
+fn auth_outcome(ctx: &Ctx) -> &'static str {
+    match (&ctx.identity, &ctx.rejection, &ctx.route) {
+        (Some(_), _, _) => "ok",
+        (None, Some(Reject::TokenMissing | Reject::Token(_)), _) => "rejected",
+        (None, _, Some(route)) if route.auth == RouteAuth::None => "public",
+        _ => "-",
     }
 }
 
@@ -355,37 +295,51 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            snap: self.live.load_full(),
+            request_id: String::new(),
+            client: None,
+            endpoint: None,
             route: None,
             identity: None,
             phone: None,
+            rejection: None,
+            upstream: None,
+            upstream_started: None,
+            upstream_time: None,
             started: Instant::now(),
             _in_flight: self.in_flight.enter(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = request_id(req.headers.get(request_id::HEADER).map(|v| v.as_bytes()));
+        ctx.client = client_of(session, &ctx.snap);
         if let Err(r) = check_headers(session.req_header()) {
-            return reject(session, &r).await;
+            return write_answer(session, ctx, Err(r)).await;
         }
-        if let Some(endpoint) = self.state.endpoint(session.req_header().uri.path()) {
-            return self.serve_endpoint(session, endpoint).await;
+        let snap = ctx.snap.clone();
+        if let Some(endpoint) = snap.endpoint(session.req_header().uri.path()) {
+            ctx.endpoint = Some(endpoint);
+            return self.serve_endpoint(session, ctx, endpoint).await;
         }
-        let revocations = self.state.login.revocations();
+        let revocations = snap.login.revocations();
         if !revocations.is_ready() {
             // Only right after start-up with a shared store: load the revocation list first.
             revocations.wait_ready(revocations.stale_after()).await;
         }
-        let (route, identity) = match authorize(session.req_header(), &self.state) {
+        let (route, identity) = match authorize(session.req_header(), &snap) {
             Ok(decision) => decision,
-            Err(r) => return reject(session, &r).await,
+            Err(r) => return write_answer(session, ctx, Err(r)).await,
         };
+        ctx.route = Some(route.clone());
         if let (true, Some(identity)) = (route.forward_phone, &identity) {
-            match self.state.login.phone_of(&identity.sid).await {
+            let span = tracing::info_span!("request", id = %ctx.request_id);
+            match snap.login.phone_of(&identity.sid).instrument(span).await {
                 Ok(phone) => ctx.phone = phone,
-                Err(r) => return reject(session, &r).await,
+                Err(r) => return write_answer(session, ctx, Err(r)).await,
             }
         }
-        ctx.route = Some(route);
         ctx.identity = identity;
         Ok(false)
     }
@@ -396,7 +350,11 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
         match route.peer() {
-            Some(peer) => Ok(Box::new(peer)),
+            Some(peer) => {
+                ctx.upstream = peer._address.as_inet().copied();
+                ctx.upstream_started = Some(Instant::now());
+                Ok(Box::new(peer))
+            }
             None => Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 "route has no upstream available",
@@ -410,17 +368,39 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.state.identity.strip(upstream_request);
+        let identity_headers = &ctx.snap.identity;
+        identity_headers.strip(upstream_request);
         if let Some(identity) = &ctx.identity {
-            self.state.identity.inject(upstream_request, identity);
+            identity_headers.inject(upstream_request, identity);
         }
         if let Some(phone) = &ctx.phone {
-            self.state.identity.inject_phone(upstream_request, phone);
+            identity_headers.inject_phone(upstream_request, phone);
         }
+        upstream_request.insert_header(request_id::HEADER, &ctx.request_id)?;
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        response.insert_header(request_id::HEADER, &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let Some(r) = proxy_error(e) else {
             return FailToProxy {
                 error_code: 0,
@@ -430,9 +410,11 @@ impl ProxyHttp for Gateway {
         let status = r.status();
         if session.response_written().is_none() {
             session.set_keepalive(None);
-            if let Err(write_error) = respond(session, status, r.body()).await {
+            if let Err(write_error) = write_answer(session, ctx, Err(r)).await {
                 tracing::debug!("cannot send the error answer: {write_error}");
             }
+        } else {
+            ctx.rejection = Some(r);
         }
         FailToProxy {
             error_code: status,
@@ -440,24 +422,66 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// A client that hangs up mid-request is not the gateway's error: no ERROR line for it
-    /// (the access log still records the request).
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
-        client_went_away(error)
+    /// Pingora's own error lines carry no request id: `logging` writes them instead, with it.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status).or_else(|| {
+            let rejected = ctx.rejection.as_ref()?;
+            http::StatusCode::from_u16(rejected.status()).ok()
+        });
+        let status_text = status.as_ref().map_or("0", |s| s.as_str());
+        let route = route_label(ctx);
+        METRICS
+            .requests
+            .with_label_values(&[route, status_text])
+            .inc();
+        match &ctx.rejection {
+            Some(Reject::TokenMissing) => METRICS
+                .auth_rejections
+                .with_label_values(&["missing"])
+                .inc(),
+            Some(Reject::Token(problem)) => METRICS
+                .auth_rejections
+                .with_label_values(&[problem.reason()])
+                .inc(),
+            _ => {}
+        }
+        if let (Some(route), Some(took)) = (&ctx.route, ctx.upstream_time) {
+            METRICS
+                .upstream_duration
+                .with_label_values(&[&route.name])
+                .observe(took.as_secs_f64());
+        }
+        if let Some(e) = e {
+            if !client_went_away(e) {
+                tracing::error!(request_id = %ctx.request_id, route, "{e}");
+            }
+        }
         let req = session.req_header();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let parts = ctx.rejection.as_ref().map(Reject::parts);
+        let openid = ctx
+            .identity
+            .as_ref()
+            .and_then(|i| openid_for_log(&i.openid, ctx.snap.config.log.openid));
         // The path only: query strings may carry login codes.
         tracing::info!(
             target: "wxgate::access",
+            request_id = %ctx.request_id,
+            client = ctx.client.map(tracing::field::display),
             method = %req.method,
             path = req.uri.path(),
-            status,
-            route = ctx.route.as_ref().map(|r| r.name.as_str()),
-            ms = ctx.started.elapsed().as_millis() as u64,
-            error = e.map(|e| e.etype().as_str()),
+            route,
+            status = status.map_or(0, |s| s.as_u16()),
+            code = parts.as_ref().map(|p| p.code.as_ref()),
+            auth = auth_outcome(ctx),
+            reason = parts.as_ref().and_then(|p| p.reason),
+            upstream = ctx.upstream.map(tracing::field::display),
+            upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            openid = openid.as_deref(),
         );
     }
 }

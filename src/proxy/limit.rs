@@ -57,6 +57,11 @@ impl PerMinute {
         }
     }
 
+    /// Calls a minute per client (0: unlimited).
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
     /// Count one call; `false` when the client is over its limit.
     pub fn allow(&self, client: IpAddr) -> bool {
         if self.limit == 0 {

@@ -1,10 +1,15 @@
 //! The Pingora side: a thin `ProxyHttp` ([`gateway`]) whose decisions are the pure functions of
-//! [`route`] (which route, may it pass) and [`headers`] (what the upstream sees).
+//! [`route`] (which route, may it pass) and [`headers`] (what the upstream sees), running under
+//! one [`snapshot`] of the configuration per request.
 
+pub mod access;
 pub mod drain;
 pub mod gateway;
 pub mod headers;
 pub mod limit;
+pub mod request_id;
 pub mod route;
+pub mod snapshot;
 
-pub use gateway::{Gateway, GatewayState};
+pub use gateway::Gateway;
+pub use snapshot::{Live, Snapshot};

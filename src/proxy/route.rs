@@ -8,12 +8,15 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::upstreams::peer::HttpPeer;
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Route {
     pub name: String,
     pub prefix: String,
+    /// The upstreams as configured (`host:port`), for the status page.
+    pub upstreams_text: Vec<String>,
     pub auth: RouteAuth,
     /// Inject the caller's verified phone number.
     pub forward_phone: bool,
@@ -23,12 +26,15 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn from_config(c: &RouteConfig) -> Result<Self, String> {
-        let upstreams = LoadBalancer::try_from_iter(c.upstreams.iter().copied())
+    /// A route with its upstreams' addresses, resolved beforehand (never here: no DNS on the
+    /// request path, and none while holding up a reload's swap).
+    pub fn new(c: &RouteConfig, addrs: &[SocketAddr]) -> Result<Self, String> {
+        let upstreams = LoadBalancer::try_from_iter(addrs.iter().copied())
             .map_err(|e| format!("route {:?}: {e}", c.name))?;
         Ok(Route {
             name: c.name.clone(),
             prefix: c.prefix.clone(),
+            upstreams_text: c.upstreams.iter().map(ToString::to_string).collect(),
             auth: c.auth,
             forward_phone: c.forward_phone,
             upstreams,
@@ -59,6 +65,11 @@ impl RouteTable {
         RouteTable {
             routes: routes.into_iter().map(Arc::new).collect(),
         }
+    }
+
+    /// Every route, most specific first.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
     }
 
     /// The longest prefix that matches `path` (a path as [`route_path`] returns it).
@@ -92,15 +103,19 @@ mod tests {
     use super::*;
 
     fn route(prefix: &str, auth: RouteAuth) -> Route {
-        Route::from_config(&RouteConfig {
-            name: prefix.into(),
-            prefix: prefix.into(),
-            upstreams: vec!["127.0.0.1:9".parse().unwrap()],
-            auth,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            forward_phone: false,
-        })
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        Route::new(
+            &RouteConfig {
+                name: prefix.into(),
+                prefix: prefix.into(),
+                upstreams: vec![crate::config::parse_host_port("127.0.0.1:9").unwrap()],
+                auth,
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(1),
+                forward_phone: false,
+            },
+            &[addr],
+        )
         .unwrap()
     }
 
@@ -157,18 +172,25 @@ mod tests {
 
     #[test]
     fn peers_round_robin() {
-        let r = Route::from_config(&RouteConfig {
-            name: "x".into(),
-            prefix: "/".into(),
-            upstreams: vec![
-                "127.0.0.1:1".parse().unwrap(),
-                "127.0.0.1:2".parse().unwrap(),
-            ],
-            auth: RouteAuth::None,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(2),
-            forward_phone: false,
-        })
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ];
+        let r = Route::new(
+            &RouteConfig {
+                name: "x".into(),
+                prefix: "/".into(),
+                upstreams: addrs
+                    .iter()
+                    .map(|a| crate::config::parse_host_port(&a.to_string()).unwrap())
+                    .collect(),
+                auth: RouteAuth::None,
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(2),
+                forward_phone: false,
+            },
+            &addrs,
+        )
         .unwrap();
         let a = r.peer().unwrap();
         let b = r.peer().unwrap();

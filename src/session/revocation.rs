@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,8 +25,9 @@ pub struct Revocations {
     cursor: AtomicU64,
     /// Unix ms of the last successful sync with a shared store.
     last_sync_ms: AtomicU64,
-    stale_after_ms: u64,
-    fail_mode: FailMode,
+    stale_after_ms: AtomicU64,
+    /// `FailMode::Open` as true; both may change on reload without losing the list.
+    fail_open: AtomicBool,
     shared: bool,
     ready: watch::Sender<bool>,
 }
@@ -39,19 +40,36 @@ impl Revocations {
             revoked: RwLock::new(HashMap::new()),
             cursor: AtomicU64::new(0),
             last_sync_ms: AtomicU64::new(0),
-            stale_after_ms: stale_after.as_millis() as u64,
-            fail_mode,
+            stale_after_ms: AtomicU64::new(stale_after.as_millis() as u64),
+            fail_open: AtomicBool::new(fail_mode == FailMode::Open),
             shared,
             ready,
         }
     }
 
     pub fn fail_mode(&self) -> FailMode {
-        self.fail_mode
+        if self.fail_open.load(Ordering::Relaxed) {
+            FailMode::Open
+        } else {
+            FailMode::Closed
+        }
     }
 
     pub fn stale_after(&self) -> Duration {
-        Duration::from_millis(self.stale_after_ms)
+        Duration::from_millis(self.stale_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// Apply a reloaded `session.fail_mode` / `session.timeout`, keeping the list.
+    pub fn set_policy(&self, fail_mode: FailMode, stale_after: Duration) {
+        self.fail_open
+            .store(fail_mode == FailMode::Open, Ordering::Relaxed);
+        self.stale_after_ms
+            .store(stale_after.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether revocations come from a store shared with other instances.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// Whether the first sync after start-up has been tried (always, for an in-process store).
@@ -76,12 +94,12 @@ impl Revocations {
     pub fn store_down(&self, now_ms: u64) -> bool {
         self.shared
             && now_ms.saturating_sub(self.last_sync_ms.load(Ordering::Relaxed))
-                > self.stale_after_ms
+                > self.stale_after_ms.load(Ordering::Relaxed)
     }
 
     /// Whether a session may still be used. Pure apart from reading the local copy.
     pub fn check(&self, sid: &str, now_ms: u64) -> Result<(), Reject> {
-        if self.fail_mode == FailMode::Closed && self.store_down(now_ms) {
+        if self.fail_mode() == FailMode::Closed && self.store_down(now_ms) {
             return Err(Reject::StoreUnavailable);
         }
         let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
@@ -122,10 +140,14 @@ impl Revocations {
     }
 }
 
-/// The background task that keeps [`Revocations`] in step with a shared store.
+/// Reads the store and revocation list of the snapshot in force.
+pub type CurrentStore = Box<dyn Fn() -> (Arc<dyn SessionStore>, Arc<Revocations>) + Send + Sync>;
+
+/// The background task that keeps the revocation list of the snapshot in force in step with its
+/// store, when that store is shared. It follows reloads: a new store is synced from then on.
 pub struct RevocationSync {
-    pub revocations: Arc<Revocations>,
-    pub store: Arc<dyn SessionStore>,
+    /// The current store and revocation list (read each round).
+    pub current: CurrentStore,
     pub clock: Arc<dyn super::Clock>,
 }
 
@@ -134,22 +156,24 @@ impl BackgroundService for RevocationSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut healthy = true;
         loop {
-            let outcome = self
-                .revocations
-                .sync(&*self.store, self.clock.now_ms())
-                .await;
-            self.revocations.mark_tried();
-            match outcome {
-                Ok(_) if !healthy => {
-                    tracing::info!("session store reachable again; revocations in step");
-                    healthy = true;
+            let (store, revocations) = (self.current)();
+            if store.is_shared() {
+                let outcome = revocations.sync(&*store, self.clock.now_ms()).await;
+                revocations.mark_tried();
+                match outcome {
+                    Ok(_) if !healthy => {
+                        tracing::info!("session store reachable again; revocations in step");
+                        healthy = true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        crate::metrics::METRICS.store_errors.inc();
+                        if healthy {
+                            tracing::warn!("cannot sync revocations from the session store: {e}");
+                            healthy = false;
+                        }
+                    }
                 }
-                Ok(_) => {}
-                Err(e) if healthy => {
-                    tracing::warn!("cannot sync revocations from the session store: {e}");
-                    healthy = false;
-                }
-                Err(_) => {}
             }
             tokio::select! {
                 _ = tokio::time::sleep(SYNC_INTERVAL) => {}

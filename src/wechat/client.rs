@@ -128,6 +128,14 @@ impl WechatClient {
     /// Fetch an access token from the configured API. `stable_token` is always asked with
     /// `force_refresh: false`: forced refreshes are rationed by WeChat and never routine.
     pub async fn fetch_access_token(&self) -> Result<AccessToken, WechatError> {
+        let api = match self.access_token_api {
+            AccessTokenApi::Stable => "stable_token",
+            AccessTokenApi::Classic => "token",
+        };
+        observed(api, self.fetch_access_token_from_wechat()).await
+    }
+
+    async fn fetch_access_token_from_wechat(&self) -> Result<AccessToken, WechatError> {
         let (request, api) = match self.access_token_api {
             AccessTokenApi::Stable => (
                 self.http
@@ -180,6 +188,19 @@ impl WechatClient {
         code: &str,
         openid: &str,
     ) -> Result<Phone, WechatError> {
+        observed(
+            "getuserphonenumber",
+            self.phone_number_from_wechat(access_token, code, openid),
+        )
+        .await
+    }
+
+    async fn phone_number_from_wechat(
+        &self,
+        access_token: &Secret,
+        code: &str,
+        openid: &str,
+    ) -> Result<Phone, WechatError> {
         let request = self
             .http
             .post(format!("{}/wxa/business/getuserphonenumber", self.api_base))
@@ -213,6 +234,10 @@ impl WechatClient {
     /// Exchange a login code. Never retried: WeChat may have consumed the code even when we saw
     /// no answer, and a second try would only get 40163.
     pub async fn code2session(&self, code: &str) -> Result<Code2Session, WechatError> {
+        observed("jscode2session", self.code2session_from_wechat(code)).await
+    }
+
+    async fn code2session_from_wechat(&self, code: &str) -> Result<Code2Session, WechatError> {
         let request = self.http.get(&self.code2session_url).query(&[
             ("appid", self.appid.as_str()),
             ("secret", self.secret.expose()),
@@ -277,6 +302,17 @@ impl WechatClient {
             }
         }
     }
+}
+
+/// Count a call to WeChat and its duration, by API and how it ended.
+async fn observed<T>(
+    api: &'static str,
+    call: impl std::future::Future<Output = Result<T, WechatError>>,
+) -> Result<T, WechatError> {
+    let started = std::time::Instant::now();
+    let outcome = call.await;
+    crate::metrics::METRICS.wechat_request(api, started.elapsed(), outcome.as_ref().map(|_| ()));
+    outcome
 }
 
 fn classify(e: reqwest::Error, api: &str) -> WechatError {

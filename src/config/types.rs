@@ -1,0 +1,185 @@
+//! The validated configuration: typed values the gateway runs with, which serde never sees.
+
+use crate::secret::Secret;
+use http::HeaderName;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub wechat: WechatConfig,
+    pub jwt: JwtConfig,
+    pub auth: AuthConfig,
+    pub session: SessionConfig,
+    pub rate_limit: RateLimitConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The operator's listener: metrics, health, the status page. Off when `listen` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+/// How each request is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub openid: OpenidInLog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What the access log says of the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenidInLog {
+    Plain,
+    /// The first 16 hex digits of its SHA-256: the same user is recognisable, not identifiable.
+    Hash,
+    Off,
+}
+
+/// An upstream as written, `host:port`; host names are resolved when the route table is built
+/// (at start-up and on reload), never while validating and never per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Calls per client address per minute to the endpoints that call WeChat (0: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub login_per_minute: u32,
+    pub phone_per_minute: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub threads: usize,
+    /// Tokio work stealing between the worker threads (off: one runtime per thread).
+    pub work_stealing: bool,
+    /// Upper bound on how long SIGTERM waits for in-flight requests.
+    pub grace_period: Duration,
+    /// Body limit of the endpoints the gateway answers itself (`/auth`, `/isAuth`).
+    pub max_body: usize,
+}
+
+/// Which WeChat API hands out access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessTokenApi {
+    /// `cgi-bin/stable_token`: the same token while valid; fetching never invalidates another.
+    Stable,
+    /// `cgi-bin/token`: every fetch invalidates the previous token (after 5 minutes).
+    Classic,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WechatConfig {
+    pub appid: String,
+    pub secret: Secret,
+    /// Without a trailing slash.
+    pub api_base: String,
+    pub timeout: Duration,
+    pub access_token_api: AccessTokenApi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    HS256,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    pub secret: Secret,
+    pub ttl: Duration,
+    pub leeway: Duration,
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub login_path: String,
+    pub verify_path: String,
+    pub refresh_path: String,
+    pub logout_path: String,
+    pub phone_path: String,
+    pub decrypt_path: String,
+    pub identity_header: HeaderName,
+    pub unionid_header: HeaderName,
+    /// Carries the verified phone number to routes with `forward_phone = true`.
+    pub phone_header: HeaderName,
+}
+
+/// Where sessions live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In this process: one instance only.
+    Memory { capacity: usize },
+    /// Shared by every instance pointed at it. The URL may carry a password.
+    Redis { url: Secret },
+}
+
+/// What a protected route does with a token whose signature is valid while the session store
+/// cannot tell whether it was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Refuse (503, code 10503): a logged-out token never passes. The default.
+    Closed,
+    /// Accept, on the last revocations known: the store being down does not stop traffic.
+    Open,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    pub store: StoreKind,
+    /// How long a session (and its refresh token) lives; each refresh starts it again.
+    pub ttl: Duration,
+    /// Per store operation.
+    pub timeout: Duration,
+    pub fail_mode: FailMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub prefix: String,
+    pub upstreams: Vec<HostPort>,
+    pub auth: RouteAuth,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Inject the verified phone number (`auth.phone_header`).
+    pub forward_phone: bool,
+}

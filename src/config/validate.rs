@@ -1,0 +1,787 @@
+//! Validation: raw sections in, typed sections out, every problem recorded with its key path.
+//! Each method returns `None` for a section (or key) with a problem, having recorded it.
+
+use super::raw::{
+    DurationText, RawAdmin, RawAuth, RawJwt, RawLog, RawRoute, RawServer, RawSession, RawWechat,
+};
+use super::types::*;
+use super::Problem;
+use crate::secret::Secret;
+use http::HeaderName;
+use serde::de::DeserializeOwned;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+const MIN_SECRET_BYTES: usize = 32;
+
+/// Collects problems while turning raw sections into typed ones. Each method returns `None` when
+/// its section has a problem, and has then recorded it.
+pub(super) struct Validator {
+    pub(super) problems: Vec<Problem>,
+    /// Key paths whose value was refused before validation (wrong type, unset `${VAR}`): the
+    /// key was dropped, and must not also be reported missing, defaulted or compared.
+    invalid: Vec<String>,
+    resolve_names: bool,
+    /// `jwt.ttl` when it is valid on its own, for the rules that compare it with other sections.
+    jwt_ttl: Option<Duration>,
+    /// `server.listen` when it is valid, likewise.
+    listen: Option<SocketAddr>,
+}
+
+pub(super) fn join(base: &str, rest: &str) -> String {
+    if rest.is_empty() || rest == "." {
+        base.to_string()
+    } else if rest.starts_with('[') {
+        format!("{base}{rest}")
+    } else {
+        format!("{base}.{rest}")
+    }
+}
+
+impl Validator {
+    pub(super) fn new(resolve_names: bool) -> Self {
+        Validator {
+            problems: Vec::new(),
+            invalid: Vec::new(),
+            resolve_names,
+            jwt_ttl: None,
+            listen: None,
+        }
+    }
+
+    pub(super) fn problem(&mut self, path: &str, message: String) {
+        self.problems.push(Problem {
+            path: path.to_string(),
+            message,
+        });
+    }
+
+    /// A problem with a value that validation must then treat as absent-but-given.
+    pub(super) fn invalid(&mut self, path: &str, message: String) {
+        self.problem(path, message);
+        self.invalid.push(path.to_string());
+    }
+
+    /// Whether `path`, a table around it or a value inside it was refused already.
+    fn is_invalid(&self, path: &str) -> bool {
+        let under = |child: &str, parent: &str| {
+            child.starts_with(parent)
+                && matches!(child.as_bytes().get(parent.len()), Some(b'.' | b'['))
+        };
+        self.invalid
+            .iter()
+            .any(|p| p == path || under(p, path) || under(path, p))
+    }
+
+    /// Deserialise one section, recording unknown keys and every type error with its path. A key
+    /// of the wrong type is dropped and the section read again, so it hides no other key.
+    pub(super) fn section<T: DeserializeOwned>(
+        &mut self,
+        mut value: toml::Value,
+        path: &str,
+    ) -> Option<T> {
+        // A failed attempt stops at its error: the keys after it are seen by the next one.
+        let mut unknown = Vec::new();
+        let result = loop {
+            let mut track = serde_path_to_error::Track::new();
+            let result = {
+                let mut on_unknown = |p: serde_ignored::Path<'_>| {
+                    let p = p.to_string();
+                    if !unknown.contains(&p) {
+                        unknown.push(p);
+                    }
+                };
+                let de = serde_ignored::Deserializer::new(value.clone(), &mut on_unknown);
+                T::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+            };
+            let e = match result {
+                Ok(t) => break Some(t),
+                Err(e) => e,
+            };
+            let inner = track.path();
+            let key = match inner.iter().next() {
+                Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+                _ => None,
+            };
+            let message = clean_serde_message(&e.to_string());
+            let dropped = match (&key, &mut value) {
+                (Some(key), toml::Value::Table(table)) => table.remove(key).is_some(),
+                _ => false,
+            };
+            match (dropped, key) {
+                (true, Some(key)) => {
+                    self.problem(&join(path, &inner.to_string()), message);
+                    self.invalid.push(join(path, &key));
+                }
+                _ => {
+                    self.invalid(&join(path, &inner.to_string()), message);
+                    break None;
+                }
+            }
+        };
+        for key in unknown {
+            self.problem(&join(path, &key), "unknown key".into());
+        }
+        result
+    }
+
+    pub(super) fn routes(&mut self, value: toml::Value) -> Option<Vec<Option<RawRoute>>> {
+        match value {
+            toml::Value::Array(items) => Some(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| self.section::<RawRoute>(item, &format!("routes[{i}]")))
+                    .collect(),
+            ),
+            _ => {
+                self.invalid(
+                    "routes",
+                    "must be an array of tables ([[routes]] entries)".into(),
+                );
+                None
+            }
+        }
+    }
+
+    fn required<T>(&mut self, value: Option<T>, path: &str) -> Option<T> {
+        if value.is_none() && !self.is_invalid(path) {
+            self.problem(path, "required key is missing".into());
+        }
+        value
+    }
+
+    /// The value as written, or the key's default when it was not written; `None` when it was
+    /// written but refused already.
+    fn or_default(&self, value: Option<String>, path: &str, default: &str) -> Option<String> {
+        match value {
+            Some(v) => Some(v),
+            None if self.is_invalid(path) => None,
+            None => Some(default.to_string()),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<DurationText>,
+        path: &str,
+        default: &str,
+    ) -> Option<Duration> {
+        let text = self.or_default(value.map(|d| d.0), path, default)?;
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a duration ({e}); write e.g. \"3s\", \"2h\", \"30d\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        value: Option<DurationText>,
+        path: &str,
+        default: &str,
+    ) -> Option<Duration> {
+        let d = self.duration(value, path, default)?;
+        if d.is_zero() {
+            self.problem(path, "must be greater than zero".into());
+            return None;
+        }
+        Some(d)
+    }
+
+    pub(super) fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
+        let listen_text = self.or_default(raw.listen, "server.listen", DEFAULT_LISTEN);
+        let listen = match listen_text.map(|t| resolve_host_port(&t, self.resolve_names)) {
+            Some(Ok(addrs)) => addrs.into_iter().next(),
+            Some(Err(message)) => {
+                self.problem("server.listen", message);
+                None
+            }
+            None => None,
+        };
+        let mut trusted_proxies = Vec::new();
+        for (i, net) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
+            let parsed = net
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => trusted_proxies.push(n),
+                Err(_) => self.problem(
+                    &format!("server.trusted_proxies[{i}]"),
+                    format!("{net:?} is not an address or CIDR (e.g. \"10.0.0.0/8\")"),
+                ),
+            }
+        }
+        let threads = match raw.threads {
+            Some(0) => {
+                self.problem("server.threads", "must be at least 1".into());
+                None
+            }
+            Some(n) => Some(n),
+            None => Some(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        };
+        let grace_period = self.duration(raw.grace_period, "server.grace_period", "10s");
+        let max_body = match raw.max_body {
+            None => Some(16 * 1024),
+            Some(super::raw::SizeText(text)) => match parse_size(&text) {
+                Some(n) if n > 0 => Some(n),
+                _ => {
+                    self.problem(
+                        "server.max_body",
+                        format!("{text:?} is not a size; write e.g. \"16KiB\" or \"1MiB\""),
+                    );
+                    None
+                }
+            },
+        };
+        self.listen = listen;
+        Some(ServerConfig {
+            listen: listen?,
+            trusted_proxies,
+            threads: threads?,
+            work_stealing: raw.work_stealing.unwrap_or(false),
+            grace_period: grace_period?,
+            max_body: max_body?,
+        })
+    }
+
+    pub(super) fn wechat(&mut self, raw: RawWechat) -> Option<WechatConfig> {
+        let appid = self.required(raw.appid, "wechat.appid");
+        if let Some(a) = &appid {
+            if a.trim().is_empty() {
+                self.problem("wechat.appid", "must not be empty".into());
+            }
+        }
+        let secret = self.required(raw.secret, "wechat.secret");
+        if let Some(s) = &secret {
+            if s.is_empty() {
+                self.problem("wechat.secret", "must not be empty".into());
+            }
+        }
+        let api_base = self
+            .or_default(raw.api_base, "wechat.api_base", "https://api.weixin.qq.com")
+            .map(|b| b.trim_end_matches('/').to_string());
+        let base_ok = api_base
+            .as_ref()
+            .is_some_and(|b| b.starts_with("http://") || b.starts_with("https://"));
+        if let (false, Some(api_base)) = (base_ok, &api_base) {
+            self.problem(
+                "wechat.api_base",
+                format!("{api_base:?} must start with http:// or https://"),
+            );
+        }
+        let timeout = self.positive_duration(raw.timeout, "wechat.timeout", "3s");
+        let access_token_api =
+            self.or_default(raw.access_token_api, "wechat.access_token_api", "stable");
+        let access_token_api = match access_token_api.as_deref() {
+            None => None,
+            Some("stable") => Some(AccessTokenApi::Stable),
+            Some("classic") => Some(AccessTokenApi::Classic),
+            Some(other) => {
+                self.problem(
+                    "wechat.access_token_api",
+                    format!("{other:?} is not one of \"stable\", \"classic\""),
+                );
+                None
+            }
+        };
+        Some(WechatConfig {
+            appid: appid?,
+            secret: Secret::new(secret?),
+            api_base: api_base.filter(|_| base_ok)?,
+            timeout: timeout?,
+            access_token_api: access_token_api?,
+        })
+    }
+
+    pub(super) fn jwt(&mut self, raw: RawJwt) -> Option<JwtConfig> {
+        let algorithm = self.or_default(raw.algorithm, "jwt.algorithm", "HS256");
+        let algorithm = match algorithm.as_deref() {
+            None => None,
+            Some("HS256") => Some(JwtAlgorithm::HS256),
+            Some(other) => {
+                self.problem(
+                    "jwt.algorithm",
+                    format!("{other:?} is not supported (supported: \"HS256\")"),
+                );
+                None
+            }
+        };
+        let secret = self.required(raw.secret, "jwt.secret");
+        if let Some(s) = &secret {
+            if s.len() < MIN_SECRET_BYTES {
+                self.problem(
+                    "jwt.secret",
+                    format!(
+                        "is {} bytes; an HS256 key must be at least {MIN_SECRET_BYTES} bytes \
+                         (e.g. `openssl rand -base64 48`)",
+                        s.len()
+                    ),
+                );
+            }
+        }
+        let ttl = self.positive_duration(raw.ttl, "jwt.ttl", "2h");
+        self.jwt_ttl = ttl;
+        let leeway = self.duration(raw.leeway, "jwt.leeway", "0s");
+        let issuer = raw.issuer.unwrap_or_else(|| "wxgate".to_string());
+        let secret_ok = secret.as_ref().is_some_and(|s| s.len() >= MIN_SECRET_BYTES);
+        Some(JwtConfig {
+            algorithm: algorithm?,
+            secret: Secret::new(secret.filter(|_| secret_ok)?),
+            ttl: ttl?,
+            leeway: leeway?,
+            issuer,
+        })
+    }
+
+    fn path(&mut self, value: Option<String>, path: &str, default: &str) -> Option<String> {
+        let p = self.or_default(value, path, default)?;
+        if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+            self.problem(path, format!("{p:?} must be a path starting with '/'"));
+            return None;
+        }
+        Some(p)
+    }
+
+    fn header(&mut self, value: Option<String>, path: &str, default: &str) -> Option<HeaderName> {
+        let h = self.or_default(value, path, default)?;
+        match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) if !RESERVED_HEADERS.contains(&name.as_str()) => Some(name),
+            Ok(_) => {
+                self.problem(
+                    path,
+                    format!("{h:?} is a header the gateway cannot take over"),
+                );
+                None
+            }
+            Err(_) => {
+                self.problem(path, format!("{h:?} is not a valid header name"));
+                None
+            }
+        }
+    }
+
+    /// Report each key whose (valid) value repeats an earlier key's.
+    fn distinct<T: PartialEq>(&mut self, keyed: &[(&str, &Option<T>)]) {
+        for (i, (key, value)) in keyed.iter().enumerate() {
+            if let Some((other, _)) = keyed[..i].iter().find(|(_, v)| v.is_some() && *v == *value) {
+                self.problem(key, format!("must differ from {other}"));
+            }
+        }
+    }
+
+    pub(super) fn auth(&mut self, raw: RawAuth) -> Option<AuthConfig> {
+        let login_path = self.path(raw.login_path, "auth.login_path", "/auth");
+        let verify_path = self.path(raw.verify_path, "auth.verify_path", "/isAuth");
+        let refresh_path = self.path(raw.refresh_path, "auth.refresh_path", "/auth/refresh");
+        let logout_path = self.path(raw.logout_path, "auth.logout_path", "/auth/logout");
+        let phone_path = self.path(raw.phone_path, "auth.phone_path", "/auth/phone");
+        let decrypt_path = self.path(raw.decrypt_path, "auth.decrypt_path", "/auth/decrypt");
+        let paths = [
+            ("auth.login_path", &login_path),
+            ("auth.verify_path", &verify_path),
+            ("auth.refresh_path", &refresh_path),
+            ("auth.logout_path", &logout_path),
+            ("auth.phone_path", &phone_path),
+            ("auth.decrypt_path", &decrypt_path),
+        ];
+        self.distinct(&paths);
+        let identity_header =
+            self.header(raw.identity_header, "auth.identity_header", "X-WX-OpenID");
+        let unionid_header = self.header(raw.unionid_header, "auth.unionid_header", "X-WX-UnionID");
+        let phone_header = self.header(raw.phone_header, "auth.phone_header", "X-WX-Phone");
+        let headers = [
+            ("auth.identity_header", &identity_header),
+            ("auth.unionid_header", &unionid_header),
+            ("auth.phone_header", &phone_header),
+        ];
+        self.distinct(&headers);
+        Some(AuthConfig {
+            login_path: login_path?,
+            verify_path: verify_path?,
+            refresh_path: refresh_path?,
+            logout_path: logout_path?,
+            phone_path: phone_path?,
+            decrypt_path: decrypt_path?,
+            identity_header: identity_header?,
+            unionid_header: unionid_header?,
+            phone_header: phone_header?,
+        })
+    }
+
+    pub(super) fn session(&mut self, raw: RawSession) -> Option<SessionConfig> {
+        let store = self.or_default(raw.store, "session.store", "memory");
+        let store = match store.as_deref() {
+            None => None,
+            Some("memory") => {
+                if raw.redis_url.is_some() {
+                    self.problem(
+                        "session.redis_url",
+                        "is only used with store = \"redis\"".into(),
+                    );
+                }
+                match raw.memory_capacity {
+                    Some(0) => {
+                        self.problem("session.memory_capacity", "must be at least 1".into());
+                        None
+                    }
+                    n => Some(StoreKind::Memory {
+                        capacity: n.unwrap_or(100_000),
+                    }),
+                }
+            }
+            Some("redis") => match raw.redis_url {
+                None if self.is_invalid("session.redis_url") => None,
+                None => {
+                    self.problem(
+                        "session.redis_url",
+                        "required with store = \"redis\" (redis://host:6379 or rediss://...)"
+                            .into(),
+                    );
+                    None
+                }
+                Some(url) => match redis_url_problem(&url) {
+                    // The message never repeats the URL: it may carry a password.
+                    Some(message) => {
+                        self.problem("session.redis_url", message);
+                        None
+                    }
+                    None => Some(StoreKind::Redis {
+                        url: Secret::new(url),
+                    }),
+                },
+            },
+            Some(other) => {
+                self.problem(
+                    "session.store",
+                    format!("{other:?} is not one of \"memory\", \"redis\""),
+                );
+                None
+            }
+        };
+        let ttl = self.positive_duration(raw.ttl, "session.ttl", "30d");
+        if let (Some(ttl), Some(jwt_ttl)) = (ttl, self.jwt_ttl) {
+            if ttl < jwt_ttl {
+                self.problem(
+                    "session.ttl",
+                    format!(
+                        "must be at least jwt.ttl ({}): a token must not outlive its session",
+                        humantime::format_duration(jwt_ttl)
+                    ),
+                );
+            }
+        }
+        let timeout = self.positive_duration(raw.timeout, "session.timeout", "1s");
+        let fail_mode = self.or_default(raw.fail_mode, "session.fail_mode", "closed");
+        let fail_mode = match fail_mode.as_deref() {
+            None => None,
+            Some("closed") => Some(FailMode::Closed),
+            Some("open") => Some(FailMode::Open),
+            Some(other) => {
+                self.problem(
+                    "session.fail_mode",
+                    format!("{other:?} is not one of \"closed\", \"open\""),
+                );
+                None
+            }
+        };
+        Some(SessionConfig {
+            store: store?,
+            ttl: ttl?,
+            timeout: timeout?,
+            fail_mode: fail_mode?,
+        })
+    }
+
+    pub(super) fn admin(&mut self, raw: RawAdmin) -> Option<AdminConfig> {
+        let Some(text) = raw.listen else {
+            return (!self.is_invalid("admin.listen")).then_some(AdminConfig { listen: None });
+        };
+        let listen = match resolve_host_port(&text, self.resolve_names) {
+            Ok(addrs) => addrs.into_iter().next(),
+            Err(message) => {
+                self.problem("admin.listen", message);
+                None
+            }
+        };
+        if let (Some(admin), Some(server)) = (listen, self.listen) {
+            if admin == server {
+                self.problem(
+                    "admin.listen",
+                    format!("must differ from server.listen ({server}): the admin listener is for operators, not clients"),
+                );
+                return None;
+            }
+        }
+        Some(AdminConfig {
+            listen: Some(listen?),
+        })
+    }
+
+    pub(super) fn log(&mut self, raw: RawLog) -> Option<LogConfig> {
+        let format = match self.or_default(raw.format, "log.format", "text").as_deref() {
+            None => None,
+            Some("text") => Some(LogFormat::Text),
+            Some("json") => Some(LogFormat::Json),
+            Some(other) => {
+                self.problem(
+                    "log.format",
+                    format!("{other:?} is not one of \"text\", \"json\""),
+                );
+                None
+            }
+        };
+        let openid = match self
+            .or_default(raw.openid, "log.openid", "plain")
+            .as_deref()
+        {
+            None => None,
+            Some("plain") => Some(OpenidInLog::Plain),
+            Some("hash") => Some(OpenidInLog::Hash),
+            Some("off") => Some(OpenidInLog::Off),
+            Some(other) => {
+                self.problem(
+                    "log.openid",
+                    format!("{other:?} is not one of \"plain\", \"hash\", \"off\""),
+                );
+                None
+            }
+        };
+        Some(LogConfig {
+            format: format?,
+            openid: openid?,
+        })
+    }
+
+    pub(super) fn check_routes(
+        &mut self,
+        raw: Option<Vec<Option<RawRoute>>>,
+    ) -> Option<Vec<RouteConfig>> {
+        let Some(raw) = raw else {
+            if !self.is_invalid("routes") {
+                self.problem(
+                    "routes",
+                    "required: at least one [[routes]] entry (prefix and upstreams)".into(),
+                );
+            }
+            return None;
+        };
+        if raw.is_empty() {
+            self.problem("routes", "at least one [[routes]] entry is required".into());
+        }
+        let mut out = Vec::with_capacity(raw.len());
+        let mut ok = !raw.is_empty();
+        // Valid prefixes so far, with their route's index: a repeat is a problem whether or not
+        // the rest of either route is valid.
+        let mut prefixes: Vec<(usize, String)> = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let Some(r) = r else {
+                ok = false;
+                continue;
+            };
+            match self.route(r, i, &mut prefixes) {
+                Some(route) => out.push(route),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn route(
+        &mut self,
+        raw: RawRoute,
+        i: usize,
+        prefixes: &mut Vec<(usize, String)>,
+    ) -> Option<RouteConfig> {
+        let at = |key: &str| format!("routes[{i}].{key}");
+        let prefix = self.required(raw.prefix, &at("prefix"));
+        let prefix = match prefix {
+            Some(p) if p.starts_with('/') => {
+                if let Some((j, _)) = prefixes.iter().find(|(_, q)| *q == p) {
+                    self.problem(
+                        &at("prefix"),
+                        format!("{p:?} is already the prefix of routes[{j}]"),
+                    );
+                } else {
+                    prefixes.push((i, p.clone()));
+                }
+                Some(p)
+            }
+            Some(p) => {
+                self.problem(&at("prefix"), format!("{p:?} must start with '/'"));
+                None
+            }
+            None => None,
+        };
+        let upstreams = self.required(raw.upstreams, &at("upstreams"));
+        let mut parsed: Vec<HostPort> = Vec::new();
+        let mut upstreams_ok = upstreams.is_some();
+        if let Some(list) = &upstreams {
+            if list.is_empty() {
+                self.problem(&at("upstreams"), "must list at least one host:port".into());
+                upstreams_ok = false;
+            }
+            for (j, u) in list.iter().enumerate() {
+                match parse_host_port(u) {
+                    Ok(hp) if parsed.contains(&hp) => self.problem(
+                        &format!("routes[{i}].upstreams[{j}]"),
+                        format!("{u:?} is listed twice"),
+                    ),
+                    Ok(hp) => parsed.push(hp),
+                    Err(message) => {
+                        self.problem(&format!("routes[{i}].upstreams[{j}]"), message);
+                        upstreams_ok = false;
+                    }
+                }
+            }
+        }
+        let auth = self.or_default(raw.auth, &at("auth"), "required");
+        let auth = match auth.as_deref() {
+            None => None,
+            Some("required") => Some(RouteAuth::Required),
+            Some("none") => Some(RouteAuth::None),
+            Some(other) => {
+                self.problem(
+                    &at("auth"),
+                    format!("{other:?} is not one of \"required\", \"none\""),
+                );
+                None
+            }
+        };
+        if raw.forward_phone == Some(true) && auth == Some(RouteAuth::None) {
+            self.problem(
+                &at("forward_phone"),
+                "needs auth = \"required\": a public route has no caller to take a phone number from".into(),
+            );
+        }
+        let connect_timeout =
+            self.positive_duration(raw.connect_timeout, &at("connect_timeout"), "2s");
+        let read_timeout = self.positive_duration(raw.read_timeout, &at("read_timeout"), "30s");
+        let prefix = prefix?;
+        Some(RouteConfig {
+            name: raw.name.unwrap_or_else(|| prefix.clone()),
+            prefix,
+            upstreams: upstreams_ok.then_some(parsed)?,
+            auth: auth?,
+            connect_timeout: connect_timeout?,
+            read_timeout: read_timeout?,
+            forward_phone: raw.forward_phone.unwrap_or(false),
+        })
+    }
+}
+
+/// Headers an identity header may not be renamed to: the gateway needs them for other jobs.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "token",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "cookie",
+];
+
+/// `host:port` as written: checked, not resolved.
+pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    if text.contains("://") || text.contains('/') {
+        return Err(format!(
+            "{text:?} must be host:port, without a scheme or path"
+        ));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port (expected host:port)"));
+    };
+    if host.is_empty() || host.contains(':') && !host.starts_with('[') {
+        return Err(format!("{text:?} is not host:port"));
+    }
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!("{text:?} has no valid port (expected host:port)"));
+    };
+    Ok(HostPort {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+    })
+}
+
+/// Resolve a `host:port` (a blocking lookup unless the host is an address): only at start-up,
+/// in `check`, and in the reload thread; never on a request's path.
+pub fn resolve(hp: &HostPort) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(ip) = hp.host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, hp.port)]);
+    }
+    match (hp.host.as_str(), hp.port).to_socket_addrs() {
+        Ok(addrs) => {
+            let mut out: Vec<SocketAddr> = Vec::new();
+            for a in addrs {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+            if out.is_empty() {
+                Err(format!("{hp}: host {:?} resolves to no address", hp.host))
+            } else {
+                Ok(out)
+            }
+        }
+        Err(e) => Err(format!("{hp}: cannot resolve host {:?} ({e})", hp.host)),
+    }
+}
+
+/// The listen address: an address, or a name resolved now (`resolve_names` off: refused).
+fn resolve_host_port(text: &str, resolve_names: bool) -> Result<Vec<SocketAddr>, String> {
+    let hp = parse_host_port(text)?;
+    if hp.host.parse::<std::net::IpAddr>().is_err() && !resolve_names {
+        return Err(format!("{text:?}: not resolving host names here"));
+    }
+    resolve(&hp)
+}
+
+/// Why a Redis URL cannot be used, without quoting it.
+fn redis_url_problem(url: &str) -> Option<String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Some("must start with redis:// or rediss://".into());
+    }
+    match redis::Client::open(url) {
+        Ok(_) => None,
+        Err(e) => Some(format!("is not a usable Redis URL ({:?})", e.kind())),
+    }
+}
+
+/// `"16KiB"`, `"1MiB"`, `"512"` (bytes).
+pub(super) fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" | "k" => 1024,
+        "MiB" | "MB" | "M" => 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// serde's messages name Rust types; say it in the file's terms.
+pub(super) fn clean_serde_message(msg: &str) -> String {
+    // toml appends the key path on further lines; ours is already in front.
+    let msg = msg.lines().next().unwrap_or(msg).trim();
+    msg.replace("usize", "a non-negative integer")
+        .replace("a sequence", "an array")
+        .replace("struct Raw", "table ")
+}
