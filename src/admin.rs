@@ -151,11 +151,15 @@ impl AdminApp {
                 html.push_str("<tr><td>none yet</td></tr>\n");
             }
             for (labels, value) in series {
-                let labels = labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", escape(v)))
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let labels = if labels.is_empty() {
+                    "all".to_string()
+                } else {
+                    labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", escape(v)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
                 let _ = writeln!(html, "<tr><td>{labels}</td><td>{value}</td></tr>");
             }
             html.push_str("</table>\n");

@@ -17,6 +17,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// `data` of a successful login or refresh.
 #[derive(Debug, Clone, Serialize)]
@@ -190,11 +191,15 @@ impl Login {
                 None => {
                     let me = Arc::clone(self);
                     let key = code.to_string();
-                    let task = tokio::spawn(async move {
-                        let outcome = me.exchange(&key).await;
-                        lock(&me.caches.in_flight).remove(&key);
-                        outcome
-                    });
+                    // The caller's span (its request id) goes with the exchange into its task.
+                    let task = tokio::spawn(
+                        async move {
+                            let outcome = me.exchange(&key).await;
+                            lock(&me.caches.in_flight).remove(&key);
+                            outcome
+                        }
+                        .in_current_span(),
+                    );
                     let fut = async move {
                         task.await.unwrap_or_else(|e| {
                             tracing::error!("login task failed: {e}");

@@ -61,18 +61,26 @@ pub struct Ctx {
     _in_flight: InFlightGuard,
 }
 
-/// Which route, and who the caller is (when the route requires a token). Pure: no I/O.
-pub fn authorize(
-    req: &RequestHeader,
-    snap: &Snapshot,
-) -> Result<(Arc<Route>, Option<Identity>), Reject> {
+/// Which route a request goes to. Pure: no I/O.
+pub fn route_for(req: &RequestHeader, snap: &Snapshot) -> Result<Arc<Route>, Reject> {
     let path = route_path(req.uri.path())?;
-    let route = snap.routes.find(&path).ok_or(Reject::NoRoute)?;
-    let identity = match route.auth {
-        RouteAuth::None => None,
-        RouteAuth::Required => Some(snap.login.verify(extract::from_headers(&req.headers))?),
-    };
-    Ok((Arc::clone(route), identity))
+    snap.routes.find(&path).cloned().ok_or(Reject::NoRoute)
+}
+
+/// Who the caller is, when the route requires a token. Pure apart from reading the local
+/// revocation list.
+pub fn identify(
+    req: &RequestHeader,
+    route: &Route,
+    snap: &Snapshot,
+) -> Result<Option<Identity>, Reject> {
+    match route.auth {
+        RouteAuth::None => Ok(None),
+        RouteAuth::Required => snap
+            .login
+            .verify(extract::from_headers(&req.headers))
+            .map(Some),
+    }
 }
 
 /// Bounds on request headers (Pingora itself refuses more than 1 MiB with a bare 400).
@@ -328,11 +336,15 @@ impl ProxyHttp for Gateway {
             // Only right after start-up with a shared store: load the revocation list first.
             revocations.wait_ready(revocations.stale_after()).await;
         }
-        let (route, identity) = match authorize(session.req_header(), &snap) {
-            Ok(decision) => decision,
+        let route = match route_for(session.req_header(), &snap) {
+            Ok(route) => route,
             Err(r) => return write_answer(session, ctx, Err(r)).await,
         };
         ctx.route = Some(route.clone());
+        let identity = match identify(session.req_header(), &route, &snap) {
+            Ok(identity) => identity,
+            Err(r) => return write_answer(session, ctx, Err(r)).await,
+        };
         if let (true, Some(identity)) = (route.forward_phone, &identity) {
             let span = tracing::info_span!("request", id = %ctx.request_id);
             match snap.login.phone_of(&identity.sid).instrument(span).await {
