@@ -4,12 +4,17 @@
 #   redis-server  the session store tests start a real one
 #   wrk, nginx    the side-by-side benchmark
 #   curl          the demo's instructions
+#   chromium      tests/browser opens the admin status page in a real browser (/usr/bin/chromium)
+#   nodejs, npm   tests/browser drives Chromium with playwright-core (installed from its package-lock.json)
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
@@ -23,6 +28,12 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+browser="$(dirname "$0")/../tests/browser"
+if [ ! -d "$browser/node_modules/playwright-core" ]; then
+  echo "setup: installing tests/browser's npm packages"
+  npm ci --prefix "$browser" --no-audit --no-fund --loglevel=error >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
