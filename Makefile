@@ -15,8 +15,10 @@ LISTEN ?= 127.0.0.1:3000
 demo: build
 	./target/release/wxgate demo --listen $(LISTEN)
 
-## Everything CI runs: formatting, lints, unit and end-to-end tests.
-test: setup
+## Everything CI runs: formatting, lints, unit and end-to-end tests (the status page in a real
+## browser, a reload and an upgrade under load included).
+test:
+	@WXGATE_SETUP_TEST=1 bash scripts/setup.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	rm -rf target/tmp

@@ -2,19 +2,25 @@
 # Install what building and testing wxgate needs, if it is missing (Debian/Ubuntu).
 #   cmake         pingora-core builds zlib-ng with it
 #   redis-server  the session store tests start a real one
-#   wrk, nginx    the side-by-side benchmark
 #   curl          the demo's instructions
+# With WXGATE_SETUP_TEST=1 (make test) also:
 #   chromium      tests/browser opens the admin status page in a real browser (/usr/bin/chromium)
 #   nodejs, npm   tests/browser drives Chromium with playwright-core (installed from its package-lock.json)
+#   wrk           scripts/zero-downtime.sh keeps 64 connections busy across a reload and an upgrade
+# With WXGATE_SETUP_BENCH=1 (make bench) also:
+#   wrk, nginx    the side-by-side benchmark
 set -euo pipefail
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-[ -x /usr/bin/chromium ] || need+=(chromium)
-command -v node >/dev/null 2>&1 || need+=(nodejs)
-command -v npm >/dev/null 2>&1 || need+=(npm)
+if [ "${WXGATE_SETUP_TEST:-0}" = 1 ]; then
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+fi
 if [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
@@ -31,7 +37,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 browser="$(dirname "$0")/../tests/browser"
-if [ ! -d "$browser/node_modules/playwright-core" ]; then
+if [ "${WXGATE_SETUP_TEST:-0}" = 1 ] && [ ! -d "$browser/node_modules/playwright-core" ]; then
   echo "setup: installing tests/browser's npm packages"
   npm ci --prefix "$browser" --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -190,7 +190,15 @@ impl Reloader {
             }
             Err(message) => {
                 METRICS.reloads.with_label_values(&["error"]).inc();
-                tracing::error!("reload refused, the running configuration stays: {message}");
+                // One line per problem: each is found by grepping for it.
+                let mut lines = message.lines();
+                tracing::error!(
+                    "reload refused, the running configuration stays: {}",
+                    lines.next().unwrap_or_default()
+                );
+                for problem in lines {
+                    tracing::error!("reload refused: {}", problem.trim());
+                }
                 self.status.record(Err(message.clone()));
             }
         }

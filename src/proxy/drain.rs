@@ -48,7 +48,10 @@ impl BackgroundService for Drain {
         }
         let deadline = Instant::now() + self.grace_period;
         let mut left = self.in_flight.count();
-        tracing::info!(in_flight = left, "SIGTERM: draining");
+        tracing::info!(
+            in_flight = left,
+            "shutting down: draining in-flight requests"
+        );
         while left > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
             left = self.in_flight.count();
