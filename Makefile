@@ -24,6 +24,7 @@ test:
 	rm -rf target/tmp
 	$(CARGO) test --locked
 	bash scripts/check-logs.sh
+	bash scripts/zero-downtime.sh
 	FUZZ_SECONDS=5 bash scripts/fuzz.sh
 
 ## Fuzz every target longer: make fuzz FUZZ_SECONDS=600

@@ -2,6 +2,7 @@
 # Side-by-side benchmark: requests/s, p50/p99 latency, errors and peak RSS of
 #   1 the origin (nginx, static JSON)      2 nginx as a reverse proxy (no auth, keepalive)
 #   3 wxgate, public route                 4 wxgate, protected route, HS256 (memory store)
+#   4j as 4 with the JSON access log on and /metrics scraped (the cost of operating it)
 #   4b as 4 with the Redis store           4@256 as 4 at 256 connections (peak RSS target)
 #   5 ES256/EdDSA (n/a yet)                6 Node: Express + jsonwebtoken + http-proxy-middleware
 #   7 wxgate logins (GET /auth?code=) against the stand-in WeChat
@@ -42,8 +43,8 @@ if [ "${SKIP_NODE:-0}" != 1 ] && [ ! -d "$BENCH/node/node_modules" ]; then
   (cd "$BENCH/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
 
-mapfile -t ports < <(free_ports 10)
-read -r P_ORIGIN P_PROXY P_GW3 P_GW4 P_GW4B P_GW256 P_GW7 P_REDIS P_NODE P_MOCK <<<"${ports[*]}"
+mapfile -t ports < <(free_ports 12)
+read -r P_ORIGIN P_PROXY P_GW3 P_GW4 P_GW4B P_GW256 P_GW7 P_REDIS P_NODE P_MOCK P_GW4J P_ADMIN <<<"${ports[*]}"
 
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
@@ -137,6 +138,27 @@ bench_wxgate 3 "wxgate, public route (auth = none)" "$OUT/wxgate-memory.toml" "$
 say "== row 4: wxgate, protected route, HS256, memory store"
 wxgate_conf "$OUT/wxgate-4.toml" "$P_GW4" "$P_ORIGIN" "$P_MOCK" 1 memory
 bench_wxgate 4 "wxgate, protected route, HS256 (memory store)" "$OUT/wxgate-4.toml" "$P_GW4" "$CONNECTIONS" /api/hello "${AUTH[@]}"
+
+# Row 4j: as row 4 with the JSON access log on (one line per request, openid hashed) and the
+# admin listener scraped during the run: what operating it costs.
+say "== row 4j: wxgate, protected route, JSON access log + metrics scraped"
+wxgate_conf "$OUT/wxgate-4j.toml" "$P_GW4J" "$P_ORIGIN" "$P_MOCK" 1 memory
+printf '[admin]\nlisten = "127.0.0.1:%s"\n[log]\nformat = "json"\nopenid = "hash"\n' "$P_ADMIN" >>"$OUT/wxgate-4j.toml"
+"$WXGATE" check -c "$OUT/wxgate-4j.toml" >/dev/null || die "wxgate rejected wxgate-4j.toml"
+RUST_LOG=info start wxgate-4j "$WXGATE" run -c "$OUT/wxgate-4j.toml"
+gw=$LAST_PID
+wait_port "$P_GW4J" "$gw" wxgate-4j
+url="http://127.0.0.1:$P_GW4J/api/hello"
+expect_200 "$url" "${AUTH[@]}"
+warm 4j "$CONNECTIONS" "$url" "${AUTH[@]}"
+( for _ in $(seq "$dur_s"); do curl -s -o /dev/null "http://127.0.0.1:$P_ADMIN/metrics"; sleep 1; done ) &
+scraper=$!
+measure 4j "$CONNECTIONS" "$url" "${AUTH[@]}"
+wait "$scraper" 2>/dev/null || true
+lines=$(grep -c '"target":"wxgate::access"' "$OUT/wxgate-4j.log" || true)
+row 4j "wxgate, as row 4, JSON access log on, /metrics scraped each second" wrk-4j.txt "$(rss_kb "$gw" VmHWM)" "$CONNECTIONS" \
+  "access log lines written: $lines" "access_lines=$lines"
+stop "$gw" INT
 
 # Row 4b: the Redis store; Redis commands are counted over the measured run only.
 say "== row 4b: wxgate, protected route, HS256, Redis store"

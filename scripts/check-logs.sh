@@ -32,6 +32,30 @@ for p in "${patterns[@]}"; do
     status=1
   fi
 done
+# JSON logs (log.format = "json"): every line must be one JSON object; decoded values are checked
+# again (an escape must not hide a secret), and access lines never carry a query string.
+json_logs=$(for f in $logs; do head -c1 "$f" | grep -q '{' && echo "$f"; done || true)
+if [ -n "$json_logs" ]; then
+  python3 - "${patterns[@]}" <<PY || status=1
+import json, sys
+patterns = sys.argv[1:]
+bad = 0
+for path in """$json_logs""".split():
+    for n, line in enumerate(open(path, encoding="utf-8"), 1):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            print(f"check-logs: {path}:{n} is not JSON", file=sys.stderr); bad = 1; continue
+        text = " ".join(str(v) for v in event.values())
+        for p in patterns:
+            if p in text:
+                print(f"check-logs: FOUND '{p}' in {path}:{n}", file=sys.stderr); bad = 1
+        if event.get("target") == "wxgate::access" and "?" in str(event.get("path", "")):
+            print(f"check-logs: query string in {path}:{n}", file=sys.stderr); bad = 1
+sys.exit(bad)
+PY
+  echo "check-logs: $(echo "$json_logs" | wc -l) of them JSON, every line parsed and checked"
+fi
 if [ $status = 0 ]; then
   echo "check-logs: $n gateway logs ($bytes bytes, RUST_LOG=debug) contain no secret, token or session_key"
 fi

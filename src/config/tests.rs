@@ -238,3 +238,23 @@ fn sizes() {
     assert_eq!(validate::parse_size("lots"), None);
     assert_eq!(validate::parse_size("99999999999999999999KiB"), None);
 }
+
+#[test]
+fn admin_and_log_sections() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.admin.listen, None);
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.log.openid, OpenidInLog::Plain);
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9901\"\n[log]\nformat = \"json\"\nopenid = \"hash\"\n"
+    ));
+    assert_eq!(c.admin.listen, Some("127.0.0.1:9901".parse().unwrap()));
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.log.openid, OpenidInLog::Hash);
+    let p = problems(&format!(
+        "[server]\nlisten = \"127.0.0.1:3000\"\n{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:3000\"\n[log]\nformat = \"xml\"\nopenid = \"maybe\"\n"
+    ));
+    assert!(has(&p, "admin.listen", "must differ from server.listen"), "{p:?}");
+    assert!(has(&p, "log.format", "\"xml\" is not one of"), "{p:?}");
+    assert!(has(&p, "log.openid", "\"maybe\" is not one of"), "{p:?}");
+}
