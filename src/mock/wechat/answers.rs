@@ -1,5 +1,6 @@
-//! How WeChat answers: the content type of each API, errcode bodies with a `rid`, the outage
-//! answers (nginx's HTML 502, a body that is not JSON) and watermark timestamps.
+//! How WeChat answers: the content type of each API, errcode bodies with a `rid`, the answers a
+//! code's plan asks for (errcodes, nginx's HTML 502, a body that is not JSON) and watermark
+//! timestamps.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,9 +8,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::plan::{plan, Hooks, Plan};
+
 /// How the APIs label their JSON: jscode2session says `text/plain`, the token APIs add a
 /// non-standard `encoding` parameter, the phone API is plain `application/json`.
-const TEXT_PLAIN: &str = "text/plain";
+pub(super) const TEXT_PLAIN: &str = "text/plain";
 pub(super) const TOKEN_JSON: &str = "application/json; encoding=utf-8";
 pub(super) const PHONE_JSON: &str = "application/json";
 
@@ -50,7 +53,7 @@ pub(super) fn wechat_error(errcode: i64, msg: &str) -> Response {
 const HTML_502: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
 <center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 
-pub(super) fn html_502() -> Response {
+fn html_502() -> Response {
     (
         StatusCode::BAD_GATEWAY,
         [(header::CONTENT_TYPE, "text/html")],
@@ -59,4 +62,23 @@ pub(super) fn html_502() -> Response {
         .into_response()
 }
 
-pub(super) const GARBAGE: &str = "this is not json";
+const GARBAGE: &str = "this is not json";
+
+/// Carries out the plan of `full_code` for an API that labels its JSON `content_type`: waits the
+/// `slow` delay, then answers an `err`/`html`/`garbage` code itself (`Err`), or hands back the code
+/// left after the prefixes and its hooks for the API to succeed with (`Ok`).
+pub(super) async fn follow_plan<'a>(
+    full_code: &'a str,
+    content_type: &'static str,
+) -> Result<(&'a str, Hooks), Response> {
+    let (delay, plan) = plan(full_code);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match plan {
+        Plan::Fail(errcode) => Err(error_as(content_type, errcode, "mock error")),
+        Plan::Html => Err(html_502()),
+        Plan::Garbage => Err(reply_as(content_type, StatusCode::OK, GARBAGE.to_owned())),
+        Plan::Succeed { code, hooks } => Ok((code, hooks)),
+    }
+}

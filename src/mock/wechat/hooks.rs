@@ -79,8 +79,8 @@ mod tests {
     use super::*;
     use crate::mock::wechat::login::SAMPLE_SESSION_KEY;
     use crate::mock::wechat::testing::{
-        classic_token_of, errcode, login, phone, post, request, spawn, stable_token_of, stats_of,
-        TestResult, APPID,
+        check_watermark, classic_token_of, errcode, login, phone, post, request, spawn,
+        stable_token_of, stats_of, TestResult, APPID,
     };
     use crate::mock::wechat::MockWechatOptions;
 
@@ -172,11 +172,7 @@ mod tests {
         let plain = decrypt(key, &encrypted, &iv, APPID)?;
         assert_eq!(plain["phoneNumber"], "+86 13800000000");
         assert_eq!(plain["countryCode"], "86");
-        assert_eq!(plain["watermark"]["appid"], APPID);
-        let timestamp = plain["watermark"]["timestamp"]
-            .as_u64()
-            .ok_or("no timestamp")?;
-        assert!(timestamp.abs_diff(unix_now()) <= 5, "{timestamp}");
+        check_watermark(&plain["watermark"], APPID)?;
         assert_eq!(
             decrypt(key, &encrypted, &iv, "wxsomeoneelse"),
             Err("Watermark".to_owned())

@@ -2,7 +2,6 @@
 //! `union-`/`fixedkey-` logins.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -13,9 +12,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use super::answers::{html_502, wechat_error, wechat_reply, GARBAGE};
-use super::plan::{openid, plan, unionid, user_of, valid_code, Plan};
-use super::{claim, credential_error, lock, query_params, MockState, Session};
+use super::answers::{follow_plan, wechat_error, wechat_reply, TEXT_PLAIN};
+use super::plan::{openid, unionid, user_of, valid_code};
+use super::{claim, count, credential_error, lock, query_params, MockState, Session};
 
 /// The session_key of WeChat's published encrypted-data sample, for `fixedkey-` logins.
 pub(super) const SAMPLE_SESSION_KEY: &str = "tiihtNczf5v6AKRyjwEUhQ==";
@@ -24,10 +23,7 @@ pub(super) async fn jscode2session(
     State(state): State<Arc<MockState>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    state
-        .counters
-        .jscode2session
-        .fetch_add(1, Ordering::Relaxed);
+    count(&state.counters.jscode2session);
     let params = query_params(query);
     let param = |name: &str| params.get(name).map(String::as_str);
 
@@ -46,15 +42,9 @@ pub(super) async fn jscode2session(
         return wechat_error(40029, "invalid code");
     }
 
-    let (delay, plan) = plan(full_code);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let (code, hooks) = match plan {
-        Plan::Fail(errcode) => return wechat_error(errcode, "mock error"),
-        Plan::Html => return html_502(),
-        Plan::Garbage => return wechat_reply(StatusCode::OK, GARBAGE.to_owned()),
-        Plan::Succeed { code, hooks } => (code, hooks),
+    let (code, hooks) = match follow_plan(full_code, TEXT_PLAIN).await {
+        Ok(success) => success,
+        Err(answer) => return answer,
     };
     if code.is_empty() {
         // Only prefixes, e.g. `union-`: nothing names a user.
@@ -100,7 +90,7 @@ mod tests {
     use super::*;
     use crate::mock::wechat::plan::MAX_CODE_LEN;
     use crate::mock::wechat::testing::{
-        errcode, login, login_target, request, spawn, TestResult, APPID,
+        errcode, login, login_target, request, spawn, strict_options, TestResult, APPID,
     };
     use crate::mock::wechat::MockWechatOptions;
 
@@ -246,12 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn configured_credentials_and_missing_fields() -> TestResult {
-        let addr = spawn(MockWechatOptions {
-            appid: Some(APPID.to_owned()),
-            secret: Some("s3cret".to_owned()),
-            ..MockWechatOptions::default()
-        })
-        .await?;
+        let addr = spawn(strict_options()).await?;
         let cases = [
             (login_target("wxwrong", "g.1"), 40013),
             (

@@ -2,7 +2,6 @@
 //! first, then the single-use phone code.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,9 +12,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::answers::{error_as, html_502, reply_as, unix_now, GARBAGE, PHONE_JSON};
-use super::plan::{plan, pure_phone_number, user_of, valid_code, Plan};
-use super::{claim, lock, query_params, MockState};
+use super::answers::{error_as, follow_plan, reply_as, unix_now, PHONE_JSON};
+use super::plan::{pure_phone_number, user_of, valid_code};
+use super::{claim, count, lock, query_params, MockState};
 
 fn phone_error(errcode: i64, msg: &str) -> Response {
     error_as(PHONE_JSON, errcode, msg)
@@ -26,10 +25,7 @@ pub(super) async fn getuserphonenumber(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Bytes,
 ) -> Response {
-    state
-        .counters
-        .getuserphonenumber
-        .fetch_add(1, Ordering::Relaxed);
+    count(&state.counters.getuserphonenumber);
     let params = query_params(query);
     let Some(token) = params.get("access_token").filter(|t| !t.is_empty()) else {
         return phone_error(41001, "access_token missing");
@@ -52,15 +48,9 @@ pub(super) async fn getuserphonenumber(
         return phone_error(40029, "invalid code");
     }
 
-    let (delay, plan) = plan(full_code);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let (code, hooks) = match plan {
-        Plan::Fail(errcode) => return phone_error(errcode, "mock error"),
-        Plan::Html => return html_502(),
-        Plan::Garbage => return reply_as(PHONE_JSON, StatusCode::OK, GARBAGE.to_owned()),
-        Plan::Succeed { code, hooks } => (code, hooks),
+    let (code, hooks) = match follow_plan(full_code, PHONE_JSON).await {
+        Ok(success) => success,
+        Err(answer) => return answer,
     };
     if code.is_empty() || !claim(&state.used_phone_codes, full_code) {
         return phone_error(40029, "invalid code");
@@ -90,18 +80,14 @@ mod tests {
     use super::*;
     use crate::mock::wechat::plan::MAX_CODE_LEN;
     use crate::mock::wechat::testing::{
-        errcode, login, phone, post, spawn, stable_token_of, stats_of, TestResult, APPID,
+        check_watermark, errcode, login, phone, post, spawn, stable_token_of, stats_of,
+        strict_options, TestResult, APPID,
     };
     use crate::mock::wechat::MockWechatOptions;
 
     #[tokio::test]
     async fn phone_number_shape_and_one_phone_per_user() -> TestResult {
-        let addr = spawn(MockWechatOptions {
-            appid: Some(APPID.to_owned()),
-            secret: Some("s3cret".to_owned()),
-            ..MockWechatOptions::default()
-        })
-        .await?;
+        let addr = spawn(strict_options()).await?;
         let (token, _) = stable_token_of(addr, false).await?;
         let reply = phone(addr, &token, "alice.1").await?;
         assert_eq!(reply.status, 200);
@@ -118,11 +104,7 @@ mod tests {
         assert_eq!(pure, pure_phone_number("alice"));
         assert_eq!(info["phoneNumber"], format!("+86 {pure}"));
         assert_eq!(info["countryCode"], "86");
-        assert_eq!(info["watermark"]["appid"], APPID);
-        let timestamp = info["watermark"]["timestamp"]
-            .as_u64()
-            .ok_or("no timestamp")?;
-        assert!(timestamp.abs_diff(unix_now()) <= 5, "{timestamp}");
+        check_watermark(&info["watermark"], APPID)?;
 
         let again = phone(addr, &token, "alice.2").await?.json()?;
         assert_eq!(again["phone_info"]["purePhoneNumber"], pure);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use super::answers::TOKEN_JSON;
+use super::answers::{unix_now, TOKEN_JSON};
 use super::{serve_wechat, MockWechatOptions};
 use crate::mock::testing::{exchange, Reply};
 
@@ -18,6 +18,15 @@ pub(super) async fn spawn(opts: MockWechatOptions) -> std::io::Result<SocketAddr
     let addr = listener.local_addr()?;
     tokio::spawn(serve_wechat(listener, opts));
     Ok(addr)
+}
+
+/// Options that demand [`APPID`] and the secret `s3cret`, which the requests below send.
+pub(super) fn strict_options() -> MockWechatOptions {
+    MockWechatOptions {
+        appid: Some(APPID.to_owned()),
+        secret: Some("s3cret".to_owned()),
+        ..MockWechatOptions::default()
+    }
 }
 
 /// `method target` with no body, over a fresh connection.
@@ -102,4 +111,12 @@ pub(super) async fn phone(addr: SocketAddr, token: &str, code: &str) -> std::io:
 
 pub(super) async fn stats_of(addr: SocketAddr) -> Result<Value, Box<dyn std::error::Error>> {
     Ok(request(addr, "GET", "/__mock/stats").await?.json()?)
+}
+
+/// Checks that a `watermark` names `appid` and carries a timestamp of about now.
+pub(super) fn check_watermark(watermark: &Value, appid: &str) -> TestResult {
+    assert_eq!(watermark["appid"], appid);
+    let timestamp = watermark["timestamp"].as_u64().ok_or("no timestamp")?;
+    assert!(timestamp.abs_diff(unix_now()) <= 5, "{timestamp}");
+    Ok(())
 }

@@ -2,7 +2,6 @@
 //! the token book.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::answers::{error_as, reply_as, TOKEN_JSON};
-use super::{credential_error, lock, query_params, MockState};
+use super::{count, credential_error, lock, query_params, MockState, MockWechatOptions};
 
 fn token_error(errcode: i64, msg: &str) -> Response {
     error_as(TOKEN_JSON, errcode, msg)
@@ -25,36 +24,42 @@ fn token_reply(token: String, expires_in: u64) -> Response {
     reply_as(TOKEN_JSON, StatusCode::OK, body.to_string())
 }
 
+/// What both token APIs check first, `grant_type` and then the credentials, reading the request's
+/// fields with `field`: the appid asked for (empty when none), or the errcode and message.
+fn client_credential<'a>(
+    opts: &MockWechatOptions,
+    field: impl Fn(&str) -> Option<&'a str>,
+) -> Result<&'a str, (i64, &'static str)> {
+    if field("grant_type") != Some("client_credential") {
+        return Err((40002, "invalid grant_type"));
+    }
+    let appid = field("appid");
+    match credential_error(opts, appid, field("secret")) {
+        Some(error) => Err(error),
+        None => Ok(appid.unwrap_or_default()),
+    }
+}
+
 pub(super) async fn stable_token(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
-    state.counters.stable_token.fetch_add(1, Ordering::Relaxed);
+    count(&state.counters.stable_token);
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&body) else {
         return token_error(47001, "data format error");
     };
     let field = |name: &str| request.get(name).and_then(Value::as_str);
-    if field("grant_type") != Some("client_credential") {
-        return token_error(40002, "invalid grant_type");
-    }
-    let appid = field("appid");
-    if let Some((errcode, msg)) = credential_error(&state.opts, appid, field("secret")) {
-        return token_error(errcode, msg);
-    }
+    let appid = match client_credential(&state.opts, field) {
+        Ok(appid) => appid,
+        Err((errcode, msg)) => return token_error(errcode, msg),
+    };
     let force = match request.get("force_refresh") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(force)) => *force,
         Some(_) => return token_error(47001, "data format error"),
     };
     if force {
-        state
-            .counters
-            .stable_token_forced
-            .fetch_add(1, Ordering::Relaxed);
+        count(&state.counters.stable_token_forced);
     }
-    let (token, expires_in) = lock(&state.tokens).stable(
-        appid.unwrap_or_default(),
-        force,
-        state.opts.token_ttl,
-        Instant::now(),
-    );
+    let (token, expires_in) =
+        lock(&state.tokens).stable(appid, force, state.opts.token_ttl, Instant::now());
     token_reply(token, expires_in)
 }
 
@@ -62,31 +67,36 @@ pub(super) async fn classic_token(
     State(state): State<Arc<MockState>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    state.counters.token.fetch_add(1, Ordering::Relaxed);
+    count(&state.counters.token);
     let params = query_params(query);
     let param = |name: &str| params.get(name).map(String::as_str);
-    if param("grant_type") != Some("client_credential") {
-        return token_error(40002, "invalid grant_type");
-    }
-    let appid = param("appid");
-    if let Some((errcode, msg)) = credential_error(&state.opts, appid, param("secret")) {
-        return token_error(errcode, msg);
-    }
+    let appid = match client_credential(&state.opts, param) {
+        Ok(appid) => appid,
+        Err((errcode, msg)) => return token_error(errcode, msg),
+    };
     let ttl = state.opts.token_ttl;
-    let token = lock(&state.tokens).classic(appid.unwrap_or_default(), ttl, Instant::now());
+    let token = lock(&state.tokens).classic(appid, ttl, Instant::now());
     token_reply(token, ttl)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     use super::*;
     use crate::mock::wechat::testing::{
         classic_target, classic_token_of, errcode, phone, post, request, spawn, stable_body,
-        stable_token_of, stats_of, TestResult, APPID,
+        stable_token_of, stats_of, strict_options, TestResult, APPID,
     };
     use crate::mock::wechat::MockWechatOptions;
+
+    /// The mock's counts of `stable_token` calls: all of them, and those with `force_refresh`.
+    async fn stable_calls(addr: SocketAddr) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+        let stats = stats_of(addr).await?;
+        let count = |name: &str| stats[name].as_u64().ok_or(format!("no {name}"));
+        Ok((count("stable_token")?, count("stable_token_forced")?))
+    }
 
     fn url_safe(token: &str) -> bool {
         token
@@ -113,9 +123,7 @@ mod tests {
         let (again, expires_in) = stable_token_of(addr, false).await?;
         assert_eq!(again, token);
         assert!((7198..=7200).contains(&expires_in), "{expires_in}");
-        let stats = stats_of(addr).await?;
-        assert_eq!(stats["stable_token"], 2);
-        assert_eq!(stats["stable_token_forced"], 0);
+        assert_eq!(stable_calls(addr).await?, (2, 0));
         Ok(())
     }
 
@@ -130,9 +138,7 @@ mod tests {
         assert_eq!(errcode(&phone(addr, &new, "amy.1").await?), Some(0));
         // The new token is the current one from now on.
         assert_eq!(stable_token_of(addr, false).await?.0, new);
-        let stats = stats_of(addr).await?;
-        assert_eq!(stats["stable_token"], 3);
-        assert_eq!(stats["stable_token_forced"], 1);
+        assert_eq!(stable_calls(addr).await?, (3, 1));
         Ok(())
     }
 
@@ -174,12 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_apis_check_body_grant_type_and_credentials() -> TestResult {
-        let addr = spawn(MockWechatOptions {
-            appid: Some(APPID.to_owned()),
-            secret: Some("s3cret".to_owned()),
-            ..MockWechatOptions::default()
-        })
-        .await?;
+        let addr = spawn(strict_options()).await?;
         let with = |field: &str, value: Value| -> Result<String, serde_json::Error> {
             let mut body: Value = serde_json::from_str(&stable_body(false))?;
             body[field] = value;
@@ -234,10 +235,8 @@ mod tests {
             assert_eq!(reply.header("content-type"), Some(TOKEN_JSON), "{target}");
             assert_eq!(errcode(&reply), Some(want), "{target}");
         }
-        let stats = stats_of(addr).await?;
-        assert_eq!(stats["stable_token"], 11);
-        assert_eq!(stats["stable_token_forced"], 0);
-        assert_eq!(stats["token"], 5);
+        assert_eq!(stable_calls(addr).await?, (11, 0));
+        assert_eq!(stats_of(addr).await?["token"], 5);
         Ok(())
     }
 }
