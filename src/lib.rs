@@ -3,7 +3,9 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+#[cfg(feature = "stand-ins")]
 pub mod demo;
+#[cfg(feature = "stand-ins")]
 pub mod mock;
 pub mod proxy;
 pub mod reply;
