@@ -4,8 +4,10 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+#[cfg(feature = "stand-ins")]
 pub mod demo;
 pub mod metrics;
+#[cfg(feature = "stand-ins")]
 pub mod mock;
 pub mod proxy;
 pub mod reply;

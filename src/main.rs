@@ -1,6 +1,8 @@
-//! The `wxgate` command: run | check | demo | mock-wechat | echo | token.
+//! The `wxgate` command: run | check | demo | mock-wechat | echo | token. `demo`, `mock-wechat`
+//! and `echo` are the stand-ins, built with the `stand-ins` feature (on by default).
 
 use clap::{Parser, Subcommand};
+#[cfg(feature = "stand-ins")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,11 +46,13 @@ enum Command {
         config: PathBuf,
     },
     /// The stand-in WeChat, an echo app and the gateway together on loopback.
+    #[cfg(feature = "stand-ins")]
     Demo {
         #[arg(long, default_value = config::DEFAULT_LISTEN)]
         listen: SocketAddr,
     },
     /// A stand-in for api.weixin.qq.com (jscode2session with one-time codes and errcodes).
+    #[cfg(feature = "stand-ins")]
     MockWechat {
         #[arg(long, default_value = "127.0.0.1:9100")]
         listen: SocketAddr,
@@ -63,6 +67,7 @@ enum Command {
         token_ttl: u64,
     },
     /// An upstream app that answers with the request it received, as JSON.
+    #[cfg(feature = "stand-ins")]
     Echo {
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: SocketAddr,
@@ -93,6 +98,7 @@ const CHATTY: &[&str] = &[
     "h2",
 ];
 
+#[cfg(feature = "stand-ins")]
 fn init_logging() {
     init_logging_as(wxgate::config::LogFormat::Text);
 }
@@ -134,10 +140,12 @@ fn main() -> ExitCode {
             wxgate::app::run(c, options)
         }),
         Command::Check { config } => check(&config),
+        #[cfg(feature = "stand-ins")]
         Command::Demo { listen } => {
             init_logging();
             wxgate::demo::run(listen)
         }
+        #[cfg(feature = "stand-ins")]
         Command::MockWechat {
             listen,
             appid,
@@ -154,6 +162,7 @@ fn main() -> ExitCode {
                 wxgate::mock::serve_wechat(l, opts).await
             })
         }
+        #[cfg(feature = "stand-ins")]
         Command::Echo { listen } => {
             init_logging();
             serve("echo", listen, wxgate::mock::serve_echo)
@@ -212,6 +221,7 @@ fn token(
 }
 
 /// Serve a stand-in on `listen`, printing its address first (tests read it to learn the port).
+#[cfg(feature = "stand-ins")]
 fn serve<F, Fut>(what: &str, listen: SocketAddr, f: F) -> Result<(), String>
 where
     F: FnOnce(tokio::net::TcpListener) -> Fut,
