@@ -86,46 +86,13 @@ enum Command {
     },
 }
 
-/// Crates whose debug logs print raw requests (tokens, codes) or URLs (the appsecret): capped at
-/// info whatever RUST_LOG says, so no log level can leak a secret.
-const CHATTY: &[&str] = &[
-    "pingora_proxy",
-    "pingora_core",
-    "pingora_pool",
-    "reqwest",
-    "hyper",
-    "hyper_util",
-    "h2",
-];
-
 #[cfg(feature = "stand-ins")]
 fn init_logging() {
     init_logging_as(wxgate::config::LogFormat::Text);
 }
 
 fn init_logging_as(format: wxgate::config::LogFormat) {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for krate in CHATTY {
-        if let Ok(directive) = format!("{krate}=info").parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        wxgate::config::LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        // One JSON object per line: the event's fields at the top level, the request span's id.
-        wxgate::config::LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
+    wxgate::logging::init(format);
 }
 
 fn main() -> ExitCode {

@@ -254,7 +254,10 @@ fn admin_and_log_sections() {
     let p = problems(&format!(
         "[server]\nlisten = \"127.0.0.1:3000\"\n{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:3000\"\n[log]\nformat = \"xml\"\nopenid = \"maybe\"\n"
     ));
-    assert!(has(&p, "admin.listen", "must differ from server.listen"), "{p:?}");
+    assert!(
+        has(&p, "admin.listen", "must differ from server.listen"),
+        "{p:?}"
+    );
     assert!(has(&p, "log.format", "\"xml\" is not one of"), "{p:?}");
     assert!(has(&p, "log.openid", "\"maybe\" is not one of"), "{p:?}");
 }

@@ -64,6 +64,7 @@ impl BackgroundService for Drain {
         } else {
             tracing::info!("drained, exiting");
         }
+        crate::logging::flush();
         std::process::exit(0);
     }
 }

@@ -16,6 +16,7 @@ use super::snapshot::{Live, Snapshot};
 use crate::auth::endpoints::{self, Endpoint, EndpointRequest};
 use crate::auth::{extract, Identity};
 use crate::config::RouteAuth;
+use crate::logging::AccessLine;
 use crate::metrics::METRICS;
 use crate::reply::Reject;
 use crate::session::Phone;
@@ -472,6 +473,9 @@ impl ProxyHttp for Gateway {
                 tracing::error!(request_id = %ctx.request_id, route, "{e}");
             }
         }
+        if !crate::logging::access_enabled() {
+            return;
+        }
         let req = session.req_header();
         let parts = ctx.rejection.as_ref().map(Reject::parts);
         let openid = ctx
@@ -479,22 +483,21 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .and_then(|i| openid_for_log(&i.openid, ctx.snap.config.log.openid));
         // The path only: query strings may carry login codes.
-        tracing::info!(
-            target: "wxgate::access",
-            request_id = %ctx.request_id,
-            client = ctx.client.map(tracing::field::display),
-            method = %req.method,
-            path = req.uri.path(),
-            route,
-            status = status.map_or(0, |s| s.as_u16()),
-            code = parts.as_ref().map(|p| p.code.as_ref()),
-            auth = auth_outcome(ctx),
-            reason = parts.as_ref().and_then(|p| p.reason),
-            upstream = ctx.upstream.map(tracing::field::display),
-            upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-            ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-            openid = openid.as_deref(),
-        );
+        AccessLine::start()
+            .str("request_id", Some(&ctx.request_id))
+            .display("client", ctx.client)
+            .str("method", Some(req.method.as_str()))
+            .str("path", Some(req.uri.path()))
+            .str("route", Some(route))
+            .uint("status", status.map_or(0, |s| s.as_u16().into()))
+            .str("code", parts.as_ref().map(|p| p.code.as_ref()))
+            .str("auth", Some(auth_outcome(ctx)))
+            .str("reason", parts.as_ref().and_then(|p| p.reason))
+            .display("upstream", ctx.upstream)
+            .ms("upstream_ms", ctx.upstream_time)
+            .ms("ms", Some(ctx.started.elapsed()))
+            .str("openid", openid.as_deref())
+            .finish();
     }
 }
 
