@@ -25,31 +25,38 @@ const CHATTY: &[&str] = &[
     "h2",
 ];
 
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
-const FLUSH_AT: usize = 64 * 1024;
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const FLUSH_AT: usize = 256 * 1024;
 
 static SINK: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// Held while writing, so that batches reach stderr in the order they were taken.
+static WRITING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 fn append(bytes: &[u8]) {
-    let mut buf = SINK.lock().unwrap_or_else(|p| p.into_inner());
-    buf.extend_from_slice(bytes);
-    if buf.len() >= FLUSH_AT {
-        write_out(&mut buf);
+    let full = {
+        let mut buf = SINK.lock().unwrap_or_else(|p| p.into_inner());
+        buf.extend_from_slice(bytes);
+        buf.len() >= FLUSH_AT
+    };
+    if full {
+        flush();
     }
 }
 
-fn write_out(buf: &mut Vec<u8>) {
-    if !buf.is_empty() {
-        // Nowhere to report a failed write to the log; the lines are dropped, not retried.
-        let _ = std::io::stderr().write_all(buf);
-        buf.clear();
-    }
-}
-
-/// Write out every buffered line (call before exiting on purpose).
+/// Write out every buffered line (also called before exiting on purpose). The buffer is swapped
+/// out first: other threads go on appending while the write runs.
 pub fn flush() {
-    write_out(&mut SINK.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut writing = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::swap(
+        &mut *writing,
+        &mut *SINK.lock().unwrap_or_else(|p| p.into_inner()),
+    );
+    if !writing.is_empty() {
+        // Nowhere to report a failed write to the log; the lines are dropped, not retried.
+        let _ = std::io::stderr().write_all(&writing);
+        writing.clear();
+    }
 }
 
 /// tracing's formatter writes each event into the shared buffer in one call.
