@@ -207,6 +207,41 @@ impl Metrics {
     }
 }
 
+/// A route's series, resolved once per route instead of a label lookup per request.
+pub struct RouteMetrics {
+    name: String,
+    /// The statuses most answers have, each series created on first use.
+    common: [(u16, std::sync::OnceLock<IntCounter>); 16],
+    pub upstream: prometheus::Histogram,
+}
+
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 429, 500, 502, 503, 504,
+];
+
+impl RouteMetrics {
+    pub fn new(name: &str) -> Self {
+        RouteMetrics {
+            name: name.to_string(),
+            common: COMMON_STATUSES.map(|s| (s, std::sync::OnceLock::new())),
+            upstream: METRICS.upstream_duration.with_label_values(&[name]),
+        }
+    }
+
+    /// One request answered with `status` (`status_text`: its digits).
+    pub fn count(&self, status: u16, status_text: &str) {
+        let series = || {
+            METRICS
+                .requests
+                .with_label_values(&[&self.name, status_text])
+        };
+        match self.common.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => counter.get_or_init(series).inc(),
+            None => series().inc(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

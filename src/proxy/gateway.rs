@@ -46,7 +46,9 @@ impl Gateway {
 /// Per-request state: the snapshot the request runs under, and the record of what happened.
 pub struct Ctx {
     snap: Arc<Snapshot>,
-    request_id: String,
+    request_id: http::HeaderValue,
+    /// The id is the client's own, sent once: it reaches the upstream as it is.
+    request_id_sent: bool,
     client: Option<IpAddr>,
     endpoint: Option<Endpoint>,
     route: Option<Arc<Route>>,
@@ -160,7 +162,7 @@ pub async fn write_answer(
     head.insert_header(header::CONTENT_TYPE, "application/json; charset=utf-8")?;
     head.insert_header(header::CONTENT_LENGTH, body.len())?;
     head.insert_header(header::CACHE_CONTROL, "no-store")?;
-    head.insert_header(request_id::HEADER, &ctx.request_id)?;
+    head.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     if let Some(r) = &ctx.rejection {
         for (name, value) in r.headers(ctx.endpoint.map(Endpoint::allow)) {
             head.insert_header(name, value)?;
@@ -237,7 +239,8 @@ impl Gateway {
                         content_type: req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
                         body: &body,
                     };
-                    let span = tracing::info_span!("request", id = %ctx.request_id);
+                    let span =
+                        tracing::info_span!("request", id = request_id::as_str(&ctx.request_id));
                     endpoints::answer(&snap.login, endpoint, &request, &req.headers)
                         .instrument(span)
                         .await
@@ -305,7 +308,8 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             snap: self.live.load_full(),
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
+            request_id_sent: false,
             client: None,
             endpoint: None,
             route: None,
@@ -322,7 +326,10 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
-        ctx.request_id = request_id(req.headers.get(request_id::HEADER).map(|v| v.as_bytes()));
+        let sent = req.headers.get(request_id::HEADER);
+        ctx.request_id = request_id(sent);
+        ctx.request_id_sent = sent == Some(&ctx.request_id)
+            && req.headers.get_all(request_id::HEADER).iter().count() == 1;
         ctx.client = client_of(session, &ctx.snap);
         if let Err(r) = check_headers(session.req_header()) {
             return write_answer(session, ctx, Err(r)).await;
@@ -347,7 +354,7 @@ impl ProxyHttp for Gateway {
             Err(r) => return write_answer(session, ctx, Err(r)).await,
         };
         if let (true, Some(identity)) = (route.forward_phone, &identity) {
-            let span = tracing::info_span!("request", id = %ctx.request_id);
+            let span = tracing::info_span!("request", id = request_id::as_str(&ctx.request_id));
             match snap.login.phone_of(&identity.sid).instrument(span).await {
                 Ok(phone) => ctx.phone = phone,
                 Err(r) => return write_answer(session, ctx, Err(r)).await,
@@ -389,7 +396,9 @@ impl ProxyHttp for Gateway {
         if let Some(phone) = &ctx.phone {
             identity_headers.inject_phone(upstream_request, phone);
         }
-        upstream_request.insert_header(request_id::HEADER, &ctx.request_id)?;
+        if !ctx.request_id_sent {
+            upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+        }
         Ok(())
     }
 
@@ -409,7 +418,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        response.insert_header(request_id::HEADER, &ctx.request_id)?;
+        response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -447,10 +456,15 @@ impl ProxyHttp for Gateway {
         });
         let status_text = status.as_ref().map_or("0", |s| s.as_str());
         let route = route_label(ctx);
-        METRICS
-            .requests
-            .with_label_values(&[route, status_text])
-            .inc();
+        match &ctx.route {
+            Some(r) => r
+                .metrics
+                .count(status.map_or(0, |s| s.as_u16()), status_text),
+            None => METRICS
+                .requests
+                .with_label_values(&[route, status_text])
+                .inc(),
+        }
         match &ctx.rejection {
             Some(Reject::TokenMissing) => METRICS
                 .auth_rejections
@@ -463,14 +477,15 @@ impl ProxyHttp for Gateway {
             _ => {}
         }
         if let (Some(route), Some(took)) = (&ctx.route, ctx.upstream_time) {
-            METRICS
-                .upstream_duration
-                .with_label_values(&[&route.name])
-                .observe(took.as_secs_f64());
+            route.metrics.upstream.observe(took.as_secs_f64());
         }
         if let Some(e) = e {
             if !client_went_away(e) {
-                tracing::error!(request_id = %ctx.request_id, route, "{e}");
+                tracing::error!(
+                    request_id = request_id::as_str(&ctx.request_id),
+                    route,
+                    "{e}"
+                );
             }
         }
         if !crate::logging::access_enabled() {
@@ -484,7 +499,7 @@ impl ProxyHttp for Gateway {
             .and_then(|i| openid_for_log(&i.openid, ctx.snap.config.log.openid));
         // The path only: query strings may carry login codes.
         AccessLine::start()
-            .str("request_id", Some(&ctx.request_id))
+            .str("request_id", Some(request_id::as_str(&ctx.request_id)))
             .display("client", ctx.client)
             .str("method", Some(req.method.as_str()))
             .str("path", Some(req.uri.path()))

@@ -2,6 +2,7 @@
 //! one. It goes upstream, back on the response, into the access log and every error line of the
 //! request, so one id follows a request through every log it touches.
 
+use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
@@ -13,16 +14,27 @@ const MAX_LEN: usize = 128;
 static PREFIX: LazyLock<String> = LazyLock::new(|| format!("{:012x}", rand::random::<u64>() >> 16));
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
-/// The id of a request: the client's, when it is 1 to 128 visible ASCII characters, else a new one.
-pub fn request_id(client_sent: Option<&[u8]>) -> String {
+/// The id of a request: the client's, when it is 1 to 128 visible ASCII characters, else a new
+/// one. A header value, so that sending it upstream and back costs no copy.
+pub fn request_id(client_sent: Option<&HeaderValue>) -> HeaderValue {
     match client_sent {
-        Some(v) if is_sane(v) => String::from_utf8_lossy(v).into_owned(),
-        _ => format!(
-            "{}-{:x}",
-            PREFIX.as_str(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ),
+        Some(v) if is_sane(v.as_bytes()) => v.clone(),
+        _ => {
+            let id = format!(
+                "{}-{:x}",
+                PREFIX.as_str(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            );
+            // Hex digits and '-': always a valid header value.
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+                .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        }
     }
+}
+
+/// The id as text, for logs.
+pub fn as_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
 }
 
 fn is_sane(v: &[u8]) -> bool {
@@ -33,24 +45,21 @@ fn is_sane(v: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn id(bytes: &[u8]) -> HeaderValue {
+        request_id(Some(&HeaderValue::from_bytes(bytes).unwrap()))
+    }
+
     #[test]
     fn sane_ids_are_kept_others_replaced() {
-        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
-        let long = vec![b'a'; 128];
-        assert_eq!(request_id(Some(&long)).len(), 128);
-        for bad in [
-            &b""[..],
-            b"has space",
-            b"tab\t",
-            "ünï".as_bytes(),
-            &[b'a'; 129],
-        ] {
-            let id = request_id(Some(bad));
-            assert_ne!(id.as_bytes(), bad);
-            assert!(is_sane(id.as_bytes()), "{id}");
+        assert_eq!(id(b"abc-123"), "abc-123");
+        assert_eq!(id(&[b'a'; 128]).len(), 128);
+        for bad in [&b""[..], b"has space", b"tab\t", &[b'a'; 129]] {
+            let made = id(bad);
+            assert_ne!(made.as_bytes(), bad);
+            assert!(is_sane(made.as_bytes()), "{made:?}");
         }
         let (a, b) = (request_id(None), request_id(None));
         assert_ne!(a, b);
-        assert!(a.starts_with(PREFIX.as_str()));
+        assert!(as_str(&a).starts_with(PREFIX.as_str()));
     }
 }

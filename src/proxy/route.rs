@@ -17,6 +17,8 @@ pub struct Route {
     pub prefix: String,
     /// The upstreams as configured (`host:port`), for the status page.
     pub upstreams_text: Vec<String>,
+    /// Its series in `wxgate_requests_total` and `wxgate_upstream_duration_seconds`.
+    pub metrics: crate::metrics::RouteMetrics,
     pub auth: RouteAuth,
     /// Inject the caller's verified phone number.
     pub forward_phone: bool,
@@ -35,6 +37,7 @@ impl Route {
             name: c.name.clone(),
             prefix: c.prefix.clone(),
             upstreams_text: c.upstreams.iter().map(ToString::to_string).collect(),
+            metrics: crate::metrics::RouteMetrics::new(&c.name),
             auth: c.auth,
             forward_phone: c.forward_phone,
             upstreams,

@@ -74,6 +74,18 @@ impl Proc {
         None
     }
 
+    /// The log once `wanted` holds for it (the gateway writes lines in batches), at most 3 s.
+    pub fn log_when(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let log = self.log_text();
+            if wanted(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         self.log
             .as_ref()
