@@ -33,61 +33,42 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// Register a metric built from constant names: neither step can fail.
+#[allow(clippy::expect_used)]
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<T>,
+) -> T {
+    let metric = metric.expect("valid metric");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("unique metric");
-    c
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-    let h = HistogramVec::new(opts, labels).expect("valid metric");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("unique metric");
-    h
+    register(registry, HistogramVec::new(opts, labels))
 }
 
 impl Metrics {
-    // The names and labels below are constants: registering them cannot fail.
-    #[allow(clippy::expect_used)]
     fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
-        let store_errors = IntCounter::new(
-            "wxgate_session_store_errors_total",
-            "Session store operations that failed (unreachable, timed out, refused).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(store_errors.clone()))
-            .expect("unique metric");
-        let last_reload_success = Gauge::new(
-            "wxgate_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful configuration load (start-up or reload).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(last_reload_success.clone()))
-            .expect("unique metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new("wxgate_build_info", "Always 1; the version is a label."),
-            &["version"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("unique metric");
+        let build_info = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("wxgate_build_info", "Always 1; the version is a label."),
+                &["version"],
+            ),
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let in_flight = IntGauge::new("wxgate_requests_in_flight", "Requests being answered now.")
-            .expect("valid metric");
-        registry
-            .register(Box::new(in_flight.clone()))
-            .expect("unique metric");
         Metrics {
             requests: counter_vec(
                 r,
@@ -125,16 +106,31 @@ impl Metrics {
                 "Time from choosing an upstream to its response header, by route.",
                 &["route"],
             ),
-            store_errors,
+            store_errors: register(
+                r,
+                IntCounter::new(
+                    "wxgate_session_store_errors_total",
+                    "Session store operations that failed (unreachable, timed out, refused).",
+                ),
+            ),
             reloads: counter_vec(
                 r,
                 "wxgate_config_reloads_total",
                 "Configuration reloads, by result (ok, error).",
                 &["result"],
             ),
-            last_reload_success,
+            last_reload_success: register(
+                r,
+                Gauge::new(
+                    "wxgate_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful configuration load (start-up or reload).",
+                ),
+            ),
             build_info,
-            in_flight,
+            in_flight: register(
+                r,
+                IntGauge::new("wxgate_requests_in_flight", "Requests being answered now."),
+            ),
             registry,
         }
     }

@@ -12,15 +12,20 @@ fn with_admin(admin_port: u16, extra: &str) -> impl FnOnce(String) -> String + '
     move |c| format!("{c}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{extra}")
 }
 
-async fn scrape(admin_port: u16) -> String {
+/// The text of an admin listener's page.
+async fn admin_page(admin_port: u16, path: &str) -> String {
     client()
-        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .get(format!("http://127.0.0.1:{admin_port}{path}"))
         .send()
         .await
-        .expect("scrape")
+        .expect("admin listener")
         .text()
         .await
-        .expect("metrics text")
+        .expect("text")
+}
+
+async fn scrape(admin_port: u16) -> String {
+    admin_page(admin_port, "/metrics").await
 }
 
 /// The value of one series (`name{labels}` exactly as exposed), 0 when absent.
@@ -204,14 +209,7 @@ async fn health_and_readiness_follow_the_session_store() {
 async fn status_page_in_a_real_browser() {
     let admin = free_port();
     let s = Stack::with(with_admin(admin, ""));
-    let html = client()
-        .get(format!("http://127.0.0.1:{admin}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = admin_page(admin, "/").await;
     assert!(html.contains("<title>wxgate</title>"), "{html}");
     let screenshot = scratch("status-page").join("status.png");
     let out = tokio::task::spawn_blocking({
@@ -469,14 +467,7 @@ async fn reload_adds_and_removes_routes_and_refuses_a_broken_file() {
             "no ERROR line for {problem:?}:\n{log}"
         );
     }
-    let page = client()
-        .get(format!("http://127.0.0.1:{admin}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = admin_page(admin, "/").await;
     assert!(page.contains("refused"), "{page}");
 
     // A reload that changes [jwt] rebuilds the keys: old tokens no longer pass.
