@@ -59,6 +59,9 @@ fn routes() -> RouteTable {
                 connect_timeout: Duration::from_secs(1),
                 read_timeout: Duration::from_secs(1),
                 forward_phone: false,
+                host: None,
+                strip_prefix: false,
+                websocket: None,
             },
             &["127.0.0.1:9001".parse().unwrap()],
         )
@@ -96,7 +99,7 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("match route", |b| {
         b.iter(|| {
             let path = route_path(black_box(req.uri.path())).unwrap();
-            black_box(table.find(&path).is_some())
+            black_box(table.find(None, &path).is_some())
         })
     });
     c.bench_function("bound headers", |b| {
@@ -117,7 +120,7 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("whole decision (extract + verify + match)", |b| {
         b.iter(|| {
             let path = route_path(req.uri.path()).unwrap();
-            let route = table.find(&path).unwrap();
+            let route = table.find(None, &path).unwrap();
             let presented = extract::from_headers(&req.headers);
             let ok = match presented {
                 extract::Presented::Token(t) => tokens.verify(t).is_ok(),

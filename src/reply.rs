@@ -64,8 +64,13 @@ pub enum Reject {
     /// A path with `.`/`..` segments (plain or percent-encoded): refused so that a public route
     /// cannot be used to reach a protected one after the upstream normalises the path.
     BadPath,
+    /// A `strip_prefix` route's prefix matched the path only once percent-decoded: the raw
+    /// target cannot be rewritten without forwarding something routing did not check.
+    EncodedPrefix,
     /// No `[[routes]]` prefix matches the path.
     NoRoute,
+    /// `Upgrade: websocket` on a route without `websocket = true`.
+    WebSocketNotAllowed,
     /// A gateway endpoint was called with a method it does not serve.
     MethodNotAllowed,
     /// A body over the gateway endpoints' limit.
@@ -155,7 +160,14 @@ impl Reject {
                 DecryptError::BadSessionKey => p(500, "10500", "网关内部错误", Some("internal")),
             },
             Reject::BadPath => p(400, "10402", "请求路径无效", Some("dot_segment")),
+            Reject::EncodedPrefix => p(400, "10402", "请求路径无效", Some("encoded_prefix")),
             Reject::NoRoute => p(404, "10404", "接口不存在", Some("no_route")),
+            Reject::WebSocketNotAllowed => p(
+                403,
+                "10403",
+                "该接口不支持WebSocket",
+                Some("websocket_not_allowed"),
+            ),
             Reject::MethodNotAllowed => p(405, "10405", "请求方法不支持", None),
             Reject::BodyTooLarge => p(413, "10413", "请求体过大", None),
             Reject::HeadersTooLarge => p(431, "10431", "请求头过大", None),
@@ -376,7 +388,14 @@ pub fn documented_codes() -> Vec<CodeDoc> {
             Reject::Decrypt(D::Watermark),
             "`watermark.appid` missing or another app's",
         ),
-        (Reject::BadPath, "path has `.` or `..` segments"),
+        (
+            Reject::BadPath,
+            "path has `.` or `..` segments, or (`strip_prefix` routes) an encoded prefix",
+        ),
+        (
+            Reject::WebSocketNotAllowed,
+            "`Upgrade: websocket` on a route without `websocket = true`",
+        ),
         (Reject::NoRoute, "no route matches the path"),
         (
             Reject::MethodNotAllowed,

@@ -102,6 +102,10 @@ pub struct RawRoute {
     pub connect_timeout: Option<DurationText>,
     pub read_timeout: Option<DurationText>,
     pub forward_phone: Option<bool>,
+    pub host: Option<String>,
+    pub strip_prefix: Option<bool>,
+    pub websocket: Option<bool>,
+    pub websocket_idle_timeout: Option<DurationText>,
 }
 
 #[derive(Debug, Default, Deserialize)]

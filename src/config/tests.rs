@@ -261,3 +261,45 @@ fn admin_and_log_sections() {
     assert!(has(&p, "log.format", "\"xml\" is not one of"), "{p:?}");
     assert!(has(&p, "log.openid", "\"maybe\" is not one of"), "{p:?}");
 }
+
+#[test]
+fn route_hosts_strip_prefix_and_websockets() {
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[[routes]]\nprefix = \"/api/\"\nhost = \"Shop.Example.com\"\nupstreams = [\"127.0.0.1:9002\"]\nstrip_prefix = true\nwebsocket = true\n\
+         [[routes]]\nprefix = \"/\"\nhost = \"*.example.com\"\nupstreams = [\"127.0.0.1:9003\"]\n"
+    ));
+    assert_eq!(c.routes[0].host, None);
+    assert!(!c.routes[0].strip_prefix);
+    assert_eq!(c.routes[0].websocket, None);
+    assert_eq!(
+        c.routes[1].host,
+        Some(HostMatch::Exact("shop.example.com".into()))
+    );
+    assert!(c.routes[1].strip_prefix);
+    assert_eq!(c.routes[1].websocket, Some(Duration::from_secs(300)));
+    assert_eq!(
+        c.routes[2].host,
+        Some(HostMatch::Subdomains("example.com".into()))
+    );
+    assert!(HostMatch::Subdomains("example.com".into()).matches("a.b.example.com"));
+    assert!(!HostMatch::Subdomains("example.com".into()).matches("example.com"));
+    assert!(!HostMatch::Subdomains("example.com".into()).matches("badexample.com"));
+
+    let p = problems(&format!(
+        "{MINIMAL}\n[[routes]]\nprefix = \"/api/\"\nhost = \"https://x.com:443\"\nupstreams = [\"127.0.0.1:9002\"]\nwebsocket_idle_timeout = \"1m\"\n\
+         [[routes]]\nprefix = \"/api/\"\nupstreams = [\"127.0.0.1:9002\"]\n"
+    ));
+    assert!(has(&p, "routes[1].host", "is not a host name"), "{p:?}");
+    assert!(
+        has(
+            &p,
+            "routes[1].websocket_idle_timeout",
+            "only used with websocket = true"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "routes[2].prefix", "already the prefix of routes[0]"),
+        "{p:?}"
+    );
+}

@@ -182,4 +182,42 @@ pub struct RouteConfig {
     pub read_timeout: Duration,
     /// Inject the verified phone number (`auth.phone_header`).
     pub forward_phone: bool,
+    /// Only requests for this host (`Host` / `:authority`, port ignored); any host when `None`.
+    pub host: Option<HostMatch>,
+    /// Remove the prefix from the request target before forwarding (`/shop/x?y` -> `/x?y`).
+    pub strip_prefix: bool,
+    /// `Upgrade: websocket` allowed on this route, with this idle timeout.
+    pub websocket: Option<Duration>,
+}
+
+/// Which request hosts a route serves: lowercase, without a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `api.example.com`.
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (not `example.com` itself).
+    Subdomains(String),
+}
+
+impl HostMatch {
+    /// Whether a request host (lowercase, without port) is served.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => host == h,
+            HostMatch::Subdomains(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix.as_str())
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Subdomains(s) => write!(f, "*.{s}"),
+        }
+    }
 }

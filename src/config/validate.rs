@@ -602,13 +602,23 @@ impl Validator {
         let prefix = self.required(raw.prefix, &at("prefix"));
         let prefix = match prefix {
             Some(p) if p.starts_with('/') => {
-                if let Some((j, _)) = prefixes.iter().find(|(_, q)| *q == p) {
+                // The same prefix may serve several hosts: the pair must be unique.
+                let key = format!(
+                    "{}{p}",
+                    raw.host.as_deref().unwrap_or("").to_ascii_lowercase()
+                );
+                if let Some((j, _)) = prefixes.iter().find(|(_, q)| *q == key) {
+                    let on = raw
+                        .host
+                        .as_deref()
+                        .map(|h| format!(" for host {h:?}"))
+                        .unwrap_or_default();
                     self.problem(
                         &at("prefix"),
-                        format!("{p:?} is already the prefix of routes[{j}]"),
+                        format!("{p:?} is already the prefix of routes[{j}]{on}"),
                     );
                 } else {
-                    prefixes.push((i, p.clone()));
+                    prefixes.push((i, key));
                 }
                 Some(p)
             }
@@ -659,6 +669,34 @@ impl Validator {
                 "needs auth = \"required\": a public route has no caller to take a phone number from".into(),
             );
         }
+        let host = match raw.host {
+            None => Some(None),
+            Some(text) => match host_match(&text) {
+                Ok(h) => Some(Some(h)),
+                Err(message) => {
+                    self.problem(&at("host"), message);
+                    None
+                }
+            },
+        };
+        let websocket = match raw.websocket.unwrap_or(false) {
+            true => self
+                .positive_duration(
+                    raw.websocket_idle_timeout,
+                    &at("websocket_idle_timeout"),
+                    "5m",
+                )
+                .map(Some),
+            false => {
+                if raw.websocket_idle_timeout.is_some() {
+                    self.problem(
+                        &at("websocket_idle_timeout"),
+                        "is only used with websocket = true".into(),
+                    );
+                }
+                Some(None)
+            }
+        };
         let connect_timeout =
             self.positive_duration(raw.connect_timeout, &at("connect_timeout"), "2s");
         let read_timeout = self.positive_duration(raw.read_timeout, &at("read_timeout"), "30s");
@@ -671,6 +709,9 @@ impl Validator {
             connect_timeout: connect_timeout?,
             read_timeout: read_timeout?,
             forward_phone: raw.forward_phone.unwrap_or(false),
+            host: host?,
+            strip_prefix: raw.strip_prefix.unwrap_or(false),
+            websocket: websocket?,
         })
     }
 }
@@ -686,6 +727,32 @@ const RESERVED_HEADERS: &[&str] = &[
     "connection",
     "cookie",
 ];
+
+/// A route's `host`: a name, or `*.` and a name; no port, no scheme.
+fn host_match(text: &str) -> Result<HostMatch, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{text:?} is not a host name (write \"api.example.com\" or \"*.example.com\", without port or scheme)"
+        ));
+    }
+    Ok(if wildcard {
+        HostMatch::Subdomains(name.to_string())
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
 
 /// `host:port` as written: checked, not resolved.
 pub fn parse_host_port(text: &str) -> Result<HostPort, String> {

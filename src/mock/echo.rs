@@ -3,6 +3,9 @@
 //!
 //! Test hooks: `x-echo-delay-ms: N` waits N ms (at most 60 s) before answering, and
 //! `x-echo-status: NNN` answers with that status (200..=599); the body is the same JSON.
+//!
+//! A WebSocket upgrade (`Upgrade: websocket`) is accepted on any path: the first message is the
+//! same JSON description of the upgrade request, then every message is sent back as it came.
 
 use std::time::Duration;
 
@@ -53,7 +56,20 @@ async fn echo(request: Request) -> Response {
         .extensions()
         .get::<ServerAddr>()
         .map(|s| s.0.clone());
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let wants_websocket = parts
+        .headers
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if wants_websocket {
+        use axum::extract::FromRequestParts;
+        let described = describe(server, &parts, &[]);
+        return match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await
+        {
+            Ok(ws) => ws.on_upgrade(move |socket| echo_frames(socket, described)),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
     let body = match to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
         Err(_) => {
@@ -72,7 +88,11 @@ async fn echo(request: Request) -> Response {
         .and_then(|code| StatusCode::from_u16(code).ok())
         .unwrap_or(StatusCode::OK);
 
-    let echo = Echo {
+    (status, Json(describe(server, &parts, &body))).into_response()
+}
+
+fn describe(server: Option<String>, parts: &axum::http::request::Parts, body: &[u8]) -> Echo {
+    Echo {
         app: "echo",
         server,
         method: parts.method.as_str().to_owned(),
@@ -86,10 +106,28 @@ async fn echo(request: Request) -> Response {
                 (name.as_str().to_owned(), value)
             })
             .collect(),
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: String::from_utf8_lossy(body).into_owned(),
         body_len: body.len(),
-    };
-    (status, Json(echo)).into_response()
+    }
+}
+
+/// The upgrade request described, then every message back until the client closes.
+async fn echo_frames(mut socket: axum::extract::ws::WebSocket, described: Echo) {
+    use axum::extract::ws::Message;
+    let first = serde_json::to_string(&described).unwrap_or_default();
+    if socket.send(Message::Text(first.into())).await.is_err() {
+        return;
+    }
+    while let Some(Ok(message)) = socket.recv().await {
+        let reply = match message {
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => other,
+        };
+        if socket.send(reply).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// The first value of header `name` as a number; `None` when absent or not a number.

@@ -11,7 +11,7 @@ use super::access::openid_for_log;
 use super::drain::{InFlight, InFlightGuard};
 use super::limit::client_ip;
 use super::request_id::{self, request_id};
-use super::route::{route_path, Route};
+use super::route::{request_host, route_path, strip_prefix, take_token_param, Route};
 use super::snapshot::{Live, Snapshot};
 use crate::auth::endpoints::{self, Endpoint, EndpointRequest};
 use crate::auth::{extract, Identity};
@@ -54,6 +54,10 @@ pub struct Ctx {
     route: Option<Arc<Route>>,
     identity: Option<Identity>,
     phone: Option<Phone>,
+    /// The request target sent upstream, when it differs from the client's.
+    target: Option<String>,
+    /// An `Upgrade` (WebSocket) request.
+    upgrade: bool,
     /// The gateway's own refusal or failure, when it answered instead of the upstream.
     rejection: Option<Reject>,
     upstream: Option<SocketAddr>,
@@ -64,26 +68,69 @@ pub struct Ctx {
     _in_flight: InFlightGuard,
 }
 
-/// Which route a request goes to. Pure: no I/O.
+/// Which route a request goes to: by its host (`Host` or h2's `:authority`) and path. Pure.
 pub fn route_for(req: &RequestHeader, snap: &Snapshot) -> Result<Arc<Route>, Reject> {
     let path = route_path(req.uri.path())?;
-    snap.routes.find(&path).cloned().ok_or(Reject::NoRoute)
+    let host = request_host(
+        req.uri.authority().map(|a| a.as_str()),
+        req.headers.get(header::HOST).map(|v| v.as_bytes()),
+    );
+    snap.routes
+        .find(host.as_deref(), &path)
+        .cloned()
+        .ok_or(Reject::NoRoute)
 }
 
-/// Who the caller is, when the route requires a token. Pure apart from reading the local
-/// revocation list.
+/// Who the caller is, when the route requires a token. A WebSocket upgrade may carry it in the
+/// `token` query parameter instead of a header (`wx.connectSocket` clients often do). Pure apart
+/// from reading the local revocation list.
 pub fn identify(
     req: &RequestHeader,
     route: &Route,
     snap: &Snapshot,
+    upgrade: bool,
 ) -> Result<Option<Identity>, Reject> {
-    match route.auth {
-        RouteAuth::None => Ok(None),
-        RouteAuth::Required => snap
-            .login
-            .verify(extract::from_headers(&req.headers))
-            .map(Some),
+    if route.auth == RouteAuth::None {
+        return Ok(None);
     }
+    let query_token = match (upgrade, req.uri.query()) {
+        (true, Some(q)) => take_token_param(q).0,
+        _ => None,
+    };
+    let presented = match (extract::from_headers(&req.headers), &query_token) {
+        (extract::Presented::Missing, Some(t)) if !t.is_empty() => extract::Presented::Token(t),
+        (from_headers, _) => from_headers,
+    };
+    snap.login.verify(presented).map(Some)
+}
+
+/// The request target the upstream gets, when it differs from the client's: the route's prefix
+/// stripped, and for a WebSocket upgrade the `token` parameter removed.
+pub fn upstream_target(
+    req: &RequestHeader,
+    route: &Route,
+    upgrade: bool,
+) -> Result<Option<String>, Reject> {
+    let query = req.uri.query();
+    let kept = match (upgrade, query) {
+        (true, Some(q)) => Some(take_token_param(q).1),
+        _ => None,
+    };
+    if !route.strip_prefix && kept.is_none() {
+        return Ok(None);
+    }
+    let query = match &kept {
+        Some(q) => Some(q.as_str()).filter(|q| !q.is_empty()),
+        None => query,
+    };
+    if route.strip_prefix {
+        return strip_prefix(req.uri.path(), query, &route.prefix).map(Some);
+    }
+    let path = req.uri.path();
+    Ok(Some(match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    }))
 }
 
 /// Bounds on request headers (Pingora itself refuses more than 1 MiB with a bare 400).
@@ -315,6 +362,8 @@ impl ProxyHttp for Gateway {
             route: None,
             identity: None,
             phone: None,
+            target: None,
+            upgrade: false,
             rejection: None,
             upstream: None,
             upstream_started: None,
@@ -349,10 +398,18 @@ impl ProxyHttp for Gateway {
             Err(r) => return write_answer(session, ctx, Err(r)).await,
         };
         ctx.route = Some(route.clone());
-        let identity = match identify(session.req_header(), &route, &snap) {
+        ctx.upgrade = session.is_upgrade_req();
+        if ctx.upgrade && route.websocket.is_none() {
+            return write_answer(session, ctx, Err(Reject::WebSocketNotAllowed)).await;
+        }
+        let identity = match identify(session.req_header(), &route, &snap, ctx.upgrade) {
             Ok(identity) => identity,
             Err(r) => return write_answer(session, ctx, Err(r)).await,
         };
+        match upstream_target(session.req_header(), &route, ctx.upgrade) {
+            Ok(target) => ctx.target = target,
+            Err(r) => return write_answer(session, ctx, Err(r)).await,
+        }
         if let (true, Some(identity)) = (route.forward_phone, &identity) {
             let span = tracing::info_span!("request", id = request_id::as_str(&ctx.request_id));
             match snap.login.phone_of(&identity.sid).instrument(span).await {
@@ -369,7 +426,7 @@ impl ProxyHttp for Gateway {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        match route.peer() {
+        match route.peer(ctx.upgrade) {
             Some(peer) => {
                 ctx.upstream = peer._address.as_inet().copied();
                 ctx.upstream_started = Some(Instant::now());
@@ -398,6 +455,12 @@ impl ProxyHttp for Gateway {
         }
         if !ctx.request_id_sent {
             upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+        }
+        if let Some(target) = &ctx.target {
+            let uri = target.parse::<http::Uri>().map_err(|e| {
+                Error::explain(ErrorType::InternalError, format!("rewritten target: {e}"))
+            })?;
+            upstream_request.set_uri(uri);
         }
         Ok(())
     }

@@ -1,8 +1,10 @@
 //! Routes: which upstream app a request goes to, and whether it needs a token.
-//! A route matches on a path prefix today; host, method and per-route policy fit in [`Route`]
-//! without changing how the table is searched (most specific first).
+//! A route matches on its host (when it has one) and a path prefix; among the routes that match,
+//! the longest prefix wins, and a route for the request's host wins over one for any host.
+//! The pure steps a route applies to a request (host, stripped target, the WebSocket token
+//! parameter) are here too, tested without a session.
 
-use crate::config::{RouteAuth, RouteConfig};
+use crate::config::{HostMatch, RouteAuth, RouteConfig};
 use crate::reply::Reject;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
@@ -22,6 +24,10 @@ pub struct Route {
     pub auth: RouteAuth,
     /// Inject the caller's verified phone number.
     pub forward_phone: bool,
+    pub host: Option<HostMatch>,
+    pub strip_prefix: bool,
+    /// WebSocket upgrades allowed, with this idle timeout.
+    pub websocket: Option<Duration>,
     upstreams: LoadBalancer<RoundRobin>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -40,18 +46,25 @@ impl Route {
             metrics: crate::metrics::RouteMetrics::new(&c.name),
             auth: c.auth,
             forward_phone: c.forward_phone,
+            host: c.host.clone(),
+            strip_prefix: c.strip_prefix,
+            websocket: c.websocket,
             upstreams,
             connect_timeout: c.connect_timeout,
             read_timeout: c.read_timeout,
         })
     }
 
-    /// The next upstream (round-robin), with this route's timeouts.
-    pub fn peer(&self) -> Option<HttpPeer> {
+    /// The next upstream (round-robin), with this route's timeouts; for an upgraded
+    /// (WebSocket) connection, reads wait up to the route's idle timeout instead.
+    pub fn peer(&self, upgrade: bool) -> Option<HttpPeer> {
         let backend = self.upstreams.select(b"", 256)?;
         let mut peer = HttpPeer::new(backend, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.read_timeout = match (upgrade, self.websocket) {
+            (true, Some(idle)) => Some(idle),
+            _ => Some(self.read_timeout),
+        };
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Some(peer)
     }
@@ -64,7 +77,8 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        // Longest prefix first; at equal length, a route for a host before one for any host.
+        routes.sort_by_key(|r| (std::cmp::Reverse(r.prefix.len()), r.host.is_none()));
         RouteTable {
             routes: routes.into_iter().map(Arc::new).collect(),
         }
@@ -75,12 +89,74 @@ impl RouteTable {
         self.routes.iter()
     }
 
-    /// The longest prefix that matches `path` (a path as [`route_path`] returns it).
-    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.routes
-            .iter()
-            .find(|r| path.starts_with(r.prefix.as_str()))
+    /// The route for `host` (lowercase, no port; `None` when the request named none) whose
+    /// prefix is the longest that matches `path` (a path as [`route_path`] returns it).
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| {
+            path.starts_with(r.prefix.as_str())
+                && match (&r.host, host) {
+                    (None, _) => true,
+                    (Some(want), Some(host)) => want.matches(host),
+                    (Some(_), None) => false,
+                }
+        })
     }
+}
+
+/// The host a request names (`Host`, or the `:authority` of h2), lowercase, without its port.
+pub fn request_host(authority: Option<&str>, host_header: Option<&[u8]>) -> Option<String> {
+    let raw = match authority {
+        Some(a) => a,
+        None => std::str::from_utf8(host_header?).ok()?,
+    };
+    let raw = raw.trim();
+    let host = if let Some(v6) = raw.strip_prefix('[') {
+        &v6[..v6.find(']')?]
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    let host = host.trim_end_matches('.');
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// The request target with `prefix` removed from the raw path (the query kept, never an empty
+/// path). Only a path that starts with the prefix as sent is rewritten: one that matched only
+/// once percent-decoded is refused, so that what is forwarded is what routing checked.
+pub fn strip_prefix(path: &str, query: Option<&str>, prefix: &str) -> Result<String, Reject> {
+    let rest = path.strip_prefix(prefix).ok_or(Reject::EncodedPrefix)?;
+    let mut target = String::with_capacity(rest.len() + 2 + query.map_or(0, str::len));
+    if !rest.starts_with('/') {
+        target.push('/');
+    }
+    target.push_str(rest);
+    if let Some(q) = query {
+        target.push('?');
+        target.push_str(q);
+    }
+    Ok(target)
+}
+
+/// A query without its `token` parameters (a WebSocket client's token, never forwarded), and
+/// the first token's value.
+pub fn take_token_param(query: &str) -> (Option<String>, String) {
+    let mut token = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let name = pair.split('=').next().unwrap_or("");
+        if name == "token" {
+            if token.is_none() {
+                let value = pair.split_once('=').map_or("", |(_, v)| v);
+                token = Some(
+                    percent_encoding::percent_decode_str(&value.replace('+', " "))
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                );
+            }
+        } else if !pair.is_empty() {
+            kept.push(pair);
+        }
+    }
+    (token, kept.join("&"))
 }
 
 /// The path routes are matched against: percent-decoded, so `/%61pi/` is `/api/` as the upstream
@@ -116,6 +192,9 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 read_timeout: Duration::from_secs(1),
                 forward_phone: false,
+                host: None,
+                strip_prefix: false,
+                websocket: None,
             },
             &[addr],
         )
@@ -133,18 +212,21 @@ mod tests {
     #[test]
     fn longest_prefix_wins() {
         let t = table();
-        assert_eq!(t.find("/api/public/x").unwrap().prefix, "/api/public/");
-        assert_eq!(t.find("/api/private").unwrap().prefix, "/api/");
-        assert_eq!(t.find("/api/").unwrap().prefix, "/api/");
-        assert_eq!(t.find("/api").unwrap().prefix, "/");
-        assert_eq!(t.find("/other").unwrap().prefix, "/");
+        assert_eq!(
+            t.find(None, "/api/public/x").unwrap().prefix,
+            "/api/public/"
+        );
+        assert_eq!(t.find(None, "/api/private").unwrap().prefix, "/api/");
+        assert_eq!(t.find(None, "/api/").unwrap().prefix, "/api/");
+        assert_eq!(t.find(None, "/api").unwrap().prefix, "/");
+        assert_eq!(t.find(None, "/other").unwrap().prefix, "/");
     }
 
     #[test]
     fn no_match() {
         let t = RouteTable::new(vec![route("/api/", RouteAuth::Required)]);
-        assert!(t.find("/").is_none());
-        assert!(t.find("/apix").is_none());
+        assert!(t.find(None, "/").is_none());
+        assert!(t.find(None, "/apix").is_none());
     }
 
     #[test]
@@ -191,13 +273,113 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 read_timeout: Duration::from_secs(2),
                 forward_phone: false,
+                host: None,
+                strip_prefix: false,
+                websocket: None,
             },
             &addrs,
         )
         .unwrap();
-        let a = r.peer().unwrap();
-        let b = r.peer().unwrap();
+        let a = r.peer(false).unwrap();
+        let b = r.peer(false).unwrap();
         assert_ne!(a._address, b._address);
         assert_eq!(a.options.read_timeout, Some(Duration::from_secs(2)));
+    }
+
+    fn on_host(prefix: &str, host: &str) -> Route {
+        let mut r = route(prefix, RouteAuth::None);
+        r.name = format!("{host}{prefix}");
+        r.host = Some(match host.strip_prefix("*.") {
+            Some(s) => HostMatch::Subdomains(s.into()),
+            None => HostMatch::Exact(host.into()),
+        });
+        r
+    }
+
+    #[test]
+    fn hosts_then_longest_prefix() {
+        let t = RouteTable::new(vec![
+            route("/", RouteAuth::None),
+            route("/api/", RouteAuth::None),
+            on_host("/api/", "shop.example.com"),
+            on_host("/", "*.staff.example.com"),
+        ]);
+        let name = |host: Option<&str>, path: &str| t.find(host, path).map(|r| r.name.clone());
+        assert_eq!(
+            name(Some("shop.example.com"), "/api/x").unwrap(),
+            "shop.example.com/api/"
+        );
+        assert_eq!(name(Some("other.example.com"), "/api/x").unwrap(), "/api/");
+        assert_eq!(name(None, "/api/x").unwrap(), "/api/");
+        assert_eq!(
+            name(Some("a.staff.example.com"), "/x").unwrap(),
+            "*.staff.example.com/"
+        );
+        // A longer prefix for any host beats a shorter one for this host.
+        assert_eq!(
+            name(Some("a.staff.example.com"), "/api/x").unwrap(),
+            "/api/"
+        );
+        assert_eq!(name(Some("staff.example.com"), "/x").unwrap(), "/");
+        assert_eq!(name(Some("xstaff.example.com"), "/x").unwrap(), "/");
+    }
+
+    #[test]
+    fn request_host_drops_port_and_case() {
+        assert_eq!(
+            request_host(None, Some(b"API.Example.com:8443")).as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            request_host(Some("h2.example.com:443"), Some(b"x")).as_deref(),
+            Some("h2.example.com")
+        );
+        assert_eq!(
+            request_host(None, Some(b"[::1]:3000")).as_deref(),
+            Some("::1")
+        );
+        assert_eq!(
+            request_host(None, Some(b"example.com.")).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(request_host(None, None), None);
+        assert_eq!(request_host(None, Some(b"")), None);
+    }
+
+    #[test]
+    fn strip_prefix_keeps_query_and_a_path() {
+        assert_eq!(
+            strip_prefix("/shop/orders", Some("x=1&y=2"), "/shop/"),
+            Ok("/orders?x=1&y=2".into())
+        );
+        assert_eq!(strip_prefix("/shop/", None, "/shop/"), Ok("/".into()));
+        assert_eq!(strip_prefix("/shop", None, "/shop"), Ok("/".into()));
+        assert_eq!(
+            strip_prefix("/shop/a%20b", None, "/shop"),
+            Ok("/a%20b".into())
+        );
+        assert_eq!(strip_prefix("/shopping", None, "/shop"), Ok("/ping".into()));
+        // Matched only once decoded: refused, never forwarded unchecked.
+        assert_eq!(
+            strip_prefix("/%73hop/x", None, "/shop/"),
+            Err(Reject::EncodedPrefix)
+        );
+    }
+
+    #[test]
+    fn token_parameter_is_taken_out() {
+        assert_eq!(
+            take_token_param("token=abc&room=1"),
+            (Some("abc".into()), "room=1".into())
+        );
+        assert_eq!(
+            take_token_param("room=1&token=a%2Eb&token=c"),
+            (Some("a.b".into()), "room=1".into())
+        );
+        assert_eq!(take_token_param("room=1"), (None, "room=1".into()));
+        assert_eq!(
+            take_token_param("tokens=1&token"),
+            (Some(String::new()), "tokens=1".into())
+        );
     }
 }
