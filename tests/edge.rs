@@ -8,6 +8,15 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+/// The `upstreams = [...]` line of the stack's first route (its echo app).
+fn upstreams_line(config: &str) -> String {
+    config
+        .lines()
+        .find(|l| l.starts_with("upstreams"))
+        .expect("a route")
+        .to_string()
+}
+
 /// GET `path` on the stack with a `Host` header; status and JSON answer.
 async fn get_on_host(s: &Stack, host: &str, path: &str) -> (u16, Value) {
     let resp = client()
@@ -48,11 +57,7 @@ async fn routes_by_host_then_longest_prefix() {
 #[tokio::test]
 async fn strip_prefix_rewrites_the_target_and_keeps_the_query() {
     let s = Stack::with(|c| {
-        let echo = c
-            .lines()
-            .find(|l| l.starts_with("upstreams"))
-            .unwrap()
-            .to_string();
+        let echo = upstreams_line(&c);
         format!(
             "{c}\n[[routes]]\nprefix = \"/shop/\"\n{echo}\nauth = \"none\"\nstrip_prefix = true\n"
         )
@@ -80,11 +85,7 @@ async fn strip_prefix_rewrites_the_target_and_keeps_the_query() {
 /// The stack with a protected WebSocket route `/ws/` and a plain one `/plain/`.
 fn websocket_stack() -> Stack {
     Stack::with(|c| {
-        let echo = c
-            .lines()
-            .find(|l| l.starts_with("upstreams"))
-            .unwrap()
-            .to_string();
+        let echo = upstreams_line(&c);
         format!(
             "{c}\n[[routes]]\nprefix = \"/ws/\"\n{echo}\nwebsocket = true\nwebsocket_idle_timeout = \"30s\"\n\
              \n[[routes]]\nprefix = \"/plain/\"\n{echo}\n"
