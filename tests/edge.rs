@@ -183,3 +183,32 @@ async fn websockets_through_a_protected_route() {
     let (status, _) = get_bearer(s.url("/ws/plain-http"), &token).await;
     assert_eq!(status, 200);
 }
+
+/// A client that writes its whole large body before it reads (as simple clients do) reads the
+/// early 413 instead of a connection reset; the same for a 401 on a POST. (Pingora already
+/// reads and discards what is still coming before it closes: this guards that behaviour.)
+#[test]
+fn an_early_answer_is_read_by_a_client_that_keeps_sending() {
+    use std::io::{Read, Write};
+    let s = Stack::start();
+    for (path, status, code) in [("/auth", "413", "10413"), ("/api/upload", "401", "10119")] {
+        let mut stream = std::net::TcpStream::connect(s.gw.addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let len = 32 * 1024 * 1024;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        );
+        let mut request = head.into_bytes();
+        request.resize(request.len() + len, b' ');
+        let written = stream.write_all(&request);
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")) && answer.contains(code),
+            "{path}: write {written:?}, read {read:?}: {answer:?}"
+        );
+    }
+}
