@@ -16,6 +16,7 @@ use crate::proxy::{Gateway, Live, Snapshot};
 use crate::session::{
     Clock, MemoryStore, RedisStore, RevocationSync, Revocations, SessionStore, SystemClock,
 };
+use crate::tls;
 use crate::wechat::WechatClient;
 use arc_swap::ArcSwap;
 use pingora::prelude::*;
@@ -158,16 +159,24 @@ pub struct Reloader {
     path: PathBuf,
     live: Live,
     status: Arc<ReloadStatus>,
+    /// The served certificate, re-read on each reload when TLS is on.
+    certs: Option<Arc<tls::CertResolver>>,
     /// One reload at a time.
     busy: Mutex<()>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, live: Live, status: Arc<ReloadStatus>) -> Self {
+    pub fn new(
+        path: PathBuf,
+        live: Live,
+        status: Arc<ReloadStatus>,
+        certs: Option<Arc<tls::CertResolver>>,
+    ) -> Self {
         Reloader {
             path,
             live,
             status,
+            certs,
             busy: Mutex::new(()),
         }
     }
@@ -209,11 +218,21 @@ impl Reloader {
         let config = config::load(&self.path).map_err(|e| e.to_string())?;
         let resolved =
             resolve(&config, &self.path.display().to_string()).map_err(|e| e.to_string())?;
+        // The certificate files are read again (renewed in place, or other paths): one that does
+        // not load refuses the whole reload, and the running certificate stays.
+        let cert = match (&config.server.tls, &self.certs) {
+            (Some(tls_config), Some(_)) => Some(load_certificate(tls_config, &self.path)?),
+            _ => None,
+        };
         let current = self.live.load_full();
         warn_start_up_only(&current.config, &config);
-        let (snapshot, rebuilt) = build_snapshot(config, &resolved, Some(&current))?;
+        let (snapshot, mut rebuilt) = build_snapshot(config, &resolved, Some(&current))?;
         let generation = snapshot.generation;
         self.live.store(Arc::new(snapshot));
+        if let (Some(cert), Some(certs)) = (cert, &self.certs) {
+            certs.replace(cert);
+            rebuilt.push("certificate");
+        }
         Ok((generation, rebuilt))
     }
 }
@@ -228,6 +247,15 @@ fn warn_start_up_only(old: &Config, new: &Config) {
             old.server.work_stealing != new.server.work_stealing,
         ),
         ("admin.listen", old.admin != new.admin),
+        (
+            "server.plain_listen",
+            old.server.plain_listen != new.server.plain_listen,
+        ),
+        (
+            "[server.tls] (on/off, min_version, http2)",
+            old.server.tls.as_ref().map(|t| (t.tls13_only, t.http2))
+                != new.server.tls.as_ref().map(|t| (t.tls13_only, t.http2)),
+        ),
         ("log.format", old.log.format != new.log.format),
     ];
     for (key, _) in changed.iter().filter(|(_, c)| *c) {
@@ -241,6 +269,20 @@ fn unix_now_f64() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The certificate of `[server.tls]`, or its problems as a load error of the file at `source`.
+pub fn load_certificate(
+    config: &config::TlsConfig,
+    source: &Path,
+) -> Result<pingora::tls::sign::CertifiedKey, String> {
+    tls::load(config).map_err(|problems| {
+        LoadError::Invalid(config::ConfigError {
+            source: source.display().to_string(),
+            problems,
+        })
+        .to_string()
+    })
 }
 
 /// How `run` starts.
@@ -260,11 +302,17 @@ pub fn upgrade_socket(config: &Config) -> String {
 /// Run the gateway in the foreground until SIGINT (fast), SIGTERM (graceful) or SIGQUIT
 /// (graceful, after handing the listeners to a new process started with `--upgrade`).
 pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
+    tls::install_crypto(config.server.tls.as_ref().is_some_and(|t| t.tls13_only));
     let listen = config.server.listen;
     if !options.upgrade {
         // Fail with a clear message now rather than inside Pingora's listener start-up. (An
         // upgrade takes the running process's sockets: the port is busy on purpose.)
-        for addr in std::iter::once(listen).chain(config.admin.listen) {
+        let extra = config
+            .admin
+            .listen
+            .into_iter()
+            .chain(config.server.plain_listen);
+        for addr in std::iter::once(listen).chain(extra) {
             std::net::TcpListener::bind(addr)
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         }
@@ -297,6 +345,17 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         }
     );
     let admin_listen = config.admin.listen;
+    let plain_listen = config.server.plain_listen;
+    let tls_config = config.server.tls.clone();
+    let certs = match &tls_config {
+        Some(t) => {
+            let path = options.config_path.clone().unwrap_or_default();
+            Some(Arc::new(tls::CertResolver::new(load_certificate(
+                t, &path,
+            )?)))
+        }
+        None => None,
+    };
     let grace = config.server.grace_period;
     let conf = ServerConf {
         threads: config.server.threads,
@@ -325,7 +384,22 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         Gateway::new(live.clone(), in_flight.clone()),
         "wxgate",
     );
-    proxy.add_tcp(&listen.to_string());
+    match (&tls_config, &certs) {
+        (Some(t), Some(certs)) => {
+            let mut settings =
+                pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(tls::NoCallbacks))
+                    .map_err(|e| format!("cannot set up TLS: {e}"))?;
+            settings.set_cert_resolver(certs.clone());
+            if t.http2 {
+                settings.enable_h2();
+            }
+            proxy.add_tls_with_settings(&listen.to_string(), None, settings);
+            if let Some(plain) = plain_listen {
+                proxy.add_tcp(&plain.to_string());
+            }
+        }
+        _ => proxy.add_tcp(&listen.to_string()),
+    }
     server.add_service(proxy);
     if let Some(admin_listen) = admin_listen {
         let app = AdminApp::new(live.clone(), status.clone(), in_flight.clone());
@@ -353,14 +427,20 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         },
     ));
     if let Some(path) = options.config_path {
-        let reloader = Reloader::new(path, live.clone(), status);
+        let reloader = Reloader::new(path, live.clone(), status, certs);
         spawn_reload_on_sighup(reloader)?;
     }
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let plain = plain_listen.map_or(String::new(), |p| format!(", http://{p}"));
     match admin_listen {
         Some(admin) => tracing::info!(
-            "wxgate listening on http://{listen}, admin on http://{admin} ({summary})"
+            "wxgate listening on {scheme}://{listen}{plain}, admin on http://{admin} ({summary})"
         ),
-        None => tracing::info!("wxgate listening on http://{listen} ({summary})"),
+        None => tracing::info!("wxgate listening on {scheme}://{listen}{plain} ({summary})"),
     }
     server.run_forever()
 }

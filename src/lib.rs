@@ -14,4 +14,5 @@ pub mod proxy;
 pub mod reply;
 pub mod secret;
 pub mod session;
+pub mod tls;
 pub mod wechat;

@@ -158,6 +158,10 @@ fn check(path: &std::path::Path) -> Result<(), String> {
     let c = load(path)?;
     // Host names of upstreams are resolved as the gateway will at start-up and reload.
     wxgate::app::resolve(&c, &path.display().to_string()).map_err(|e| e.to_string())?;
+    if let Some(tls) = &c.server.tls {
+        wxgate::tls::install_crypto(tls.tls13_only);
+        wxgate::app::load_certificate(tls, path)?;
+    }
     println!(
         "{}: OK (listen {}, {} route{}, appid {})",
         path.display(),

@@ -50,6 +50,16 @@ pub struct RawServer {
     pub work_stealing: Option<bool>,
     pub grace_period: Option<DurationText>,
     pub max_body: Option<SizeText>,
+    pub plain_listen: Option<String>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub min_version: Option<String>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -88,6 +88,22 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Body limit of the endpoints the gateway answers itself (`/auth`, `/isAuth`).
     pub max_body: usize,
+    /// HTTPS on `listen` when set.
+    pub tls: Option<TlsConfig>,
+    /// With `tls`: a second, plain HTTP listener serving the same routes.
+    pub plain_listen: Option<SocketAddr>,
+}
+
+/// TLS termination (rustls): the certificate chain and key are PEM files, read at start-up and
+/// again on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// TLS 1.3 only (else 1.2 and 1.3).
+    pub tls13_only: bool,
+    /// Offer HTTP/2 by ALPN.
+    pub http2: bool,
 }
 
 /// Which WeChat API hands out access tokens.

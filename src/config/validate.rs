@@ -240,6 +240,37 @@ impl Validator {
             },
         };
         self.listen = listen;
+        let tls = match raw.tls {
+            None => Some(None),
+            Some(t) => self.tls(t).map(Some),
+        };
+        let plain_listen = match raw.plain_listen {
+            None => Some(None),
+            Some(text) => match resolve_host_port(&text, self.resolve_names) {
+                Ok(addrs) => match (addrs.into_iter().next(), tls.as_ref()) {
+                    (Some(a), Some(Some(_))) if Some(a) == listen => {
+                        self.problem(
+                            "server.plain_listen",
+                            "must differ from server.listen".into(),
+                        );
+                        None
+                    }
+                    (Some(a), Some(Some(_))) => Some(Some(a)),
+                    (_, Some(None)) => {
+                        self.problem(
+                            "server.plain_listen",
+                            "is only used with [server.tls] (server.listen is plain HTTP without it)".into(),
+                        );
+                        None
+                    }
+                    _ => None,
+                },
+                Err(message) => {
+                    self.problem("server.plain_listen", message);
+                    None
+                }
+            },
+        };
         Some(ServerConfig {
             listen: listen?,
             trusted_proxies,
@@ -247,6 +278,30 @@ impl Validator {
             work_stealing: raw.work_stealing.unwrap_or(false),
             grace_period: grace_period?,
             max_body: max_body?,
+            tls: tls?,
+            plain_listen: plain_listen?,
+        })
+    }
+
+    fn tls(&mut self, raw: super::raw::RawTls) -> Option<TlsConfig> {
+        let cert = self.required(raw.cert, "server.tls.cert");
+        let key = self.required(raw.key, "server.tls.key");
+        let tls13_only = match raw.min_version.as_deref().unwrap_or("1.2") {
+            "1.2" => Some(false),
+            "1.3" => Some(true),
+            other => {
+                self.problem(
+                    "server.tls.min_version",
+                    format!("{other:?} is not one of \"1.2\", \"1.3\""),
+                );
+                None
+            }
+        };
+        Some(TlsConfig {
+            cert: cert?.into(),
+            key: key?.into(),
+            tls13_only: tls13_only?,
+            http2: raw.http2.unwrap_or(true),
         })
     }
 

@@ -1,0 +1,246 @@
+//! HTTPS and HTTP/2 at the edge, end to end: certificates made here (rcgen), real clients (curl
+//! for HTTP/1.1 and h2, Python's ssl module to hold a connection across a certificate reload).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Tls {
+    dir: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// The test CA's certificate: what clients trust.
+    trust: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Tls {
+    /// A CA of the test's own.
+    fn new() -> Tls {
+        let dir = scratch("tls");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wxgate test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let trust = dir.join("ca.pem");
+        std::fs::write(&trust, ca.pem()).unwrap();
+        Tls {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            trust,
+            dir,
+            ca,
+            ca_key,
+        }
+    }
+
+    /// A certificate for `localhost` and `name`, signed by the CA: (cert PEM, key PEM).
+    fn certificate(&self, name: &str) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), name.to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Install a new certificate for `name`.
+    fn issue(&self, name: &str) {
+        let (cert, key) = self.certificate(name);
+        std::fs::write(&self.cert, cert).unwrap();
+        std::fs::write(&self.key, key).unwrap();
+    }
+
+    fn section(&self) -> String {
+        format!(
+            "\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
+/// The stack's configuration with TLS on `listen` and a plain listener on `plain_port`.
+fn tls_config(tls: &Tls, plain_port: u16) -> impl FnOnce(String) -> String + '_ {
+    move |c| {
+        c.replace(
+            "grace_period = \"5s\"",
+            &format!("grace_period = \"5s\"\nplain_listen = \"127.0.0.1:{plain_port}\""),
+        ) + &tls.section()
+    }
+}
+
+/// curl over HTTPS to `localhost` on the gateway's port: (body, HTTP version).
+fn curl(gw: &Proc, trust: &Path, path: &str, http2: bool, headers: &[&str]) -> (Value, String) {
+    let port = gw.addr.port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "10", "--cacert"])
+        .arg(trust)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(if http2 { "--http2" } else { "--http1.1" })
+        .args(["-w", "\n%{http_version}"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("https://localhost:{port}{path}"));
+    let out = cmd.output().expect("curl (make test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    let body = serde_json::from_str(body).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (body, version.to_string())
+}
+
+#[tokio::test]
+async fn login_and_protected_calls_over_https_with_http1_and_h2() {
+    let tls = Tls::new();
+    tls.issue("one.test");
+    let plain_port = free_port();
+    let s = Stack::with(tls_config(&tls, plain_port));
+    for (http2, version, user) in [(false, "1.1", "tina.1"), (true, "2", "tina.2")] {
+        let (v, got) = curl(&s.gw, &tls.trust, &format!("/auth?code={user}"), http2, &[]);
+        assert_eq!(got, version, "{v}");
+        let token = v["data"]["token"].as_str().expect("token").to_string();
+        let auth = format!("Authorization: Bearer {token}");
+        let (echo, got) = curl(
+            &s.gw,
+            &tls.trust,
+            "/api/me",
+            http2,
+            &[&auth, "X-WX-OpenID: spoofed"],
+        );
+        assert_eq!(got, version);
+        let openid = echoed_header(&echo, "x-wx-openid");
+        assert_eq!(openid.len(), 1, "{echo}");
+        assert_ne!(openid[0], "spoofed");
+        let (v, _) = curl(&s.gw, &tls.trust, "/api/me", http2, &[]);
+        assert_eq!(v["code"], "10119", "{v}");
+        let (v, _) = curl(&s.gw, &tls.trust, "/isAuth", http2, &[&auth]);
+        assert_eq!(v["code"], "200", "{v}");
+    }
+    // The plain listener serves the same routes.
+    let (status, v) = get(&format!("http://127.0.0.1:{plain_port}/public/x")).await;
+    assert_eq!(status, 200, "{v}");
+    // Plain HTTP on the TLS port is not answered as HTTP.
+    assert!(
+        !raw_request(s.gw.addr, b"GET /public/x HTTP/1.1\r\nHost: x\r\n\r\n").contains("200 OK")
+    );
+}
+
+/// A Python client holding one TLS connection across a certificate reload.
+const HOLDER: &str = r#"
+import http.client, ssl, sys
+port, trust = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=trust)
+def names(conn):
+    cert = conn.sock.getpeercert()
+    return sorted(v for k, v in cert.get("subjectAltName", ()) if v != "localhost")[0]
+def get(conn):
+    conn.request("GET", "/public/x")
+    r = conn.getresponse(); r.read()
+    return r.status
+held = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+print("held", get(held), names(held), flush=True)
+sys.stdin.readline()
+fresh = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=10)
+print("fresh", get(fresh), names(fresh), flush=True)
+print("held", get(held), names(held), flush=True)
+"#;
+
+#[tokio::test]
+async fn certificate_reload_on_sighup_keeps_open_connections() {
+    let tls = Tls::new();
+    tls.issue("one.test");
+    let plain_port = free_port();
+    let s = Stack::with(tls_config(&tls, plain_port));
+    let mut holder = Command::new("python3")
+        .args(["-c", HOLDER, &s.gw.addr.port().to_string()])
+        .arg(&tls.trust)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "held 200 one.test");
+
+    tls.issue("two.test");
+    s.gw.signal("HUP");
+    let log =
+        s.gw.log_when(|l| l.contains("configuration reloaded") || l.contains("reload refused"));
+    assert!(log.contains("configuration reloaded"), "{log}");
+    writeln!(holder.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "fresh 200 two.test");
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "held 200 one.test",
+        "the open connection keeps its certificate and its session"
+    );
+    assert!(holder.wait().unwrap().success());
+
+    // A certificate that does not load: the reload is refused, the running one stays.
+    std::fs::write(&tls.key, "not a key").unwrap();
+    s.gw.signal("HUP");
+    let log = s.gw.log_when(|l| l.contains("reload refused"));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reload refused") && l.contains("server.tls")),
+        "{log}"
+    );
+    let started = Instant::now();
+    let (v, version) = curl(&s.gw, &tls.trust, "/public/after", true, &[]);
+    assert_eq!(
+        (v["path"].as_str(), version.as_str()),
+        (Some("/public/after"), "2")
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn check_names_a_certificate_that_does_not_load() {
+    let tls = Tls::new();
+    tls.issue("one.test");
+    std::fs::write(
+        &tls.key,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let wechat = "127.0.0.1:9";
+    let base = config(wechat.parse().unwrap(), wechat.parse().unwrap()).replace("{PORT}", "3999");
+    for (cert, expected) in [
+        (tls.dir.join("missing.pem"), "server.tls.cert: cannot read"),
+        (tls.cert.clone(), "server.tls."),
+    ] {
+        let path = tls.dir.join("gw.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{base}\n[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                cert.display(),
+                tls.key.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(bin())
+            .args(["check", "-c"])
+            .arg(&path)
+            .env("WECHAT_APPSECRET", APPSECRET)
+            .env("WXGATE_JWT_SECRET", JWT_SECRET)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
