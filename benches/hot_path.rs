@@ -62,8 +62,10 @@ fn routes() -> RouteTable {
                 host: None,
                 strip_prefix: false,
                 websocket: None,
+                upstream_ca: None,
+                upstream_host: None,
             },
-            &["127.0.0.1:9001".parse().unwrap()],
+            &[vec!["127.0.0.1:9001".parse().unwrap()]],
         )
         .unwrap()
     };

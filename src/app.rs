@@ -22,7 +22,6 @@ use arc_swap::ArcSwap;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -51,7 +50,7 @@ fn stale_after(config: &Config) -> Duration {
 /// reuse every service whose sections are unchanged; the second value names what was rebuilt.
 pub fn build_snapshot(
     config: Config,
-    resolved: &[Vec<SocketAddr>],
+    resolved: &config::Resolved,
     previous: Option<&Snapshot>,
 ) -> Result<(Snapshot, Vec<&'static str>), String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -144,7 +143,7 @@ pub fn build_snapshot(
 }
 
 /// Resolve the upstreams of `config` (blocking DNS), as a load error naming each bad key.
-pub fn resolve(config: &Config, source: &str) -> Result<Vec<Vec<SocketAddr>>, LoadError> {
+pub fn resolve(config: &Config, source: &str) -> Result<config::Resolved, LoadError> {
     config::resolve_routes(config).map_err(|problems| {
         LoadError::Invalid(config::ConfigError {
             source: source.to_string(),

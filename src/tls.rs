@@ -94,3 +94,37 @@ pub struct NoCallbacks;
 
 #[async_trait]
 impl TlsAccept for NoCallbacks {}
+
+/// The certificates of a PEM file of trust roots (`routes[].upstream_ca`).
+pub fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display();
+    let iter = pingora::tls::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {shown:?}: {e}"))?;
+    let mut out = Vec::new();
+    for cert in iter {
+        let cert = cert.map_err(|e| format!("{shown:?} is not PEM certificates: {e}"))?;
+        out.push(cert.as_ref().to_vec());
+    }
+    if out.is_empty() {
+        return Err(format!("{shown:?} holds no PEM certificate"));
+    }
+    Ok(out)
+}
+
+/// Trust roots for a route's `https://` upstreams: the system's and `extra` (Pingora's per-peer
+/// list replaces the system's, so both go in). Built once per route, at start-up and reload.
+pub fn upstream_roots(
+    extra: &std::path::Path,
+) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    use pingora::utils::tls::{parse_x509, WrappedX509};
+    let mut roots: Vec<WrappedX509> = pingora::tls::load_native_certs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| WrappedX509::new(c.as_ref().to_vec(), parse_x509))
+        .collect();
+    for der in read_ca(extra)? {
+        roots.push(WrappedX509::new(der, parse_x509));
+    }
+    Ok(Arc::from(roots))
+}

@@ -45,8 +45,14 @@ impl Tls {
 
     /// A certificate for `localhost` and `name`, signed by the CA: (cert PEM, key PEM).
     fn certificate(&self, name: &str) -> (String, String) {
+        self.certificate_for(&["localhost", name])
+    }
+
+    /// A certificate for these names (or IP addresses), signed by the CA.
+    fn certificate_for(&self, names: &[&str]) -> (String, String) {
         let params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), name.to_string()]).unwrap();
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -243,4 +249,91 @@ fn check_names_a_certificate_that_does_not_load() {
         assert!(!out.status.success(), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
     }
+}
+
+/// An HTTPS upstream (Python's http.server behind ssl) answering with the path and Host it got.
+const HTTPS_UPSTREAM: &str = r#"
+import http.server, json, ssl, sys
+cert, key = sys.argv[1], sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = json.dumps({"tls": True, "path": self.path, "host": self.headers.get("Host")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// Start an HTTPS upstream with a certificate for `127.0.0.1` from `tls`'s CA; its port.
+fn https_upstream(tls: &Tls, name: &str) -> (std::process::Child, u16) {
+    let (cert, key) = tls.certificate_for(&["127.0.0.1", name]);
+    let cert_path = tls.dir.join(format!("{name}.crt"));
+    let key_path = tls.dir.join(format!("{name}.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let mut child = Command::new("python3")
+        .args(["-c", HTTPS_UPSTREAM])
+        .arg(&cert_path)
+        .arg(&key_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().parse().expect("a port"))
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_against_a_private_ca() {
+    let ours = Tls::new();
+    let theirs = Tls::new();
+    let (mut good, good_port) = https_upstream(&ours, "good.internal");
+    let (mut bad, bad_port) = https_upstream(&theirs, "bad.internal");
+    let ca = ours.trust.clone();
+    let s = Stack::with(|c| {
+        format!(
+            "{c}\n[[routes]]\nprefix = \"/secure/\"\nupstreams = [\"https://127.0.0.1:{good_port}\"]\n\
+             upstream_ca = \"{}\"\nupstream_host = \"good.internal\"\nauth = \"none\"\n\
+             \n[[routes]]\nprefix = \"/untrusted/\"\nupstreams = [\"https://127.0.0.1:{bad_port}\"]\n\
+             upstream_ca = \"{}\"\nauth = \"none\"\n",
+            ca.display(),
+            ca.display()
+        )
+    });
+    let (status, v) = get(&s.url("/secure/x?y=1")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["tls"], true);
+    assert_eq!(v["path"], "/secure/x?y=1");
+    assert_eq!(v["host"], "good.internal", "upstream_host");
+    // A certificate from another CA: refused, 502 10510, the reason in the log.
+    let resp = client()
+        .get(s.url("/untrusted/x"))
+        .header("x-request-id", "untrusted-1")
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json(resp).await;
+    assert_eq!((status, v["code"].as_str()), (502, Some("10510")), "{v}");
+    let log =
+        s.gw.log_when(|l| l.contains("untrusted-1") && l.contains("ERROR"));
+    assert!(
+        log.lines().any(|l| l.contains("untrusted-1")
+            && l.contains("ERROR")
+            && l.to_lowercase().contains("certificate")),
+        "{log}"
+    );
+    let _ = good.kill();
+    let _ = bad.kill();
 }

@@ -11,7 +11,7 @@ mod validate;
 
 pub use crate::secret::Secret;
 pub use types::*;
-pub use validate::parse_host_port;
+pub use validate::{parse_host_port, parse_upstream};
 
 use order::FileOrder;
 use raw::{RawAdmin, RawLog, RawRateLimit, RawServer, RawSession, RawWechat};
@@ -209,29 +209,29 @@ pub fn parse_with(
     }
 }
 
-/// Every route's upstreams resolved to addresses, in the routes' order; or every name that
-/// does not resolve, with its key path. Blocking: call it off the request path.
-pub fn resolve_routes(config: &Config) -> Result<Vec<Vec<SocketAddr>>, Vec<Problem>> {
+/// The addresses of each upstream of each route (route -> upstream -> addresses).
+pub type Resolved = Vec<Vec<Vec<SocketAddr>>>;
+
+/// Every route's upstreams resolved, or every name that does not resolve, with its key path.
+/// Blocking: call it off the request path.
+pub fn resolve_routes(config: &Config) -> Result<Resolved, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut out = Vec::with_capacity(config.routes.len());
     for (i, route) in config.routes.iter().enumerate() {
-        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut upstreams = Vec::with_capacity(route.upstreams.len());
         for (j, hp) in route.upstreams.iter().enumerate() {
             match validate::resolve(hp) {
-                Ok(found) => {
-                    for a in found {
-                        if !addrs.contains(&a) {
-                            addrs.push(a);
-                        }
-                    }
+                Ok(found) => upstreams.push(found),
+                Err(message) => {
+                    problems.push(Problem {
+                        path: format!("routes[{i}].upstreams[{j}]"),
+                        message,
+                    });
+                    upstreams.push(Vec::new());
                 }
-                Err(message) => problems.push(Problem {
-                    path: format!("routes[{i}].upstreams[{j}]"),
-                    message,
-                }),
             }
         }
-        out.push(addrs);
+        out.push(upstreams);
     }
     if problems.is_empty() {
         Ok(out)

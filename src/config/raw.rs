@@ -116,6 +116,8 @@ pub struct RawRoute {
     pub strip_prefix: Option<bool>,
     pub websocket: Option<bool>,
     pub websocket_idle_timeout: Option<DurationText>,
+    pub upstream_ca: Option<String>,
+    pub upstream_host: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -202,7 +202,7 @@ fn host_names_are_resolved_apart_from_validation() {
     let c = parse_ok(MINIMAL);
     assert_eq!(
         resolve_routes(&c).unwrap(),
-        vec![vec!["127.0.0.1:9001".parse::<SocketAddr>().unwrap()]]
+        vec![vec![vec!["127.0.0.1:9001".parse::<SocketAddr>().unwrap()]]]
     );
 }
 

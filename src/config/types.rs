@@ -57,10 +57,15 @@ pub enum OpenidInLog {
 pub struct HostPort {
     pub host: String,
     pub port: u16,
+    /// `https://` upstream: TLS with SNI (the host), certificate verified.
+    pub tls: bool,
 }
 
 impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tls {
+            f.write_str("https://")?;
+        }
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
@@ -204,6 +209,10 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// `Upgrade: websocket` allowed on this route, with this idle timeout.
     pub websocket: Option<Duration>,
+    /// Extra trust roots (PEM) for `https://` upstreams, beside the system's.
+    pub upstream_ca: Option<std::path::PathBuf>,
+    /// The `Host` header sent upstream (default: the client's).
+    pub upstream_host: Option<String>,
 }
 
 /// Which request hosts a route serves: lowercase, without a port.

@@ -692,7 +692,7 @@ impl Validator {
                 upstreams_ok = false;
             }
             for (j, u) in list.iter().enumerate() {
-                match parse_host_port(u) {
+                match parse_upstream(u) {
                     Ok(hp) if parsed.contains(&hp) => self.problem(
                         &format!("routes[{i}].upstreams[{j}]"),
                         format!("{u:?} is listed twice"),
@@ -752,6 +752,34 @@ impl Validator {
                 Some(None)
             }
         };
+        let any_tls = parsed.iter().any(|hp| hp.tls);
+        let upstream_ca = match raw.upstream_ca {
+            None => Some(None),
+            Some(_) if !any_tls => {
+                self.problem(
+                    &at("upstream_ca"),
+                    "is only used with https:// upstreams".into(),
+                );
+                None
+            }
+            Some(path) => match crate::tls::read_ca(std::path::Path::new(&path)) {
+                Ok(_) => Some(Some(path.into())),
+                Err(message) => {
+                    self.problem(&at("upstream_ca"), message);
+                    None
+                }
+            },
+        };
+        let upstream_host = match raw.upstream_host {
+            None => Some(None),
+            Some(h) => match http::HeaderValue::from_str(&h) {
+                Ok(_) if !h.is_empty() && !h.contains(['/', ' ']) => Some(Some(h)),
+                _ => {
+                    self.problem(&at("upstream_host"), format!("{h:?} is not a host name"));
+                    None
+                }
+            },
+        };
         let connect_timeout =
             self.positive_duration(raw.connect_timeout, &at("connect_timeout"), "2s");
         let read_timeout = self.positive_duration(raw.read_timeout, &at("read_timeout"), "30s");
@@ -767,6 +795,8 @@ impl Validator {
             host: host?,
             strip_prefix: raw.strip_prefix.unwrap_or(false),
             websocket: websocket?,
+            upstream_ca: upstream_ca?,
+            upstream_host: upstream_host?,
         })
     }
 }
@@ -815,6 +845,7 @@ pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
         return Ok(HostPort {
             host: addr.ip().to_string(),
             port: addr.port(),
+            tls: false,
         });
     }
     if text.contains("://") || text.contains('/') {
@@ -837,7 +868,27 @@ pub fn parse_host_port(text: &str) -> Result<HostPort, String> {
             .trim_end_matches(']')
             .to_string(),
         port,
+        tls: false,
     })
+}
+
+/// An upstream: `host:port`, `http://host:port` or `https://host:port` (TLS, the host as SNI).
+pub fn parse_upstream(text: &str) -> Result<HostPort, String> {
+    let (tls, rest) = match (text.strip_prefix("https://"), text.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => (false, text),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut hp = parse_host_port(rest).map_err(|e| {
+        if text.contains("://") && !text.starts_with("http") {
+            format!("{text:?}: only http:// and https:// upstreams")
+        } else {
+            e
+        }
+    })?;
+    hp.tls = tls;
+    Ok(hp)
 }
 
 /// Resolve a `host:port` (a blocking lookup unless the host is an address): only at start-up,

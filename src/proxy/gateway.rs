@@ -456,6 +456,9 @@ impl ProxyHttp for Gateway {
         if !ctx.request_id_sent {
             upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
         }
+        if let Some(host) = ctx.route.as_ref().and_then(|r| r.upstream_host.as_deref()) {
+            upstream_request.insert_header(header::HOST, host)?;
+        }
         if let Some(target) = &ctx.target {
             let uri = target.parse::<http::Uri>().map_err(|e| {
                 Error::explain(ErrorType::InternalError, format!("rewritten target: {e}"))

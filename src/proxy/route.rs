@@ -10,6 +10,7 @@ use pingora::lb::selection::RoundRobin;
 use pingora::lb::LoadBalancer;
 use pingora::upstreams::peer::HttpPeer;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,12 @@ pub struct Route {
     /// WebSocket upgrades allowed, with this idle timeout.
     pub websocket: Option<Duration>,
     upstreams: LoadBalancer<RoundRobin>,
+    /// For `https://` upstreams: address -> SNI (the upstream's host name).
+    tls: HashMap<SocketAddr, String>,
+    /// Trust roots for them (`upstream_ca` and the system's); `None`: the system's.
+    roots: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// The `Host` header the upstream gets instead of the client's.
+    pub upstream_host: Option<String>,
     connect_timeout: Duration,
     read_timeout: Duration,
 }
@@ -36,9 +43,28 @@ pub struct Route {
 impl Route {
     /// A route with its upstreams' addresses, resolved beforehand (never here: no DNS on the
     /// request path, and none while holding up a reload's swap).
-    pub fn new(c: &RouteConfig, addrs: &[SocketAddr]) -> Result<Self, String> {
+    pub fn new(c: &RouteConfig, resolved: &[Vec<SocketAddr>]) -> Result<Self, String> {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut tls = HashMap::new();
+        for (hp, found) in c.upstreams.iter().zip(resolved) {
+            for a in found {
+                if !addrs.contains(a) {
+                    addrs.push(*a);
+                }
+                if hp.tls {
+                    tls.insert(*a, hp.host.clone());
+                }
+            }
+        }
         let upstreams = LoadBalancer::try_from_iter(addrs.iter().copied())
             .map_err(|e| format!("route {:?}: {e}", c.name))?;
+        let roots = match &c.upstream_ca {
+            Some(path) => Some(
+                crate::tls::upstream_roots(path)
+                    .map_err(|e| format!("route {:?}: upstream_ca: {e}", c.name))?,
+            ),
+            None => None,
+        };
         Ok(Route {
             name: c.name.clone(),
             prefix: c.prefix.clone(),
@@ -50,6 +76,9 @@ impl Route {
             strip_prefix: c.strip_prefix,
             websocket: c.websocket,
             upstreams,
+            tls,
+            roots,
+            upstream_host: c.upstream_host.clone(),
             connect_timeout: c.connect_timeout,
             read_timeout: c.read_timeout,
         })
@@ -59,7 +88,16 @@ impl Route {
     /// (WebSocket) connection, reads wait up to the route's idle timeout instead.
     pub fn peer(&self, upgrade: bool) -> Option<HttpPeer> {
         let backend = self.upstreams.select(b"", 256)?;
-        let mut peer = HttpPeer::new(backend, false, String::new());
+        let sni = backend
+            .addr
+            .as_inet()
+            .and_then(|a| self.tls.get(a))
+            .cloned();
+        let tls = sni.is_some();
+        let mut peer = HttpPeer::new(backend, tls, sni.unwrap_or_default());
+        if tls {
+            peer.options.ca = self.roots.clone();
+        }
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = match (upgrade, self.websocket) {
             (true, Some(idle)) => Some(idle),
@@ -195,8 +233,10 @@ mod tests {
                 host: None,
                 strip_prefix: false,
                 websocket: None,
+                upstream_ca: None,
+                upstream_host: None,
             },
-            &[addr],
+            &[vec![addr]],
         )
         .unwrap()
     }
@@ -276,8 +316,10 @@ mod tests {
                 host: None,
                 strip_prefix: false,
                 websocket: None,
+                upstream_ca: None,
+                upstream_host: None,
             },
-            &addrs,
+            &addrs.iter().map(|a| vec![*a]).collect::<Vec<_>>(),
         )
         .unwrap();
         let a = r.peer(false).unwrap();
