@@ -212,3 +212,36 @@ fn an_early_answer_is_read_by_a_client_that_keeps_sending() {
         );
     }
 }
+
+/// Two requests in one write are both answered, in order (a proxied one and a gateway answer).
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    use std::io::{Read, Write};
+    let s = Stack::start();
+    for (first, second, wanted) in [
+        ("/public/a", "/public/b", ["\"/public/a\"", "\"/public/b\""]),
+        ("/api/x", "/public/c", ["10119", "\"/public/c\""]),
+    ] {
+        let mut stream = std::net::TcpStream::connect(s.gw.addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+            .unwrap();
+        let request = format!(
+            "GET {first} HTTP/1.1\r\nHost: x\r\n\r\nGET {second} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        let positions: Vec<usize> = wanted
+            .iter()
+            .map(|w| {
+                answer
+                    .find(w)
+                    .unwrap_or_else(|| panic!("no {w} in {answer}"))
+            })
+            .collect();
+        assert!(positions[0] < positions[1], "out of order: {answer}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
+    }
+}

@@ -374,6 +374,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Pipelined requests (a second request sent before the first answer) are answered in
+        // order instead of dropped (RFC 9112 §9.3.2); Pingora 0.9 leaves this off by default.
+        session.set_pipelining_enabled(true);
         let req = session.req_header();
         let sent = req.headers.get(request_id::HEADER);
         ctx.request_id = request_id(sent);
