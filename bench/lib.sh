@@ -106,7 +106,11 @@ rss_kb() {
 # Without ORIGIN_PORT it is the origin (a fixed 60-byte JSON body); with it, a reverse proxy
 # to the origin with upstream keepalive.
 nginx_conf() {
-  local dir=$1 port=$2 origin=${3:-} user="" location upstream=""
+  local dir=$1 port=$2 origin=${3:-} tls=${4:-} user="" location upstream="" listen
+  listen="listen 127.0.0.1:$port;"
+  if [ -n "$tls" ]; then
+    listen="listen 127.0.0.1:$port ssl; ssl_certificate $OUT/tls.crt; ssl_certificate_key $OUT/tls.key; ssl_protocols TLSv1.2 TLSv1.3;"
+  fi
   mkdir -p "$dir/tmp"
   if [ "$(id -u)" = 0 ]; then user="user root;"; fi
   if [ -z "$origin" ]; then
@@ -134,7 +138,7 @@ http {
   keepalive_requests 1000000;
   $upstream
   server {
-    listen 127.0.0.1:$port;
+    $listen
     location / {
       $location
     }
@@ -143,10 +147,10 @@ http {
 EOF
 }
 
-# start_nginx NAME PORT [ORIGIN_PORT]: sets LAST_PID to the master.
+# start_nginx NAME PORT [ORIGIN_PORT] [tls]: sets LAST_PID to the master.
 start_nginx() {
   local name=$1 dir="$OUT/$1"
-  nginx_conf "$dir" "$2" "${3:-}"
+  nginx_conf "$dir" "$2" "${3:-}" "${4:-}"
   start "$name" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" -g 'daemon off;'
   wait_port "$2" "$LAST_PID" "$name"
 }

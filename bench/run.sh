@@ -2,7 +2,7 @@
 # Side-by-side benchmark: requests/s, p50/p99 latency, errors and peak RSS of
 #   1 the origin (nginx, static JSON)      2 nginx as a reverse proxy (no auth, keepalive)
 #   3 wxgate, public route                 4 wxgate, protected route, HS256 (memory store)
-#   4j as 4 with the JSON access log on and /metrics scraped (the cost of operating it)
+#   2s/4s rows 2 and 4 over HTTPS       4j as 4 with the JSON access log on and /metrics scraped
 #   4b as 4 with the Redis store           4@256 as 4 at 256 connections (peak RSS target)
 #   5 ES256/EdDSA (n/a yet)                6 Node: Express + jsonwebtoken + http-proxy-middleware
 #   7 wxgate logins (GET /auth?code=) against the stand-in WeChat
@@ -43,8 +43,8 @@ if [ "${SKIP_NODE:-0}" != 1 ] && [ ! -d "$BENCH/node/node_modules" ]; then
   (cd "$BENCH/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
 
-mapfile -t ports < <(free_ports 12)
-read -r P_ORIGIN P_PROXY P_GW3 P_GW4 P_GW4B P_GW256 P_GW7 P_REDIS P_NODE P_MOCK P_GW4J P_ADMIN <<<"${ports[*]}"
+mapfile -t ports < <(free_ports 14)
+read -r P_ORIGIN P_PROXY P_GW3 P_GW4 P_GW4B P_GW256 P_GW7 P_REDIS P_NODE P_MOCK P_GW4J P_ADMIN P_PROXYTLS P_GWTLS <<<"${ports[*]}"
 
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
@@ -132,12 +132,39 @@ bench_wxgate() {
   stop "$gw" INT
 }
 
+# Rows 2s and 4s: the same over HTTPS (TLS 1.2/1.3, one self-signed certificate, keepalive).
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$OUT/tls.key" -out "$OUT/tls.crt" 2>/dev/null \
+  || die "openssl could not make the benchmark's certificate"
+say "== row 2s: nginx reverse proxy over HTTPS"
+start_nginx proxy-tls "$P_PROXYTLS" "$P_ORIGIN" tls
+pid=$LAST_PID
+url="https://127.0.0.1:$P_PROXYTLS/api/hello"
+expect_200 "$url" -k
+warm 2s "$CONNECTIONS" "$url"
+measure 2s "$CONNECTIONS" "$url" "${AUTH[@]}"
+row 2s "nginx reverse proxy over HTTPS (keepalive)" wrk-2s.txt "$(rss_kb "$(nginx_worker "$pid")" VmHWM)" "$CONNECTIONS" "" ""
+stop "$pid"
+
 say "== row 3: wxgate, public route"
 bench_wxgate 3 "wxgate, public route (auth = none)" "$OUT/wxgate-memory.toml" "$P_GW3" "$CONNECTIONS" /public/hello "${AUTH[@]}"
 
 say "== row 4: wxgate, protected route, HS256, memory store"
 wxgate_conf "$OUT/wxgate-4.toml" "$P_GW4" "$P_ORIGIN" "$P_MOCK" 1 memory
 bench_wxgate 4 "wxgate, protected route, HS256 (memory store)" "$OUT/wxgate-4.toml" "$P_GW4" "$CONNECTIONS" /api/hello "${AUTH[@]}"
+
+say "== row 4s: wxgate, protected route over HTTPS"
+wxgate_conf "$OUT/wxgate-4s.toml" "$P_GWTLS" "$P_ORIGIN" "$P_MOCK" 1 memory
+printf '[server.tls]\ncert = "%s"\nkey = "%s"\n' "$OUT/tls.crt" "$OUT/tls.key" >>"$OUT/wxgate-4s.toml"
+"$WXGATE" check -c "$OUT/wxgate-4s.toml" >/dev/null || die "wxgate rejected wxgate-4s.toml"
+start_wxgate wxgate-4s "$OUT/wxgate-4s.toml" "$P_GWTLS"
+gw=$LAST_PID
+url="https://127.0.0.1:$P_GWTLS/api/hello"
+expect_200 "$url" -k "${AUTH[@]}"
+warm 4s "$CONNECTIONS" "$url" "${AUTH[@]}"
+measure 4s "$CONNECTIONS" "$url" "${AUTH[@]}"
+row 4s "wxgate, protected route over HTTPS (rustls)" wrk-4s.txt "$(rss_kb "$gw" VmHWM)" "$CONNECTIONS" "" ""
+stop "$gw" INT
 
 # Row 4j: as row 4 with the JSON access log on (one line per request, openid hashed) and the
 # admin listener scraped during the run: what operating it costs.

@@ -8,7 +8,7 @@
 #   nodejs, npm   tests/browser drives Chromium with playwright-core (installed from its package-lock.json)
 #   wrk           scripts/zero-downtime.sh keeps 64 connections busy across a reload and an upgrade
 # With WXGATE_SETUP_BENCH=1 (make bench) also:
-#   wrk, nginx    the side-by-side benchmark
+#   wrk, nginx    the side-by-side benchmark (openssl: its HTTPS rows' certificate)
 set -euo pipefail
 
 need=()
@@ -24,6 +24,7 @@ fi
 if [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
 fi
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 
