@@ -245,3 +245,39 @@ fn pipelined_requests_are_answered_in_order() {
         assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
     }
 }
+
+/// SIGTERM with a WebSocket open: the drain does not wait on it past the grace period; the
+/// socket is closed and the process exits.
+#[tokio::test]
+async fn sigterm_closes_open_websockets_after_the_grace_period() {
+    let s = Stack::with(|c| {
+        let echo = upstreams_line(&c);
+        c.replace("grace_period = \"5s\"", "grace_period = \"1s\"")
+            + &format!(
+                "\n[[routes]]\nprefix = \"/ws/\"\n{echo}\nauth = \"none\"\nwebsocket = true\n"
+            )
+    });
+    let request = ws_url(&s, "/ws/held").into_client_request().unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    let mut s = s;
+    let started = std::time::Instant::now();
+    s.gw.signal("TERM");
+    // The connection ends (close frame, EOF or reset), within the grace period and a margin.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the WebSocket stayed open after SIGTERM");
+    assert!(s.gw.wait_exit(std::time::Duration::from_secs(5)).is_some());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
