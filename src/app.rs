@@ -239,7 +239,11 @@ impl Reloader {
 /// Keys a running process cannot apply: its listeners and runtimes exist already.
 fn warn_start_up_only(old: &Config, new: &Config) {
     let changed = [
-        ("server.listen", old.server.listen != new.server.listen),
+        (
+            "server.listen",
+            old.server.listen != new.server.listen
+                || old.server.also_listen != new.server.also_listen,
+        ),
         ("server.threads", old.server.threads != new.server.threads),
         (
             "server.work_stealing",
@@ -310,7 +314,8 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
             .admin
             .listen
             .into_iter()
-            .chain(config.server.plain_listen);
+            .chain(config.server.plain_listen)
+            .chain(config.server.also_listen.iter().copied());
         for addr in std::iter::once(listen).chain(extra) {
             std::net::TcpListener::bind(addr)
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -345,6 +350,9 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     );
     let admin_listen = config.admin.listen;
     let plain_listen = config.server.plain_listen;
+    let listeners: Vec<_> = std::iter::once(listen)
+        .chain(config.server.also_listen.iter().copied())
+        .collect();
     let tls_config = config.server.tls.clone();
     let certs = match &tls_config {
         Some(t) => {
@@ -385,19 +393,27 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     );
     match (&tls_config, &certs) {
         (Some(t), Some(certs)) => {
-            let mut settings =
-                pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(tls::NoCallbacks))
-                    .map_err(|e| format!("cannot set up TLS: {e}"))?;
-            settings.set_cert_resolver(certs.clone());
-            if t.http2 {
-                settings.enable_h2();
+            // One settings value per listener (Pingora takes it by value).
+            for addr in &listeners {
+                let mut settings = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(
+                    tls::NoCallbacks,
+                ))
+                .map_err(|e| format!("cannot set up TLS: {e}"))?;
+                settings.set_cert_resolver(certs.clone());
+                if t.http2 {
+                    settings.enable_h2();
+                }
+                proxy.add_tls_with_settings(&addr.to_string(), None, settings);
             }
-            proxy.add_tls_with_settings(&listen.to_string(), None, settings);
             if let Some(plain) = plain_listen {
                 proxy.add_tcp(&plain.to_string());
             }
         }
-        _ => proxy.add_tcp(&listen.to_string()),
+        _ => {
+            for addr in &listeners {
+                proxy.add_tcp(&addr.to_string());
+            }
+        }
     }
     server.add_service(proxy);
     if let Some(admin_listen) = admin_listen {

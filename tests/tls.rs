@@ -77,7 +77,12 @@ impl Tls {
 /// The stack's configuration with TLS on `listen` and a plain listener on `plain_port`.
 fn tls_config(tls: &Tls, plain_port: u16) -> impl FnOnce(String) -> String + '_ {
     move |c| {
+        // The array form of `listen`, as a TLS deployment writes it.
         c.replace(
+            "listen = \"127.0.0.1:{PORT}\"",
+            "listen = [\"127.0.0.1:{PORT}\"]",
+        )
+        .replace(
             "grace_period = \"5s\"",
             &format!("grace_period = \"5s\"\nplain_listen = \"127.0.0.1:{plain_port}\""),
         ) + &tls.section()

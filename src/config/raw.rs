@@ -44,7 +44,7 @@ text_type!(
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawServer {
-    pub listen: Option<String>,
+    pub listen: Option<ListenList>,
     pub trusted_proxies: Option<Vec<String>>,
     pub threads: Option<usize>,
     pub work_stealing: Option<bool>,
@@ -52,6 +52,14 @@ pub struct RawServer {
     pub max_body: Option<SizeText>,
     pub plain_listen: Option<String>,
     pub tls: Option<RawTls>,
+}
+
+/// `listen = "host:port"` or `listen = ["host:port", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "an address \"host:port\" or an array of them")]
+pub enum ListenList {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -303,3 +303,25 @@ fn route_hosts_strip_prefix_and_websockets() {
         "{p:?}"
     );
 }
+
+#[test]
+fn listen_is_one_address_or_several() {
+    let with = |listen: &str| format!("[server]\nlisten = {listen}\n{MINIMAL}");
+    let c = parse_ok(&with("[\"127.0.0.1:3443\", \"127.0.0.1:3444\"]"));
+    assert_eq!(c.server.listen, "127.0.0.1:3443".parse().unwrap());
+    assert_eq!(
+        c.server.also_listen,
+        vec!["127.0.0.1:3444".parse().unwrap()]
+    );
+    let c = parse_ok(&with("\"127.0.0.1:3443\""));
+    assert!(c.server.also_listen.is_empty());
+    let p = problems(&with("[]"));
+    assert!(has(&p, "server.listen", "at least one"), "{p:?}");
+    let p = problems(&with("[\"127.0.0.1:1\", \"nowhere\"]"));
+    assert!(has(&p, "server.listen[1]", "no port"), "{p:?}");
+    let p = problems(&with("5"));
+    assert!(
+        has(&p, "server.listen", "an address \"host:port\" or an array"),
+        "{p:?}"
+    );
+}

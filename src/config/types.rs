@@ -84,6 +84,8 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// More addresses served like `listen` (`listen = ["...", "..."]`).
+    pub also_listen: Vec<SocketAddr>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub threads: usize,

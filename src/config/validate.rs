@@ -195,15 +195,42 @@ impl Validator {
     }
 
     pub(super) fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
-        let listen_text = self.or_default(raw.listen, "server.listen", DEFAULT_LISTEN);
-        let listen = match listen_text.map(|t| resolve_host_port(&t, self.resolve_names)) {
-            Some(Ok(addrs)) => addrs.into_iter().next(),
-            Some(Err(message)) => {
-                self.problem("server.listen", message);
-                None
-            }
-            None => None,
+        let texts: Option<Vec<(String, String)>> = match raw.listen {
+            Some(super::raw::ListenList::One(t)) => Some(vec![("server.listen".into(), t)]),
+            Some(super::raw::ListenList::Many(list)) => Some(
+                list.into_iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("server.listen[{i}]"), t))
+                    .collect(),
+            ),
+            None if self.is_invalid("server.listen") => None,
+            None => Some(vec![("server.listen".into(), DEFAULT_LISTEN.into())]),
         };
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut listen_ok = texts.is_some();
+        if texts.as_ref().is_some_and(Vec::is_empty) {
+            self.problem("server.listen", "must name at least one host:port".into());
+            listen_ok = false;
+        }
+        for (path, text) in texts.into_iter().flatten() {
+            match resolve_host_port(&text, self.resolve_names) {
+                Ok(found) => {
+                    if let Some(a) = found.into_iter().next() {
+                        if addrs.contains(&a) {
+                            self.problem(&path, format!("{text:?} is listed twice"));
+                            listen_ok = false;
+                        }
+                        addrs.push(a);
+                    }
+                }
+                Err(message) => {
+                    self.problem(&path, message);
+                    listen_ok = false;
+                }
+            }
+        }
+        let listen = addrs.first().copied().filter(|_| listen_ok);
+        let also_listen = addrs.get(1..).unwrap_or_default().to_vec();
         let mut trusted_proxies = Vec::new();
         for (i, net) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
             let parsed = net
@@ -273,6 +300,7 @@ impl Validator {
         };
         Some(ServerConfig {
             listen: listen?,
+            also_listen,
             trusted_proxies,
             threads: threads?,
             work_stealing: raw.work_stealing.unwrap_or(false),
