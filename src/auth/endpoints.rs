@@ -29,21 +29,16 @@ impl Endpoint {
         }
     }
 
-    /// Its name in metrics and logs.
-    pub fn name(self) -> &'static str {
+    /// Its `route` label in metrics and the access log.
+    pub fn label(self) -> &'static str {
         match self {
-            Endpoint::Login => "login",
-            Endpoint::Verify => "verify",
-            Endpoint::Refresh => "refresh",
-            Endpoint::Logout => "logout",
-            Endpoint::Phone => "phone",
-            Endpoint::Decrypt => "decrypt",
+            Endpoint::Login => "endpoint:login",
+            Endpoint::Verify => "endpoint:verify",
+            Endpoint::Refresh => "endpoint:refresh",
+            Endpoint::Logout => "endpoint:logout",
+            Endpoint::Phone => "endpoint:phone",
+            Endpoint::Decrypt => "endpoint:decrypt",
         }
-    }
-
-    /// Whether each call spends WeChat quota (and is rate limited per client).
-    pub fn calls_wechat(self) -> bool {
-        matches!(self, Endpoint::Login | Endpoint::Phone)
     }
 }
 

@@ -49,6 +49,7 @@ pub struct Ctx {
     request_id: http::HeaderValue,
     /// The id is the client's own, sent once: it reaches the upstream as it is.
     request_id_sent: bool,
+    /// The client's address, once a rate limit needed it (the access log derives it otherwise).
     client: Option<IpAddr>,
     endpoint: Option<Endpoint>,
     route: Option<Arc<Route>>,
@@ -270,9 +271,12 @@ impl Gateway {
         endpoint: Endpoint,
     ) -> Result<bool> {
         let snap = ctx.snap.clone();
-        let within_limit = match (snap.limit_of(endpoint), ctx.client) {
-            (Some(limit), Some(ip)) => limit.allow(ip),
-            _ => true,
+        let within_limit = match snap.limit_of(endpoint) {
+            Some(limit) => {
+                ctx.client = client_of(session, &snap);
+                ctx.client.is_none_or(|ip| limit.allow(ip))
+            }
+            None => true,
         };
         let outcome = if !within_limit {
             Err(Reject::RateLimited)
@@ -327,12 +331,7 @@ fn client_of(session: &Session, snap: &Snapshot) -> Option<IpAddr> {
 fn route_label(ctx: &Ctx) -> &str {
     match (&ctx.route, ctx.endpoint) {
         (Some(route), _) => &route.name,
-        (None, Some(Endpoint::Login)) => "endpoint:login",
-        (None, Some(Endpoint::Verify)) => "endpoint:verify",
-        (None, Some(Endpoint::Refresh)) => "endpoint:refresh",
-        (None, Some(Endpoint::Logout)) => "endpoint:logout",
-        (None, Some(Endpoint::Phone)) => "endpoint:phone",
-        (None, Some(Endpoint::Decrypt)) => "endpoint:decrypt",
+        (None, Some(endpoint)) => endpoint.label(),
         (None, None) => "none",
     }
 }
@@ -382,7 +381,6 @@ impl ProxyHttp for Gateway {
         ctx.request_id = request_id(sent);
         ctx.request_id_sent = sent == Some(&ctx.request_id)
             && req.headers.get_all(request_id::HEADER).iter().count() == 1;
-        ctx.client = client_of(session, &ctx.snap);
         if let Err(r) = check_headers(session.req_header()) {
             return write_answer(session, ctx, Err(r)).await;
         }
@@ -569,7 +567,10 @@ impl ProxyHttp for Gateway {
         // The path only: query strings may carry login codes.
         AccessLine::start()
             .str("request_id", Some(request_id::as_str(&ctx.request_id)))
-            .display("client", ctx.client)
+            .display(
+                "client",
+                ctx.client.or_else(|| client_of(session, &ctx.snap)),
+            )
             .str("method", Some(req.method.as_str()))
             .str("path", Some(req.uri.path()))
             .str("route", Some(route))

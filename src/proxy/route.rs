@@ -88,11 +88,15 @@ impl Route {
     /// (WebSocket) connection, reads wait up to the route's idle timeout instead.
     pub fn peer(&self, upgrade: bool) -> Option<HttpPeer> {
         let backend = self.upstreams.select(b"", 256)?;
-        let sni = backend
-            .addr
-            .as_inet()
-            .and_then(|a| self.tls.get(a))
-            .cloned();
+        // Most routes have no https:// upstream: no lookup for them.
+        let sni = match self.tls.is_empty() {
+            true => None,
+            false => backend
+                .addr
+                .as_inet()
+                .and_then(|a| self.tls.get(a))
+                .cloned(),
+        };
         let tls = sni.is_some();
         let mut peer = HttpPeer::new(backend, tls, sni.unwrap_or_default());
         if tls {
