@@ -475,8 +475,3 @@ fn spawn_reload_on_sighup(reloader: Reloader) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("cannot start the reload thread: {e}"))
 }
-
-/// Read and validate a configuration file (what `wxgate check` and `run` do first).
-pub fn load(path: &Path) -> Result<Config, String> {
-    config::load(path).map_err(|e| e.to_string())
-}
