@@ -50,24 +50,10 @@ fn request(token: &str) -> RequestHeader {
 
 fn routes() -> RouteTable {
     let route = |prefix: &str, auth| {
-        Route::new(
-            &RouteConfig {
-                name: prefix.into(),
-                prefix: prefix.into(),
-                upstreams: vec![wxgate::config::parse_host_port("127.0.0.1:9001").unwrap()],
-                auth,
-                connect_timeout: Duration::from_secs(1),
-                read_timeout: Duration::from_secs(1),
-                forward_phone: false,
-                host: None,
-                strip_prefix: false,
-                websocket: None,
-                upstream_ca: None,
-                upstream_host: None,
-            },
-            &[vec!["127.0.0.1:9001".parse().unwrap()]],
-        )
-        .unwrap()
+        let upstreams = vec![wxgate::config::parse_host_port("127.0.0.1:9001").unwrap()];
+        let c = RouteConfig::with_defaults(prefix, upstreams, auth);
+        let resolved = [vec!["127.0.0.1:9001".parse().unwrap()]];
+        Route::new(&c, &resolved, None, Duration::from_secs(30)).unwrap()
     };
     RouteTable::new(vec![
         route("/", RouteAuth::None),

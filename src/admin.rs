@@ -133,6 +133,25 @@ impl AdminApp {
                 n = METRICS.sum_of("wxgate_requests_total", Some(("route", &route.name))),
             );
         }
+        html.push_str(
+            "</table>\n<h2>Upstreams</h2>\n<table id=\"upstreams\"><tr><th>route</th>\
+             <th>upstream</th><th>address</th><th>state</th><th>in flight</th></tr>\n",
+        );
+        for route in snap.routes.iter() {
+            for (upstream, passes_checks) in route.pool.members() {
+                let state = upstream_state(passes_checks, upstream.passively_down());
+                let _ = writeln!(
+                    html,
+                    "<tr data-route=\"{route}\" data-upstream=\"{addr}\"><td>{route}</td>\
+                     <td>{origin}</td><td>{addr}</td><td class=\"state\">{state}</td>\
+                     <td>{in_flight}</td></tr>",
+                    route = escape(&route.name),
+                    origin = escape(&upstream.origin),
+                    addr = upstream.addr,
+                    in_flight = upstream.in_flight(),
+                );
+            }
+        }
         html.push_str("</table>\n<h2>Counters</h2>\n");
         for (family, title) in [
             ("wxgate_requests_total", "Requests by route and status"),
@@ -141,6 +160,14 @@ impl AdminApp {
             ("wxgate_wechat_requests_total", "WeChat API calls"),
             ("wxgate_session_store_errors_total", "Session store errors"),
             ("wxgate_config_reloads_total", "Configuration reloads"),
+            (
+                "wxgate_rate_limited_total",
+                "Requests over a route's rate_limit",
+            ),
+            (
+                "wxgate_upstream_connect_failures_total",
+                "Failed connections to upstreams",
+            ),
         ] {
             let series = METRICS.series(family);
             let _ = writeln!(
@@ -167,6 +194,33 @@ impl AdminApp {
         html.push_str("<p><a href=\"/metrics\">/metrics</a> · <a href=\"/readyz\">/readyz</a></p>\n</body></html>\n");
         html
     }
+}
+
+/// An upstream's state on the status page: `healthy` only when it is in rotation.
+fn upstream_state(passes_checks: bool, passively_down: bool) -> &'static str {
+    match (passes_checks, passively_down) {
+        (true, false) => "healthy",
+        (false, _) => "unhealthy (failing health checks)",
+        (true, true) => "down (connect failed moments ago)",
+    }
+}
+
+/// Set `wxgate_upstream_healthy` from the live routes' pools.
+fn refresh_upstream_health(snap: &crate::proxy::Snapshot) {
+    let members: Vec<_> = snap
+        .routes
+        .iter()
+        .flat_map(|route| {
+            route.pool.members().into_iter().map(|(upstream, passes)| {
+                (
+                    route.name.as_str(),
+                    upstream.addr.to_string(),
+                    passes && !upstream.passively_down(),
+                )
+            })
+        })
+        .collect();
+    METRICS.set_upstream_health(members.into_iter());
 }
 
 fn escape(text: &str) -> String {
@@ -208,6 +262,7 @@ impl ServeHttp for AdminApp {
         match req.uri.path() {
             "/metrics" => {
                 METRICS.in_flight.set(self.in_flight.count() as i64);
+                refresh_upstream_health(&self.live.load());
                 response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -128,7 +128,15 @@ pub fn build_snapshot(
         .routes
         .iter()
         .zip(resolved)
-        .map(|(c, addrs)| Route::new(c, addrs))
+        .map(|(c, addrs)| {
+            let before = previous.and_then(|p| p.routes.iter().find(|r| r.name == c.name));
+            Route::new(
+                c,
+                addrs,
+                before.map(|r| &**r),
+                config.server.resolve_interval,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let generation = previous.map_or(1, |p| p.generation + 1);
     let snapshot = Snapshot::new(
@@ -433,6 +441,10 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
             }),
             clock: Arc::new(SystemClock),
         },
+    ));
+    server.add_service(background_service(
+        "upstream health",
+        crate::proxy::pool::UpstreamHealth { live: live.clone() },
     ));
     server.add_service(background_service(
         "drain",

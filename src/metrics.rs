@@ -23,6 +23,9 @@ pub struct Metrics {
     pub last_reload_success: Gauge,
     pub build_info: IntGaugeVec,
     pub in_flight: IntGauge,
+    pub rate_limited: IntCounterVec,
+    pub upstream_healthy: IntGaugeVec,
+    pub upstream_connect_failures: IntCounterVec,
 }
 
 /// The process's metrics.
@@ -131,7 +134,40 @@ impl Metrics {
                 r,
                 IntGauge::new("wxgate_requests_in_flight", "Requests being answered now."),
             ),
+            rate_limited: counter_vec(
+                r,
+                "wxgate_rate_limited_total",
+                "Requests refused by a route's rate_limit (429 10429), by route.",
+                &["route"],
+            ),
+            upstream_healthy: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wxgate_upstream_healthy",
+                        "1 while an upstream address is in rotation (passing health checks, no recent connect failure), else 0.",
+                    ),
+                    &["route", "upstream"],
+                ),
+            ),
+            upstream_connect_failures: counter_vec(
+                r,
+                "wxgate_upstream_connect_failures_total",
+                "Connections to an upstream that failed (each takes it out of rotation for a few seconds), by route and upstream.",
+                &["route", "upstream"],
+            ),
             registry,
+        }
+    }
+
+    /// Set `wxgate_upstream_healthy` from the routes' pools, dropping the series of addresses
+    /// no route has any more. Called before each scrape: nothing per request.
+    pub fn set_upstream_health<'a>(&self, members: impl Iterator<Item = (&'a str, String, bool)>) {
+        self.upstream_healthy.reset();
+        for (route, upstream, healthy) in members {
+            self.upstream_healthy
+                .with_label_values(&[route, &upstream])
+                .set(i64::from(healthy));
         }
     }
 
@@ -209,6 +245,7 @@ pub struct RouteMetrics {
     /// The statuses most answers have, each series created on first use.
     common: [(u16, std::sync::OnceLock<IntCounter>); 16],
     pub upstream: prometheus::Histogram,
+    pub rate_limited: IntCounter,
 }
 
 const COMMON_STATUSES: [u16; 16] = [
@@ -221,6 +258,7 @@ impl RouteMetrics {
             name: name.to_string(),
             common: COMMON_STATUSES.map(|s| (s, std::sync::OnceLock::new())),
             upstream: METRICS.upstream_duration.with_label_values(&[name]),
+            rate_limited: METRICS.rate_limited.with_label_values(&[name]),
         }
     }
 

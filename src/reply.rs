@@ -79,6 +79,9 @@ pub enum Reject {
     HeadersTooLarge,
     /// Too many calls to an endpoint that calls WeChat, from one client address.
     RateLimited,
+    /// Over a route's `rate_limit` (per openid, or per client address on a public route); the
+    /// bucket has a token again after `retry_after` seconds.
+    RouteRateLimited { retry_after: u64 },
     /// WeChat answered with an `errcode`.
     Wechat { errcode: i64 },
     /// WeChat refused the getPhoneNumber code of `/auth/phone` (40029 invalid, 40163 used,
@@ -94,6 +97,9 @@ pub enum Reject {
     StoreUnavailable,
     /// The upstream app refused the connection or failed mid-response.
     UpstreamUnreachable,
+    /// Every upstream of the route is out of rotation (failing health checks, or a connect
+    /// failure moments ago): answered at once, without trying.
+    NoHealthyUpstream,
     /// The upstream app did not answer in time.
     UpstreamTimeout,
     /// A malformed request that the HTTP layer refused (status kept).
@@ -171,7 +177,7 @@ impl Reject {
             Reject::MethodNotAllowed => p(405, "10405", "请求方法不支持", None),
             Reject::BodyTooLarge => p(413, "10413", "请求体过大", None),
             Reject::HeadersTooLarge => p(431, "10431", "请求头过大", None),
-            Reject::RateLimited => p(
+            Reject::RateLimited | Reject::RouteRateLimited { .. } => p(
                 429,
                 "10429",
                 "请求过于频繁，请稍后再试",
@@ -214,6 +220,9 @@ impl Reject {
             Reject::UpstreamUnreachable => {
                 p(502, "10510", "上游服务不可用", Some("upstream_error"))
             }
+            Reject::NoHealthyUpstream => {
+                p(502, "10510", "上游服务不可用", Some("no_healthy_upstream"))
+            }
             Reject::UpstreamTimeout => {
                 p(504, "10511", "上游服务响应超时", Some("upstream_timeout"))
             }
@@ -232,21 +241,21 @@ impl Reject {
     /// a 401, the methods a 405's endpoint serves (`allow`), and `Retry-After` only where waiting
     /// helps (a per-minute limit, a store or WeChat briefly unavailable), never for a daily
     /// quota or a client's mistake.
-    pub fn headers(&self, allow: Option<&'static str>) -> Vec<(&'static str, &'static str)> {
+    pub fn headers(&self, allow: Option<&'static str>) -> Vec<(&'static str, Cow<'static, str>)> {
         const BEARER: &str = "Bearer";
         const INVALID: &str = "Bearer error=\"invalid_token\"";
+        let one = |name, value: &'static str| vec![(name, Cow::Borrowed(value))];
         match self {
-            Reject::TokenMissing => vec![("www-authenticate", BEARER)],
+            Reject::TokenMissing => one("www-authenticate", BEARER),
             Reject::Token(_) | Reject::RefreshTokenInvalid { .. } | Reject::SessionGone => {
-                vec![("www-authenticate", INVALID)]
+                one("www-authenticate", INVALID)
             }
-            Reject::MethodNotAllowed => vec![("allow", allow.unwrap_or("GET, POST"))],
-            Reject::RateLimited | Reject::Wechat { errcode: 45011 } => {
-                vec![("retry-after", "60")]
+            Reject::MethodNotAllowed => one("allow", allow.unwrap_or("GET, POST")),
+            Reject::RateLimited | Reject::Wechat { errcode: 45011 } => one("retry-after", "60"),
+            Reject::RouteRateLimited { retry_after } => {
+                vec![("retry-after", Cow::Owned(retry_after.max(&1).to_string()))]
             }
-            Reject::StoreUnavailable | Reject::Wechat { errcode: -1 } => {
-                vec![("retry-after", "1")]
-            }
+            Reject::StoreUnavailable | Reject::Wechat { errcode: -1 } => one("retry-after", "1"),
             _ => Vec::new(),
         }
     }
@@ -407,7 +416,7 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         ),
         (
             Reject::RateLimited,
-            "too many logins or phone calls from one client address (`rate_limit`)",
+            "too many logins or phone calls from one client address (`[rate_limit]`), or too many requests on a route with `rate_limit` from one user (one client address on public routes); `Retry-After` says when to try again",
         ),
         (
             Reject::HeadersTooLarge,
@@ -422,7 +431,7 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         (Reject::WechatTimeout, "WeChat slower than `wechat.timeout`"),
         (
             Reject::UpstreamUnreachable,
-            "upstream app refused or failed",
+            "upstream app refused or failed (`reason`: `upstream_error`), or every upstream of the route is out of rotation (`no_healthy_upstream`, answered at once)",
         ),
         (
             Reject::UpstreamTimeout,
@@ -485,30 +494,45 @@ mod tests {
 
     #[test]
     fn headers_belong_to_the_rejection_not_the_status() {
-        let h = |r: Reject, allow| r.headers(allow);
+        let h = |r: Reject, allow| {
+            r.headers(allow)
+                .into_iter()
+                .map(|(name, value)| (name, value.into_owned()))
+                .collect::<Vec<_>>()
+        };
+        let one = |name: &'static str, value: &str| vec![(name, value.to_string())];
         assert_eq!(
             h(Reject::MethodNotAllowed, Some("POST")),
-            [("allow", "POST")]
+            one("allow", "POST")
         );
-        assert_eq!(h(Reject::RateLimited, None), [("retry-after", "60")]);
-        assert_eq!(h(Reject::StoreUnavailable, None), [("retry-after", "1")]);
+        assert_eq!(h(Reject::RateLimited, None), one("retry-after", "60"));
+        assert_eq!(h(Reject::StoreUnavailable, None), one("retry-after", "1"));
         // 429 and 503 from WeChat: retrying helps for the per-minute quota and "busy" ...
         assert_eq!(
             h(Reject::Wechat { errcode: 45011 }, None),
-            [("retry-after", "60")]
+            one("retry-after", "60")
         );
         assert_eq!(
             h(Reject::Wechat { errcode: -1 }, None),
-            [("retry-after", "1")]
+            one("retry-after", "1")
         );
         // ... not for the daily quota, nor for a bad code, whatever their status.
         assert!(h(Reject::Wechat { errcode: 45009 }, None).is_empty());
         assert_eq!(Reject::Wechat { errcode: 45009 }.status(), 429);
         assert!(h(Reject::Wechat { errcode: 40029 }, None).is_empty());
         assert!(h(Reject::UpstreamUnreachable, None).is_empty());
+        // A route's limit says when its bucket has a token again (at least a second).
+        assert_eq!(
+            h(Reject::RouteRateLimited { retry_after: 3 }, None),
+            one("retry-after", "3")
+        );
+        assert_eq!(
+            h(Reject::RouteRateLimited { retry_after: 0 }, None),
+            one("retry-after", "1")
+        );
         assert_eq!(
             h(Reject::TokenMissing, None),
-            [("www-authenticate", "Bearer")]
+            one("www-authenticate", "Bearer")
         );
         assert_eq!(
             h(Reject::Token(TokenProblem::Expired), None)[0].1,

@@ -52,6 +52,7 @@ pub struct RawServer {
     pub max_body: Option<SizeText>,
     pub plain_listen: Option<String>,
     pub tls: Option<RawTls>,
+    pub resolve_interval: Option<DurationText>,
 }
 
 /// `listen = "host:port"` or `listen = ["host:port", ...]`.
@@ -126,6 +127,21 @@ pub struct RawRoute {
     pub websocket_idle_timeout: Option<DurationText>,
     pub upstream_ca: Option<String>,
     pub upstream_host: Option<String>,
+    pub lb: Option<String>,
+    pub health_check: Option<RawHealthCheck>,
+    pub retries: Option<u32>,
+    pub rate_limit: Option<String>,
+    pub rate_limit_burst: Option<u32>,
+}
+
+/// `health_check = { path = "/healthz", interval = "2s", ... }`; without `path`, a TCP connect.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<DurationText>,
+    pub timeout: Option<DurationText>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

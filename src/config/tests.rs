@@ -325,3 +325,111 @@ fn listen_is_one_address_or_several() {
         "{p:?}"
     );
 }
+
+#[test]
+fn pools_health_checks_retries_and_rate_limits() {
+    let c = parse_ok(MINIMAL);
+    let r = &c.routes[0];
+    assert_eq!(r.lb, Balance::RoundRobin);
+    assert_eq!(r.health_check, None, "passive only by default");
+    assert_eq!(r.retries, 1);
+    assert_eq!(r.rate_limit, None);
+    assert_eq!(c.server.resolve_interval, Duration::from_secs(30));
+
+    let c = parse_ok(&MINIMAL.replace(
+        "upstreams = [\"127.0.0.1:9001\"]",
+        "upstreams = [\"127.0.0.1:9001\"]\nlb = \"openid_hash\"\nretries = 0\n\
+         health_check = { path = \"/healthz\", interval = \"2s\" }\n\
+         rate_limit = \"20/s\"\nrate_limit_burst = 40",
+    ));
+    let r = &c.routes[0];
+    assert_eq!(r.lb, Balance::OpenidHash);
+    assert_eq!(r.retries, 0);
+    let hc = r.health_check.as_ref().unwrap();
+    assert_eq!(hc.path.as_deref(), Some("/healthz"));
+    assert_eq!(hc.interval, Duration::from_secs(2));
+    assert_eq!(hc.timeout, Duration::from_secs(1));
+    assert_eq!((hc.unhealthy_after, hc.healthy_after), (2, 2));
+    let limit = r.rate_limit.unwrap();
+    assert_eq!(
+        (limit.count, limit.per, limit.burst),
+        (20, Duration::from_secs(1), 40)
+    );
+    let c = parse_ok(&MINIMAL.replace(
+        "upstreams = [\"127.0.0.1:9001\"]",
+        "upstreams = [\"127.0.0.1:9001\"]\nrate_limit = \"600/m\"\n\
+         health_check = { interval = \"5s\" }",
+    ));
+    let r = &c.routes[0];
+    assert_eq!(
+        r.rate_limit.unwrap().burst,
+        600,
+        "the burst defaults to the count"
+    );
+    assert_eq!(r.health_check.as_ref().unwrap().path, None, "a TCP check");
+
+    let p = problems(&MINIMAL.replace(
+        "upstreams = [\"127.0.0.1:9001\"]",
+        "upstreams = [\"127.0.0.1:9001\"]\nlb = \"random\"\nrate_limit = \"fast\"\n\
+         health_check = { path = \"healthz\", unhealthy_after = 0 }\nretries = 99",
+    ));
+    assert!(
+        has(
+            &p,
+            "routes[0].lb",
+            "\"random\" is not one of \"round_robin\", \"openid_hash\", \"least_requests\""
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            &p,
+            "routes[0].rate_limit",
+            "\"fast\" is not a rate; write e.g. \"20/s\""
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "routes[0].health_check.interval", "required"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "routes[0].health_check.path", "is not a request path"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "routes[0].health_check.unhealthy_after", "at least 1"),
+        "{p:?}"
+    );
+    assert!(has(&p, "routes[0].retries", "more than 10"), "{p:?}");
+    let p = problems(&MINIMAL.replace(
+        "upstreams = [\"127.0.0.1:9001\"]",
+        "upstreams = [\"127.0.0.1:9001\"]\nrate_limit_burst = 5\nrate_limit = \"0/s\"",
+    ));
+    assert!(has(&p, "routes[0].rate_limit", "at least 1"), "{p:?}");
+    let p = problems(&MINIMAL.replace(
+        "upstreams = [\"127.0.0.1:9001\"]",
+        "upstreams = [\"127.0.0.1:9001\"]\nrate_limit_burst = 5",
+    ));
+    assert!(
+        has(
+            &p,
+            "routes[0].rate_limit_burst",
+            "only used with rate_limit"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&format!("[server]\nresolve_interval = \"10ms\"\n{MINIMAL}"));
+    assert!(has(&p, "server.resolve_interval", "at least"), "{p:?}");
+}
+
+#[test]
+fn route_defaults_are_what_check_fills_in() {
+    let c = parse_ok(MINIMAL);
+    let built = RouteConfig::with_defaults(
+        "/api/",
+        vec![parse_host_port("127.0.0.1:9001").unwrap()],
+        RouteAuth::Required,
+    );
+    assert_eq!(c.routes[0], built);
+}

@@ -99,6 +99,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// With `tls`: a second, plain HTTP listener serving the same routes.
     pub plain_listen: Option<SocketAddr>,
+    /// How often upstream host names are resolved again.
+    pub resolve_interval: Duration,
 }
 
 /// TLS termination (rustls): the certificate chain and key are PEM files, read at start-up and
@@ -215,6 +217,68 @@ pub struct RouteConfig {
     pub upstream_ca: Option<std::path::PathBuf>,
     /// The `Host` header sent upstream (default: the client's).
     pub upstream_host: Option<String>,
+    /// How an upstream is chosen for each request.
+    pub lb: Balance,
+    /// Active health checks; `None`: passive only (connect failures).
+    pub health_check: Option<HealthCheckConfig>,
+    /// Other upstreams tried after a connect failure (never once the request was sent).
+    pub retries: u32,
+    /// Requests per openid (per client address on public routes); `None`: unlimited.
+    pub rate_limit: Option<RouteRateLimit>,
+}
+
+impl RouteConfig {
+    /// A route with every optional key at the default `wxgate check` gives it (for tests and
+    /// benchmarks that build routes without a file).
+    pub fn with_defaults(prefix: &str, upstreams: Vec<HostPort>, auth: RouteAuth) -> Self {
+        RouteConfig {
+            name: prefix.into(),
+            prefix: prefix.into(),
+            upstreams,
+            auth,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            forward_phone: false,
+            host: None,
+            strip_prefix: false,
+            websocket: None,
+            upstream_ca: None,
+            upstream_host: None,
+            lb: Balance::RoundRobin,
+            health_check: None,
+            retries: 1,
+            rate_limit: None,
+        }
+    }
+}
+
+/// A route's balancing policy (`lb`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// Consistent (Ketama) hashing of the openid (the client address on public routes).
+    OpenidHash,
+    /// The upstream with the fewest requests in flight from this instance.
+    LeastRequests,
+}
+
+/// `health_check`: an HTTP `GET path` (any 2xx passes) or, without a path, a TCP connect.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheckConfig {
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+/// `rate_limit = "20/s"` and `rate_limit_burst`: a token bucket of `burst` tokens refilled at
+/// `count` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteRateLimit {
+    pub count: u32,
+    pub per: Duration,
+    pub burst: u32,
 }
 
 /// Which request hosts a route serves: lowercase, without a port.

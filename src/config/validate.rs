@@ -2,7 +2,8 @@
 //! Each method returns `None` for a section (or key) with a problem, having recorded it.
 
 use super::raw::{
-    DurationText, RawAdmin, RawAuth, RawJwt, RawLog, RawRoute, RawServer, RawSession, RawWechat,
+    DurationText, RawAdmin, RawAuth, RawHealthCheck, RawJwt, RawLog, RawRoute, RawServer,
+    RawSession, RawWechat,
 };
 use super::types::*;
 use super::Problem;
@@ -13,6 +14,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 const MIN_SECRET_BYTES: usize = 32;
+/// The shortest `server.resolve_interval`: DNS is not asked more often than this.
+const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Collects problems while turning raw sections into typed ones. Each method returns `None` when
 /// its section has a problem, and has then recorded it.
@@ -298,7 +301,16 @@ impl Validator {
                 }
             },
         };
+        let resolve_interval =
+            self.positive_duration(raw.resolve_interval, "server.resolve_interval", "30s");
+        if resolve_interval.is_some_and(|d| d < MIN_RESOLVE_INTERVAL) {
+            self.problem(
+                "server.resolve_interval",
+                "must be at least \"1s\" (names are not re-resolved more often)".into(),
+            );
+        }
         Some(ServerConfig {
+            resolve_interval: resolve_interval.filter(|d| *d >= MIN_RESOLVE_INTERVAL)?,
             listen: listen?,
             also_listen,
             trusted_proxies,
@@ -811,6 +823,63 @@ impl Validator {
         let connect_timeout =
             self.positive_duration(raw.connect_timeout, &at("connect_timeout"), "2s");
         let read_timeout = self.positive_duration(raw.read_timeout, &at("read_timeout"), "30s");
+        let lb = match self.or_default(raw.lb, &at("lb"), "round_robin").as_deref() {
+            None => None,
+            Some("round_robin") => Some(Balance::RoundRobin),
+            Some("openid_hash") => Some(Balance::OpenidHash),
+            Some("least_requests") => Some(Balance::LeastRequests),
+            Some(other) => {
+                self.problem(
+                    &at("lb"),
+                    format!(
+                        "{other:?} is not one of \"round_robin\", \"openid_hash\", \"least_requests\""
+                    ),
+                );
+                None
+            }
+        };
+        let health_check = match raw.health_check {
+            None if self.is_invalid(&at("health_check")) => None,
+            None => Some(None),
+            Some(hc) => self.health_check(hc, &at("health_check")).map(Some),
+        };
+        let retries = match raw.retries {
+            Some(n) if n > 10 => {
+                self.problem(&at("retries"), format!("{n} is more than 10"));
+                None
+            }
+            Some(n) => Some(n),
+            None if self.is_invalid(&at("retries")) => None,
+            None => Some(1),
+        };
+        let rate_limit = match raw.rate_limit {
+            None => {
+                if raw.rate_limit_burst.is_some() {
+                    self.problem(
+                        &at("rate_limit_burst"),
+                        "is only used with rate_limit".into(),
+                    );
+                }
+                Some(None)
+            }
+            Some(text) => match parse_rate(&text) {
+                Ok((count, per)) => match raw.rate_limit_burst {
+                    Some(0) => {
+                        self.problem(&at("rate_limit_burst"), "must be at least 1".into());
+                        None
+                    }
+                    burst => Some(Some(RouteRateLimit {
+                        count,
+                        per,
+                        burst: burst.unwrap_or(count),
+                    })),
+                },
+                Err(message) => {
+                    self.problem(&at("rate_limit"), message);
+                    None
+                }
+            },
+        };
         let prefix = prefix?;
         Some(RouteConfig {
             name: raw.name.unwrap_or_else(|| prefix.clone()),
@@ -825,8 +894,69 @@ impl Validator {
             websocket: websocket?,
             upstream_ca: upstream_ca?,
             upstream_host: upstream_host?,
+            lb: lb?,
+            health_check: health_check?,
+            retries: retries?,
+            rate_limit: rate_limit?,
         })
     }
+
+    fn health_check(&mut self, raw: RawHealthCheck, at: &str) -> Option<HealthCheckConfig> {
+        let key = |k: &str| format!("{at}.{k}");
+        let interval = match raw.interval {
+            None => {
+                self.required(None::<()>, &key("interval"));
+                None
+            }
+            some => self.positive_duration(some, &key("interval"), "2s"),
+        };
+        let timeout = self.positive_duration(raw.timeout, &key("timeout"), "1s");
+        let path = match raw.path {
+            Some(p) if !p.starts_with('/') || http::Uri::try_from(p.as_str()).is_err() => {
+                self.problem(
+                    &key("path"),
+                    format!("{p:?} is not a request path such as \"/healthz\""),
+                );
+                None
+            }
+            p => Some(p),
+        };
+        let mut count = |value: Option<u32>, name: &str| match value {
+            Some(0) => {
+                self.problem(&key(name), "must be at least 1".into());
+                None
+            }
+            Some(n) => Some(n),
+            None if self.is_invalid(&key(name)) => None,
+            None => Some(2),
+        };
+        let unhealthy_after = count(raw.unhealthy_after, "unhealthy_after");
+        let healthy_after = count(raw.healthy_after, "healthy_after");
+        Some(HealthCheckConfig {
+            path: path?,
+            interval: interval?,
+            timeout: timeout?,
+            unhealthy_after: unhealthy_after?,
+            healthy_after: healthy_after?,
+        })
+    }
+}
+
+/// A rate as `"20/s"`, `"600/m"` or `"1000/h"`: a count of at least 1 per second, minute or hour.
+pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    let bad = || format!("{text:?} is not a rate; write e.g. \"20/s\", \"600/m\" or \"1000/h\"");
+    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if count == 0 {
+        return Err(format!("{text:?}: the count must be at least 1"));
+    }
+    Ok((count, per))
 }
 
 /// Headers an identity header may not be renamed to: the gateway needs them for other jobs.

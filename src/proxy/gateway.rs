@@ -9,7 +9,8 @@
 
 use super::access::openid_for_log;
 use super::drain::{InFlight, InFlightGuard};
-use super::limit::client_ip;
+use super::limit::{client_ip, client_key, openid_key};
+use super::pool::InFlightUpstream;
 use super::request_id::{self, request_id};
 use super::route::{request_host, route_path, strip_prefix, take_token_param, Route};
 use super::snapshot::{Live, Snapshot};
@@ -62,6 +63,12 @@ pub struct Ctx {
     /// The gateway's own refusal or failure, when it answered instead of the upstream.
     rejection: Option<Reject>,
     upstream: Option<SocketAddr>,
+    /// The chosen upstream's in-flight count, held until the request ends.
+    upstream_held: Option<InFlightUpstream>,
+    /// Upstreams whose connect failed for this request (not chosen again for it).
+    tried: Vec<SocketAddr>,
+    /// No upstream of the route was in rotation.
+    no_healthy_upstream: bool,
     upstream_started: Option<Instant>,
     /// From choosing the upstream to its response header.
     upstream_time: Option<Duration>,
@@ -213,7 +220,7 @@ pub async fn write_answer(
     head.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     if let Some(r) = &ctx.rejection {
         for (name, value) in r.headers(ctx.endpoint.map(Endpoint::allow)) {
-            head.insert_header(name, value)?;
+            head.insert_header(name, value.as_ref())?;
         }
     }
     session.write_response_header(Box::new(head), false).await?;
@@ -365,6 +372,9 @@ impl ProxyHttp for Gateway {
             upgrade: false,
             rejection: None,
             upstream: None,
+            upstream_held: None,
+            tried: Vec::new(),
+            no_healthy_upstream: false,
             upstream_started: None,
             upstream_time: None,
             started: Instant::now(),
@@ -407,6 +417,22 @@ impl ProxyHttp for Gateway {
             Ok(identity) => identity,
             Err(r) => return write_answer(session, ctx, Err(r)).await,
         };
+        if let Some(limiter) = &route.limiter {
+            // Per user on protected routes; per client address on public ones.
+            let key = match &identity {
+                Some(identity) => Some(openid_key(&identity.openid)),
+                None => {
+                    ctx.client = client_of(session, &snap);
+                    ctx.client.map(client_key)
+                }
+            };
+            if let Some(Err(retry_after)) = key.map(|k| limiter.check(k)) {
+                route.metrics.rate_limited.inc();
+                ctx.identity = identity;
+                let limited = Reject::RouteRateLimited { retry_after };
+                return write_answer(session, ctx, Err(limited)).await;
+            }
+        }
         match upstream_target(session.req_header(), &route, ctx.upgrade) {
             Ok(target) => ctx.target = target,
             Err(r) => return write_answer(session, ctx, Err(r)).await,
@@ -422,22 +448,68 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
-            .as_ref()
+            .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        match route.peer(ctx.upgrade) {
-            Some(peer) => {
-                ctx.upstream = peer._address.as_inet().copied();
-                ctx.upstream_started = Some(Instant::now());
-                Ok(Box::new(peer))
-            }
-            None => Err(Error::explain(
+        // A retry lets go of the upstream that failed before choosing the next.
+        ctx.upstream_held = None;
+        let chosen = {
+            let openid = ctx.identity.as_ref().map(|i| i.openid.as_str());
+            let key = route.balance_key(openid, || {
+                ctx.client.or_else(|| client_of(session, &ctx.snap))
+            });
+            route.pool.select(&key, &ctx.tried)
+        };
+        let Some(held) = chosen else {
+            ctx.no_healthy_upstream = true;
+            return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
-                "route has no upstream available",
-            )),
+                "every upstream of the route is out of rotation",
+            ));
+        };
+        let peer = route.peer(held.upstream(), ctx.upgrade);
+        ctx.upstream = Some(held.upstream().addr);
+        ctx.upstream_held = Some(held);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    /// A connect failure takes the upstream out of rotation for a moment and, within the route's
+    /// `retries`, sends the request to another upstream: nothing of it was sent yet.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(route), Some(addr)) = (&ctx.route, peer._address.as_inet()) {
+            route.pool.mark_failed(addr);
+            METRICS
+                .upstream_connect_failures
+                .with_label_values(&[&route.name, &addr.to_string()])
+                .inc();
+            ctx.tried.push(*addr);
+            e.set_retry(ctx.tried.len() <= route.retries as usize);
         }
+        e
+    }
+
+    /// Once any byte of the request went to an upstream, it is never sent again, whatever its
+    /// method: the upstream may have acted on it.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        e.set_retry(false);
+        e
     }
 
     async fn upstream_request_filter(
@@ -490,7 +562,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let Some(r) = proxy_error(e) else {
+        let found = match ctx.no_healthy_upstream {
+            true => Some(Reject::NoHealthyUpstream),
+            false => proxy_error(e),
+        };
+        let Some(r) = found else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,

@@ -1,9 +1,14 @@
 //! Who the client is (behind trusted proxies), and how often it may make the gateway call WeChat,
 //! so that a flood cannot burn the app's WeChat quota (errcode 45011).
 
+use crate::config::RouteRateLimit;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 use pingora_limits::rate::Rate;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// The client's address: the peer, unless the peer is a trusted proxy; then the right-most
@@ -68,6 +73,60 @@ impl PerMinute {
             return true;
         }
         self.rate.observe(&client_key(client), 1) <= self.limit as isize
+    }
+}
+
+/// The key a user is counted under on a route with `rate_limit`: a hash of the openid, apart
+/// from every [`client_key`] (bit 127 set).
+pub fn openid_key(openid: &str) -> u128 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    openid.hash(&mut hasher);
+    (1u128 << 127) | u128::from(hasher.finish())
+}
+
+/// A route's `rate_limit`: a token bucket per key (governor's GCRA, which is a token bucket
+/// without a refill task). An entry lives only while its bucket is not full again: the
+/// `upstream health` service calls [`Self::forget_idle`] every few seconds, so memory follows
+/// the users active in the last `burst / rate` seconds, not every user ever seen.
+pub struct RouteLimiter {
+    config: RouteRateLimit,
+    buckets: DefaultKeyedRateLimiter<u128>,
+}
+
+impl RouteLimiter {
+    pub fn new(config: RouteRateLimit) -> Self {
+        let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+        let every = config.per / config.count.max(1);
+        let quota = Quota::with_period(every.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        RouteLimiter {
+            config,
+            buckets: DefaultKeyedRateLimiter::keyed(quota),
+        }
+    }
+
+    pub fn config(&self) -> RouteRateLimit {
+        self.config
+    }
+
+    /// Take a token for `key`; without one, `Err(seconds until there is one)`, rounded up.
+    pub fn check(&self, key: u128) -> Result<(), u64> {
+        self.buckets.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+
+    /// Drop the buckets that are full again (indistinguishable from new ones).
+    pub fn forget_idle(&self) {
+        self.buckets.retain_recent();
+        self.buckets.shrink_to_fit();
+    }
+
+    /// Keys with a bucket now.
+    pub fn keys(&self) -> usize {
+        self.buckets.len()
     }
 }
 
@@ -156,5 +215,41 @@ mod tests {
         assert!(limit.allow(b));
         let off = PerMinute::new(0);
         assert!((0..1000).all(|_| off.allow(a)));
+    }
+
+    fn rate(count: u32, per: u64, burst: u32) -> RouteLimiter {
+        RouteLimiter::new(RouteRateLimit {
+            count,
+            per: Duration::from_secs(per),
+            burst,
+        })
+    }
+
+    #[test]
+    fn route_limits_are_per_key_with_a_burst() {
+        let limit = rate(2, 60, 3);
+        let alice = openid_key("o-alice");
+        let bob = openid_key("o-bob");
+        assert!((0..3).all(|_| limit.check(alice).is_ok()), "the burst");
+        let wait = limit.check(alice).unwrap_err();
+        assert!((1..=30).contains(&wait), "one token every 30 s: {wait}");
+        assert!(limit.check(bob).is_ok(), "another user is not limited");
+        assert!(limit.check(client_key(ip("192.0.2.1"))).is_ok());
+        assert_ne!(openid_key("o-alice"), openid_key("o-bob"));
+        assert_ne!(openid_key("x") >> 127, client_key(ip("::1")) >> 127);
+    }
+
+    #[test]
+    fn route_limit_buckets_refill_and_are_forgotten() {
+        let limit = rate(1000, 1, 1);
+        let key = openid_key("o-1");
+        assert!(limit.check(key).is_ok());
+        assert!(limit.check(key).is_err());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(limit.check(key).is_ok(), "one token per ms");
+        assert_eq!(limit.keys(), 1);
+        std::thread::sleep(Duration::from_millis(5));
+        limit.forget_idle();
+        assert_eq!(limit.keys(), 0, "a full bucket is forgotten");
     }
 }

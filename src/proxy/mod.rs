@@ -7,6 +7,7 @@ pub mod drain;
 pub mod gateway;
 pub mod headers;
 pub mod limit;
+pub mod pool;
 pub mod request_id;
 pub mod route;
 pub mod snapshot;

@@ -4,14 +4,13 @@
 //! The pure steps a route applies to a request (host, stripped target, the WebSocket token
 //! parameter) are here too, tested without a session.
 
-use crate::config::{HostMatch, RouteAuth, RouteConfig};
+use super::limit::RouteLimiter;
+use super::pool::{Pool, Upstream};
+use crate::config::{Balance, HostMatch, RouteAuth, RouteConfig};
 use crate::reply::Reject;
-use pingora::lb::selection::RoundRobin;
-use pingora::lb::LoadBalancer;
 use pingora::upstreams::peer::HttpPeer;
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +28,13 @@ pub struct Route {
     pub strip_prefix: bool,
     /// WebSocket upgrades allowed, with this idle timeout.
     pub websocket: Option<Duration>,
-    upstreams: LoadBalancer<RoundRobin>,
-    /// For `https://` upstreams: address -> SNI (the upstream's host name).
-    tls: HashMap<SocketAddr, String>,
+    /// The upstreams, their health and how one is chosen (`lb`).
+    pub pool: Arc<Pool>,
+    pub lb: Balance,
+    /// Other upstreams tried after a connect failure.
+    pub retries: u32,
+    /// `rate_limit`, when set.
+    pub limiter: Option<Arc<RouteLimiter>>,
     /// Trust roots for them (`upstream_ca` and the system's); `None`: the system's.
     roots: Option<Arc<pingora::protocols::tls::CaType>>,
     /// The `Host` header the upstream gets instead of the client's.
@@ -42,22 +45,15 @@ pub struct Route {
 
 impl Route {
     /// A route with its upstreams' addresses, resolved beforehand (never here: no DNS on the
-    /// request path, and none while holding up a reload's swap).
-    pub fn new(c: &RouteConfig, resolved: &[Vec<SocketAddr>]) -> Result<Self, String> {
-        let mut addrs: Vec<SocketAddr> = Vec::new();
-        let mut tls = HashMap::new();
-        for (hp, found) in c.upstreams.iter().zip(resolved) {
-            for a in found {
-                if !addrs.contains(a) {
-                    addrs.push(*a);
-                }
-                if hp.tls {
-                    tls.insert(*a, hp.host.clone());
-                }
-            }
-        }
-        let upstreams = LoadBalancer::try_from_iter(addrs.iter().copied())
-            .map_err(|e| format!("route {:?}: {e}", c.name))?;
+    /// request path, and none while holding up a reload's swap). `previous` is the route of the
+    /// same name in the running snapshot: its upstream health and rate-limit buckets carry over
+    /// while their keys are unchanged.
+    pub fn new(
+        c: &RouteConfig,
+        resolved: &[Vec<SocketAddr>],
+        previous: Option<&Route>,
+        resolve_interval: Duration,
+    ) -> Result<Self, String> {
         let roots = match &c.upstream_ca {
             Some(path) => Some(
                 crate::tls::upstream_roots(path)
@@ -65,6 +61,19 @@ impl Route {
             ),
             None => None,
         };
+        let pool = Pool::new(
+            c,
+            resolved,
+            roots.clone(),
+            previous.map(|p| &*p.pool),
+            resolve_interval,
+        )?;
+        let limiter = c
+            .rate_limit
+            .map(|limit| match previous.and_then(|p| p.limiter.as_ref()) {
+                Some(l) if l.config() == limit => l.clone(),
+                _ => Arc::new(RouteLimiter::new(limit)),
+            });
         Ok(Route {
             name: c.name.clone(),
             prefix: c.prefix.clone(),
@@ -75,8 +84,10 @@ impl Route {
             host: c.host.clone(),
             strip_prefix: c.strip_prefix,
             websocket: c.websocket,
-            upstreams,
-            tls,
+            pool: Arc::new(pool),
+            lb: c.lb,
+            retries: c.retries,
+            limiter,
             roots,
             upstream_host: c.upstream_host.clone(),
             connect_timeout: c.connect_timeout,
@@ -84,21 +95,29 @@ impl Route {
         })
     }
 
-    /// The next upstream (round-robin), with this route's timeouts; for an upgraded
+    /// What `openid_hash` hashes: the caller's openid, or on a public route the client address.
+    /// Empty (unused) for the other policies. Pure.
+    pub fn balance_key<'a>(
+        &self,
+        openid: Option<&'a str>,
+        client: impl FnOnce() -> Option<IpAddr>,
+    ) -> Cow<'a, [u8]> {
+        match (self.lb, openid) {
+            (Balance::OpenidHash, Some(openid)) => Cow::Borrowed(openid.as_bytes()),
+            (Balance::OpenidHash, None) => match client() {
+                Some(IpAddr::V4(v4)) => Cow::Owned(v4.octets().to_vec()),
+                Some(IpAddr::V6(v6)) => Cow::Owned(v6.octets().to_vec()),
+                None => Cow::Borrowed(b""),
+            },
+            _ => Cow::Borrowed(b""),
+        }
+    }
+
+    /// The peer for `upstream`, with this route's timeouts and TLS settings; for an upgraded
     /// (WebSocket) connection, reads wait up to the route's idle timeout instead.
-    pub fn peer(&self, upgrade: bool) -> Option<HttpPeer> {
-        let backend = self.upstreams.select(b"", 256)?;
-        // Most routes have no https:// upstream: no lookup for them.
-        let sni = match self.tls.is_empty() {
-            true => None,
-            false => backend
-                .addr
-                .as_inet()
-                .and_then(|a| self.tls.get(a))
-                .cloned(),
-        };
-        let tls = sni.is_some();
-        let mut peer = HttpPeer::new(backend, tls, sni.unwrap_or_default());
+    pub fn peer(&self, upstream: &Upstream, upgrade: bool) -> HttpPeer {
+        let tls = upstream.sni.is_some();
+        let mut peer = HttpPeer::new(upstream.addr, tls, upstream.sni.clone().unwrap_or_default());
         if tls {
             peer.options.ca = self.roots.clone();
         }
@@ -108,7 +127,7 @@ impl Route {
             _ => Some(self.read_timeout),
         };
         peer.options.idle_timeout = Some(Duration::from_secs(60));
-        Some(peer)
+        peer
     }
 }
 
@@ -225,24 +244,9 @@ mod tests {
 
     fn route(prefix: &str, auth: RouteAuth) -> Route {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        Route::new(
-            &RouteConfig {
-                name: prefix.into(),
-                prefix: prefix.into(),
-                upstreams: vec![crate::config::parse_host_port("127.0.0.1:9").unwrap()],
-                auth,
-                connect_timeout: Duration::from_secs(1),
-                read_timeout: Duration::from_secs(1),
-                forward_phone: false,
-                host: None,
-                strip_prefix: false,
-                websocket: None,
-                upstream_ca: None,
-                upstream_host: None,
-            },
-            &[vec![addr]],
-        )
-        .unwrap()
+        let upstreams = vec![crate::config::parse_host_port("127.0.0.1:9").unwrap()];
+        let c = RouteConfig::with_defaults(prefix, upstreams, auth);
+        Route::new(&c, &[vec![addr]], None, Duration::from_secs(30)).unwrap()
     }
 
     fn table() -> RouteTable {
@@ -299,37 +303,120 @@ mod tests {
         }
     }
 
+    fn pool_route(ports: &[u16], lb: Balance, previous: Option<&Route>) -> Route {
+        let addrs: Vec<SocketAddr> = ports
+            .iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect();
+        let upstreams = addrs
+            .iter()
+            .map(|a| crate::config::parse_host_port(&a.to_string()).unwrap())
+            .collect();
+        let mut c = RouteConfig::with_defaults("/", upstreams, RouteAuth::None);
+        c.name = "x".into();
+        c.lb = lb;
+        c.read_timeout = Duration::from_secs(2);
+        let resolved: Vec<_> = addrs.iter().map(|a| vec![*a]).collect();
+        Route::new(&c, &resolved, previous, Duration::from_secs(30)).unwrap()
+    }
+
+    fn pick(r: &Route, key: &str, tried: &[SocketAddr]) -> Option<u16> {
+        let key = r.balance_key(Some(key), || None);
+        r.pool.select(&key, tried).map(|u| u.upstream().addr.port())
+    }
+
     #[test]
-    fn peers_round_robin() {
-        let addrs: Vec<SocketAddr> = vec![
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
+    fn round_robin_alternates_and_peers_carry_the_timeouts() {
+        let r = pool_route(&[1, 2], Balance::RoundRobin, None);
+        let (a, b) = (pick(&r, "", &[]).unwrap(), pick(&r, "", &[]).unwrap());
+        assert_ne!(a, b);
+        let held = r.pool.select(b"", &[]).unwrap();
+        let peer = r.peer(held.upstream(), false);
+        assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(
+            held.upstream().in_flight(),
+            1,
+            "held while the request runs"
+        );
+        let upstream = held.upstream().clone();
+        drop(held);
+        assert_eq!(upstream.in_flight(), 0);
+    }
+
+    #[test]
+    fn openid_hash_sticks_spreads_and_moves_a_third_when_one_is_added() {
+        let two = pool_route(&[1, 2], Balance::OpenidHash, None);
+        let users: Vec<String> = (0..300).map(|i| format!("o-user-{i}")).collect();
+        let before: Vec<u16> = users.iter().map(|u| pick(&two, u, &[]).unwrap()).collect();
+        for (u, port) in users.iter().zip(&before) {
+            assert_eq!(
+                pick(&two, u, &[]),
+                Some(*port),
+                "the same user, the same upstream"
+            );
+        }
+        let on_1 = before.iter().filter(|p| **p == 1).count();
+        assert!(
+            (90..=210).contains(&on_1),
+            "spread over both: {on_1} of 300"
+        );
+        let three = pool_route(&[1, 2, 3], Balance::OpenidHash, Some(&two));
+        let after: Vec<u16> = users
+            .iter()
+            .map(|u| pick(&three, u, &[]).unwrap())
+            .collect();
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert!(
+            (50..=150).contains(&moved),
+            "about a third moves: {moved} of 300"
+        );
+        assert!(
+            before.iter().zip(&after).all(|(a, b)| a == b || *b == 3),
+            "users only move to the new upstream"
+        );
+        // Public routes hash the client address.
+        let key = three.balance_key(None, || Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(&*key, &[192, 0, 2, 7]);
+    }
+
+    #[test]
+    fn a_failed_upstream_is_skipped_and_all_down_is_none() {
+        let r = pool_route(&[1, 2], Balance::OpenidHash, None);
+        let first = pick(&r, "o-someone", &[]).unwrap();
+        let other = if first == 1 { 2 } else { 1 };
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        // A retry does not go back to the upstream it tried.
+        assert_eq!(pick(&r, "o-someone", &[addr(first)]), Some(other));
+        r.pool.mark_failed(&addr(first));
+        assert_eq!(
+            pick(&r, "o-someone", &[]),
+            Some(other),
+            "moves while it is down"
+        );
+        r.pool.mark_failed(&addr(other));
+        assert_eq!(pick(&r, "o-someone", &[]), None, "every upstream down");
+        // A reload with the same upstreams keeps what was seen of them.
+        let reloaded = pool_route(&[1, 2], Balance::OpenidHash, Some(&r));
+        assert_eq!(pick(&reloaded, "o-someone", &[]), None);
+    }
+
+    #[test]
+    fn least_requests_picks_the_least_busy() {
+        let r = pool_route(&[1, 2, 3], Balance::LeastRequests, None);
+        let a = r.pool.select(b"", &[]).unwrap();
+        let b = r.pool.select(b"", &[]).unwrap();
+        let c = r.pool.select(b"", &[]).unwrap();
+        let mut ports = [
+            a.upstream().addr.port(),
+            b.upstream().addr.port(),
+            c.upstream().addr.port(),
         ];
-        let r = Route::new(
-            &RouteConfig {
-                name: "x".into(),
-                prefix: "/".into(),
-                upstreams: addrs
-                    .iter()
-                    .map(|a| crate::config::parse_host_port(&a.to_string()).unwrap())
-                    .collect(),
-                auth: RouteAuth::None,
-                connect_timeout: Duration::from_secs(1),
-                read_timeout: Duration::from_secs(2),
-                forward_phone: false,
-                host: None,
-                strip_prefix: false,
-                websocket: None,
-                upstream_ca: None,
-                upstream_host: None,
-            },
-            &addrs.iter().map(|a| vec![*a]).collect::<Vec<_>>(),
-        )
-        .unwrap();
-        let a = r.peer(false).unwrap();
-        let b = r.peer(false).unwrap();
-        assert_ne!(a._address, b._address);
-        assert_eq!(a.options.read_timeout, Some(Duration::from_secs(2)));
+        ports.sort();
+        assert_eq!(ports, [1, 2, 3], "one each");
+        let busy = b.upstream().addr.port();
+        drop(b);
+        let d = r.pool.select(b"", &[]).unwrap();
+        assert_eq!(d.upstream().addr.port(), busy, "the only idle one");
     }
 
     fn on_host(prefix: &str, host: &str) -> Route {
