@@ -79,6 +79,8 @@ pub enum Reject {
     HeadersTooLarge,
     /// Too many calls to an endpoint that calls WeChat, from one client address.
     RateLimited,
+    /// The user was revoked with a block (`wxgate revoke --block`) that has not ended: no login.
+    UserBlocked,
     /// WeChat answered with an `errcode`.
     Wechat { errcode: i64 },
     /// WeChat refused the getPhoneNumber code of `/auth/phone` (40029 invalid, 40163 used,
@@ -177,6 +179,7 @@ impl Reject {
                 "请求过于频繁，请稍后再试",
                 Some("rate_limited"),
             ),
+            Reject::UserBlocked => p(403, "10430", "用户已被禁止登录", Some("user_blocked")),
             Reject::Wechat { errcode } => {
                 let (status, message, reason) = wechat_errcode(*errcode);
                 Parts {
@@ -412,6 +415,10 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         (
             Reject::HeadersTooLarge,
             "more than 100 request headers or 64 KiB of them",
+        ),
+        (
+            Reject::UserBlocked,
+            "login refused: the user was revoked with a block that has not ended (`wxgate revoke --block`)",
         ),
         (Reject::WechatUnreachable, "WeChat unreachable"),
         (
