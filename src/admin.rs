@@ -1,18 +1,22 @@
 //! The operator's listener (`[admin] listen`): `GET /metrics` (Prometheus), `GET /healthz`
 //! (the process answers), `GET /readyz` (config loaded, session store reachable, revocations
 //! synced) and `GET /`, a plain HTML status page. Its own requests are not counted as traffic.
+//! `POST /sessions/revoke` ends every session of a user (`wxgate revoke` calls it); with
+//! `[admin] token` set it wants that token as `Authorization: Bearer`.
 
 use crate::metrics::METRICS;
 use crate::proxy::drain::InFlight;
 use crate::proxy::Live;
-use crate::reply::{self, Reject};
+use crate::reply::{self, Reject, TokenProblem};
+use crate::secret::Secret;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use sha2::{Digest, Sha256};
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Where the configuration came from and how its last (re)load went.
 pub struct ReloadStatus {
@@ -252,9 +256,158 @@ fn response(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>>
 
 const JSON: &str = "application/json; charset=utf-8";
 
+/// The path of the endpoint that revokes a user.
+pub const REVOKE_PATH: &str = "/sessions/revoke";
+/// The longest block `POST /sessions/revoke` and `wxgate revoke --block` accept.
+pub const MAX_BLOCK: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A revoke request is one small JSON object.
+const MAX_REVOKE_BODY: usize = 4096;
+
+/// What `POST /sessions/revoke` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokeRequest {
+    pub openid: String,
+    /// Refuse the user's logins for this long.
+    pub block: Option<Duration>,
+}
+
+/// A block's duration as written (`"1h"`, `"7d"`): more than nothing, at most [`MAX_BLOCK`].
+pub fn parse_block(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("block {text:?} is not a duration such as \"1h\" ({e})"))?;
+    if d.is_zero() {
+        return Err(format!("block {text:?} must be longer than 0s"));
+    }
+    if d > MAX_BLOCK {
+        return Err(format!("block {text:?} is longer than 365d"));
+    }
+    Ok(d)
+}
+
+/// An openid as WeChat writes them (28 characters of base64url), with room to spare; nothing
+/// that could not be one, so that a key or a log line never carries a stray byte.
+pub fn check_openid(openid: &str) -> Result<(), String> {
+    let ok = !openid.is_empty()
+        && openid.len() <= 128
+        && openid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err("openid must be 1 to 128 characters of A-Z, a-z, 0-9, '-' and '_'".into())
+    }
+}
+
+/// The body of `POST /sessions/revoke`: `{"openid": "...", "block": "1h"}` (`block` optional).
+pub fn parse_revoke_request(body: &[u8]) -> Result<RevokeRequest, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        openid: Option<String>,
+        block: Option<String>,
+    }
+    const SHAPE: &str =
+        r#"the body must be a JSON object {"openid": "...", "block": "1h"} (block optional)"#;
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| format!("{SHAPE}: {e}"))?;
+    let openid = raw
+        .openid
+        .ok_or_else(|| format!("openid is missing; {SHAPE}"))?;
+    check_openid(&openid)?;
+    let block = raw.block.as_deref().map(parse_block).transpose()?;
+    Ok(RevokeRequest { openid, block })
+}
+
+/// Whether `authorization` carries the admin token as a bearer token. Both sides are hashed
+/// first, so the comparison takes the same time whatever the token's length or content.
+pub fn check_admin_token(authorization: Option<&[u8]>, token: &Secret) -> Result<(), Reject> {
+    let presented = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+        .ok_or(Reject::TokenMissing)?;
+    let a = Sha256::digest(presented);
+    let b = Sha256::digest(token.expose().as_bytes());
+    let differ = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    if differ == 0 {
+        Ok(())
+    } else {
+        Err(Reject::Token(TokenProblem::BadSignature))
+    }
+}
+
+/// A rejection as the admin listener answers it, with the headers that belong to it.
+fn rejected(r: &Reject, allow: Option<&'static str>) -> Response<Vec<u8>> {
+    let mut resp = response(r.status(), JSON, r.body().to_vec());
+    for (name, value) in r.headers(allow) {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    resp
+}
+
+/// A 400 whose message says what was wrong with the request (an operator reads it).
+fn bad_request(message: &str) -> Response<Vec<u8>> {
+    let code = Reject::BadBody.parts().code;
+    let body = serde_json::json!({"code": code, "message": message, "reason": "bad_request"});
+    response(400, JSON, body.to_string().into_bytes())
+}
+
+impl AdminApp {
+    /// `POST /sessions/revoke`.
+    async fn revoke(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method != http::Method::POST {
+            return rejected(&Reject::MethodNotAllowed, Some("POST"));
+        }
+        let snap = self.live.load_full();
+        if let Some(token) = &snap.config.admin.token {
+            let authorization = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if let Err(r) = check_admin_token(authorization, token) {
+                return rejected(&r, None);
+            }
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_REVOKE_BODY {
+                        return rejected(&Reject::BodyTooLarge, None);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return bad_request(&format!("cannot read the body: {e}")),
+            }
+        }
+        let request = match parse_revoke_request(&body) {
+            Ok(r) => r,
+            Err(message) => return bad_request(&message),
+        };
+        match snap
+            .login
+            .revoke_user(&request.openid, request.block, snap.config.log.openid)
+            .await
+        {
+            Ok(revoked) => response(200, JSON, reply::success("revoked", revoked).to_vec()),
+            Err(r) => rejected(&r, None),
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().uri.path() == REVOKE_PATH {
+            return self.revoke(session).await;
+        }
         let req = session.req_header();
         if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
             return response(405, JSON, Reject::MethodNotAllowed.body().to_vec());
@@ -300,6 +453,70 @@ impl ServeHttp for AdminApp {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn revoke_requests() {
+        let ok = |body: &str| parse_revoke_request(body.as_bytes());
+        assert_eq!(
+            ok(r#"{"openid": "o-abc_1"}"#),
+            Ok(RevokeRequest {
+                openid: "o-abc_1".into(),
+                block: None
+            })
+        );
+        assert_eq!(
+            ok(r#"{"openid": "o1", "block": "1h"}"#).unwrap().block,
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            ok(r#"{"openid": "o1", "block": "365d"}"#).unwrap().block,
+            Some(MAX_BLOCK)
+        );
+        for (body, needle) in [
+            ("", "JSON object"),
+            ("not json", "JSON object"),
+            ("[]", "JSON object"),
+            ("{}", "openid is missing"),
+            (r#"{"openid": 5}"#, "JSON object"),
+            (r#"{"openid": ""}"#, "1 to 128"),
+            (r#"{"openid": "a b"}"#, "1 to 128"),
+            (r#"{"openid": "o1", "extra": 1}"#, "unknown field"),
+            (r#"{"openid": "o1", "block": "soon"}"#, "not a duration"),
+            (r#"{"openid": "o1", "block": "0s"}"#, "longer than 0s"),
+            (r#"{"openid": "o1", "block": "366d"}"#, "longer than 365d"),
+        ] {
+            let e = ok(body).expect_err(body);
+            assert!(e.contains(needle), "{body}: {e}");
+        }
+        let long = format!(r#"{{"openid": "{}"}}"#, "o".repeat(129));
+        assert!(ok(&long).is_err());
+    }
+
+    #[test]
+    fn admin_token_is_a_bearer_token() {
+        let token = Secret::new("0123456789abcdef0123456789abcdef");
+        let check = |h: Option<&str>| check_admin_token(h.map(str::as_bytes), &token);
+        assert_eq!(
+            check(Some("Bearer 0123456789abcdef0123456789abcdef")),
+            Ok(())
+        );
+        assert_eq!(check(None), Err(Reject::TokenMissing));
+        assert_eq!(check(Some("Bearer ")), Err(Reject::TokenMissing));
+        assert_eq!(check(Some("Basic abc")), Err(Reject::TokenMissing));
+        for wrong in [
+            "Bearer 0123456789abcdef0123456789abcdeX",
+            "Bearer 0123456789abcdef",
+            "Bearer 0123456789abcdef0123456789abcdef0",
+        ] {
+            assert_eq!(
+                check(Some(wrong)),
+                Err(Reject::Token(TokenProblem::BadSignature)),
+                "{wrong}"
+            );
+        }
+    }
+
     #[test]
     fn escapes_html() {
         assert_eq!(

@@ -257,7 +257,7 @@ fn warn_start_up_only(old: &Config, new: &Config) {
             "server.work_stealing",
             old.server.work_stealing != new.server.work_stealing,
         ),
-        ("admin.listen", old.admin != new.admin),
+        ("admin.listen", old.admin.listen != new.admin.listen),
         (
             "server.plain_listen",
             old.server.plain_listen != new.server.plain_listen,

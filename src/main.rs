@@ -1,4 +1,4 @@
-//! The `wxgate` command: run | check | demo | mock-wechat | echo | token. `demo`, `mock-wechat`
+//! The `wxgate` command: run | check | revoke | demo | mock-wechat | echo | token. `demo`, `mock-wechat`
 //! and `echo` are the stand-ins, built with the `stand-ins` feature (on by default).
 
 use clap::{Parser, Subcommand};
@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use wxgate::auth::jwt::{unix_now, Tokens};
+use wxgate::auth::service::UserRevoked;
 use wxgate::auth::Identity;
 use wxgate::config;
 
@@ -42,6 +43,17 @@ enum Command {
     },
     /// Validate a configuration file: one OK line, or every problem with its key path.
     Check {
+        #[arg(short, long, env = "WXGATE_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// End every session of a user on every instance; with --block, refuse their logins too.
+    /// Asks the running gateway through `[admin] listen` when configured, else Redis directly.
+    Revoke {
+        #[arg(long)]
+        openid: String,
+        /// Also refuse the user's logins for this long, e.g. "1h", "7d" (at most 365d).
+        #[arg(long, value_parser = wxgate::admin::parse_block)]
+        block: Option<Duration>,
         #[arg(short, long, env = "WXGATE_CONFIG", default_value = "gateway.toml")]
         config: PathBuf,
     },
@@ -107,6 +119,17 @@ fn main() -> ExitCode {
             wxgate::app::run(c, options)
         }),
         Command::Check { config } => check(&config),
+        Command::Revoke {
+            openid,
+            block,
+            config,
+        } => match revoke(&config, &openid, block) {
+            Ok(()) => Ok(()),
+            Err((code, message)) => {
+                eprintln!("wxgate: {message}");
+                return code;
+            }
+        },
         #[cfg(feature = "stand-ins")]
         Command::Demo { listen } => {
             init_logging();
@@ -171,6 +194,126 @@ fn check(path: &std::path::Path) -> Result<(), String> {
         c.wechat.appid
     );
     Ok(())
+}
+
+/// `wxgate revoke`: through the running gateway's admin listener when there is one (it then
+/// logs and counts the revocation, whatever its store), else in Redis directly; a memory store
+/// lives inside the running process, so without an admin listener it cannot be reached (exit 2).
+fn revoke(
+    path: &std::path::Path,
+    openid: &str,
+    block: Option<Duration>,
+) -> Result<(), (ExitCode, String)> {
+    let fail = |message: String| (ExitCode::FAILURE, message);
+    wxgate::admin::check_openid(openid).map_err(|e| (ExitCode::from(2), e))?;
+    let c = load(path).map_err(fail)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let revoked = match (c.admin.listen, &c.session.store) {
+        (Some(admin), _) => rt.block_on(revoke_via_admin(
+            admin,
+            c.admin.token.as_ref(),
+            openid,
+            block,
+        )),
+        (None, config::StoreKind::Redis { .. }) => rt.block_on(revoke_in_redis(&c, openid, block)),
+        (None, config::StoreKind::Memory { .. }) => {
+            return Err((
+                ExitCode::from(2),
+                format!(
+                    "{}: the memory session store lives inside the running gateway; set \
+                     [admin] listen so that `wxgate revoke` can ask it (or POST {} there)",
+                    path.display(),
+                    wxgate::admin::REVOKE_PATH
+                ),
+            ))
+        }
+    }
+    .map_err(fail)?;
+    let blocked = revoked.blocked_until.map_or(String::new(), |secs| {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        format!(", blocked until {}", humantime::format_rfc3339_seconds(at))
+    });
+    println!(
+        "revoked {} session(s) of {}{blocked}",
+        revoked.sessions, revoked.openid
+    );
+    Ok(())
+}
+
+/// Ask the running gateway: `POST /sessions/revoke` on its admin listener.
+async fn revoke_via_admin(
+    admin: std::net::SocketAddr,
+    token: Option<&wxgate::secret::Secret>,
+    openid: &str,
+    block: Option<Duration>,
+) -> Result<UserRevoked, String> {
+    let mut addr = admin;
+    if addr.ip().is_unspecified() {
+        // Listening on every address: this machine's loopback is one of them.
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}{}", wxgate::admin::REVOKE_PATH);
+    let mut body = serde_json::json!({ "openid": openid });
+    if let Some(b) = block {
+        body["block"] = humantime::format_duration(b).to_string().into();
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut request = client.post(&url).json(&body);
+    if let Some(t) = token {
+        request = request.bearer_auth(t.expose());
+    }
+    let resp = request.send().await.map_err(|e| {
+        format!("cannot reach the admin listener at {url} (is wxgate running?): {e}")
+    })?;
+    let status = resp.status();
+    let answer: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("{url} answered {status} without a JSON envelope: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "{url} answered {status}: {} ({})",
+            answer["message"].as_str().unwrap_or("?"),
+            answer["code"].as_str().unwrap_or("?")
+        ));
+    }
+    serde_json::from_value(answer["data"].clone())
+        .map_err(|e| format!("{url} answered an unexpected body: {e}"))
+}
+
+/// Revoke in Redis directly: every instance learns it from there within a sync interval.
+async fn revoke_in_redis(
+    c: &config::Config,
+    openid: &str,
+    block: Option<Duration>,
+) -> Result<UserRevoked, String> {
+    let clock = std::sync::Arc::new(wxgate::session::SystemClock);
+    let now_ms = wxgate::session::Clock::now_ms(&*clock);
+    let store = wxgate::app::build_store(c, clock)?;
+    let until = unix_now()
+        + Tokens::new(&c.jwt, &c.wechat.appid)
+            .max_lifetime()
+            .as_secs();
+    let block_until_ms = block.map(|b| now_ms + b.as_millis() as u64);
+    let sessions = store
+        .revoke_user(openid, until, block_until_ms)
+        .await
+        .map_err(|e| format!("session store: {e}"))?;
+    Ok(UserRevoked {
+        openid: openid.to_string(),
+        sessions,
+        blocked_until: block_until_ms.map(|ms| ms.div_ceil(1000)),
+    })
 }
 
 fn token(

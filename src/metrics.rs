@@ -19,6 +19,7 @@ pub struct Metrics {
     pub wechat_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub store_errors: IntCounter,
+    pub user_revocations: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub build_info: IntGaugeVec,
@@ -115,6 +116,12 @@ impl Metrics {
                     "wxgate_session_store_errors_total",
                     "Session store operations that failed (unreachable, timed out, refused).",
                 ),
+            ),
+            user_revocations: counter_vec(
+                r,
+                "wxgate_user_revocations_total",
+                "Users revoked (every session ended) by an operator, by whether their logins were also blocked.",
+                &["blocked"],
             ),
             reloads: counter_vec(
                 r,

@@ -82,6 +82,8 @@ pub enum Reject {
     /// Over a route's `rate_limit` (per openid, or per client address on a public route); the
     /// bucket has a token again after `retry_after` seconds.
     RouteRateLimited { retry_after: u64 },
+    /// The user was revoked with a block (`wxgate revoke --block`) that has not ended: no login.
+    UserBlocked,
     /// WeChat answered with an `errcode`.
     Wechat { errcode: i64 },
     /// WeChat refused the getPhoneNumber code of `/auth/phone` (40029 invalid, 40163 used,
@@ -183,6 +185,7 @@ impl Reject {
                 "请求过于频繁，请稍后再试",
                 Some("rate_limited"),
             ),
+            Reject::UserBlocked => p(403, "10430", "用户已被禁止登录", Some("user_blocked")),
             Reject::Wechat { errcode } => {
                 let (status, message, reason) = wechat_errcode(*errcode);
                 Parts {
@@ -421,6 +424,10 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         (
             Reject::HeadersTooLarge,
             "more than 100 request headers or 64 KiB of them",
+        ),
+        (
+            Reject::UserBlocked,
+            "login refused: the user was revoked with a block that has not ended (`wxgate revoke --block`)",
         ),
         (Reject::WechatUnreachable, "WeChat unreachable"),
         (

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxgate::secret::Secret;
 use wxgate::session::{
-    Clock, ManualClock, MemoryStore, Phone, RedisStore, Rotation, Session, SessionStore,
+    Clock, Created, ManualClock, MemoryStore, Phone, RedisStore, Rotation, Session, SessionStore,
     SharedValue, SystemClock,
 };
 
@@ -207,6 +207,77 @@ async fn conformance(h: Harness) {
         .expect("released");
     assert_ne!(t1, t2);
 
+    // Revoking a user: every session of that openid ends and is listed as revoked; the user's
+    // other sessions, and other users, are untouched; a new login works afterwards.
+    let of = |sid: &str, openid: &str| Session {
+        openid: openid.into(),
+        ..session(sid, None)
+    };
+    for sid in ["u1-a", "u1-b", "u1-c"] {
+        assert_eq!(
+            s.create(&of(sid, "o-user1"), LONG).await.unwrap(),
+            Created::Stored
+        );
+    }
+    s.create(&of("u2-a", "o-user2"), LONG).await.unwrap();
+    s.revoke("u1-c", until).await.unwrap();
+    let cursor = s.revocations_since(0).await.unwrap().cursor;
+    assert_eq!(
+        s.revoke_user("o-user1", until, None).await.unwrap(),
+        2,
+        "live ones"
+    );
+    for sid in ["u1-a", "u1-b"] {
+        assert_eq!(s.get(sid).await.unwrap(), None);
+    }
+    assert!(s.get("u2-a").await.unwrap().is_some());
+    let mut listed: Vec<_> = s
+        .revocations_since(cursor)
+        .await
+        .unwrap()
+        .revoked
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.until, until);
+            r.sid
+        })
+        .collect();
+    listed.sort();
+    listed.dedup();
+    assert!(listed.contains(&"u1-a".to_string()) && listed.contains(&"u1-b".to_string()));
+    assert!(!listed.contains(&"u2-a".to_string()), "{listed:?}");
+    assert_eq!(
+        s.revoke_user("o-user1", until, None).await.unwrap(),
+        0,
+        "index gone"
+    );
+    assert_eq!(s.revoke_user("o-nobody", until, None).await.unwrap(), 0);
+    assert_eq!(
+        s.create(&of("u1-d", "o-user1"), LONG).await.unwrap(),
+        Created::Stored
+    );
+    assert!(s.get("u1-d").await.unwrap().is_some(), "logs in again");
+
+    // A block refuses the user's new sessions, atomically with the check, until it ends.
+    let block_until_ms = SystemClock.now_ms() + h.short_ttl.as_millis() as u64;
+    assert_eq!(
+        s.revoke_user("o-user1", until, Some(block_until_ms))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.create(&of("u1-e", "o-user1"), LONG).await.unwrap(),
+        Created::Blocked {
+            until_ms: block_until_ms
+        }
+    );
+    assert_eq!(s.get("u1-e").await.unwrap(), None, "nothing stored");
+    assert_eq!(
+        s.create(&of("u2-b", "o-user2"), LONG).await.unwrap(),
+        Created::Stored
+    );
+
     // Expiry; and a refresh gives the session its ttl again.
     s.create(&session("sid-short", None), h.short_ttl)
         .await
@@ -231,6 +302,11 @@ async fn conformance(h: Harness) {
     assert!(
         s.get("sid-kept").await.unwrap().is_some(),
         "refresh restarted the ttl"
+    );
+    assert_eq!(
+        s.create(&of("u1-f", "o-user1"), LONG).await.unwrap(),
+        Created::Stored,
+        "the block ended"
     );
 }
 
@@ -278,6 +354,28 @@ async fn redis_keys_are_namespaced_by_appid() {
     one.revoke("same-sid", now_s() + 60).await.unwrap();
     assert!(two.revocations_since(0).await.unwrap().revoked.is_empty());
     assert_eq!(one.revocations_since(0).await.unwrap().revoked.len(), 1);
+}
+
+/// The user index outlives a refreshed session: a refresh restarts the index's ttl too.
+#[tokio::test]
+async fn redis_user_index_follows_refreshes() {
+    let redis = redis_server();
+    let store = redis_store(&redis, "wxindex");
+    let short = Duration::from_millis(400);
+    store.create(&session("s1", None), short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let rotated = store
+        .rotate_refresh("s1", "hash-0", "hash-1", short, now_s() + 60)
+        .await
+        .unwrap();
+    assert!(matches!(rotated, Rotation::Rotated(_)), "{rotated:?}");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store.get("s1").await.unwrap().is_some());
+    assert_eq!(
+        store.revoke_user("o-s1", now_s() + 60, None).await.unwrap(),
+        1,
+        "the index lived as long as the session"
+    );
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use super::Identity;
 use crate::reply::{Reject, TokenProblem};
 use crate::session::Phone;
 use crate::session::{
-    new_refresh_token, new_sid, refresh_hash, refresh_token_sid, Clock, Revocations, Rotation,
-    Session, SessionStore,
+    new_refresh_token, new_sid, refresh_hash, refresh_token_sid, Clock, Created, Revocations,
+    Rotation, Session, SessionStore,
 };
 use crate::wechat::{AccessTokens, Code2Session, WechatClient};
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -268,11 +268,16 @@ impl Login {
             refresh_hash: refresh_hash(&refresh_token),
             phone: None,
         };
-        self.sessions
+        let created = self
+            .sessions
             .store
             .create(&session, self.sessions.ttl)
             .await
             .map_err(Self::store_error)?;
+        if let Created::Blocked { until_ms } = created {
+            tracing::info!(until_ms, "login refused: user blocked");
+            return Err(Reject::UserBlocked);
+        }
         tracing::info!(sid = %identity.sid, "login");
         self.issue(&identity, refresh_token)
     }
@@ -354,6 +359,72 @@ impl Login {
         tracing::info!(sid = %identity.sid, "logout");
         Ok(())
     }
+}
+
+/// What revoking a user did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct UserRevoked {
+    pub openid: String,
+    /// Live sessions ended.
+    pub sessions: usize,
+    /// Unix seconds until which the user's logins are refused, when blocked.
+    pub blocked_until: Option<u64>,
+}
+
+impl Login {
+    /// End every session of `openid` on every instance (they learn it through the revocation
+    /// list within a sync interval; this one at once) and, with `block`, refuse the user's logins
+    /// for that long. Logged (the openid as `[log] openid` says) and counted.
+    pub async fn revoke_user(
+        &self,
+        openid: &str,
+        block: Option<Duration>,
+        log_as: crate::config::OpenidInLog,
+    ) -> Result<UserRevoked, Reject> {
+        let now_ms = self.now_ms();
+        let block_until_ms = block.map(|b| now_ms.saturating_add(b.as_millis() as u64));
+        let sessions = self
+            .sessions
+            .store
+            .revoke_user(openid, self.revoke_until(), block_until_ms)
+            .await
+            .map_err(Self::store_error)?;
+        // The revoked sids, from the store's own list: at once here, whatever the store.
+        if let Err(e) = self
+            .sessions
+            .revocations
+            .sync(&*self.sessions.store, now_ms)
+            .await
+        {
+            tracing::warn!("user revoked, but the local revocation list lags: {e}");
+        }
+        let revoked = UserRevoked {
+            openid: openid.to_string(),
+            sessions,
+            blocked_until: block_until_ms.map(|ms| ms.div_ceil(1000)),
+        };
+        log_user_revoked(&revoked, log_as);
+        Ok(revoked)
+    }
+}
+
+/// The `user revoked` log line and counter, for whoever did it (the admin listener, the CLI).
+pub fn log_user_revoked(revoked: &UserRevoked, log_as: crate::config::OpenidInLog) {
+    let openid = crate::proxy::access::openid_for_log(&revoked.openid, log_as);
+    tracing::info!(
+        openid = openid.as_deref().unwrap_or("-"),
+        sessions = revoked.sessions,
+        blocked_until = revoked.blocked_until,
+        "user revoked"
+    );
+    crate::metrics::METRICS
+        .user_revocations
+        .with_label_values(&[if revoked.blocked_until.is_some() {
+            "true"
+        } else {
+            "false"
+        }])
+        .inc();
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

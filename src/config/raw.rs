@@ -153,6 +153,7 @@ pub struct RawRateLimit {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -433,3 +433,21 @@ fn route_defaults_are_what_check_fills_in() {
     );
     assert_eq!(c.routes[0], built);
 }
+
+#[test]
+fn admin_token() {
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9901\"\ntoken = \"${{WXGATE_JWT_SECRET}}\"\n"
+    ));
+    assert_eq!(c.admin.token.as_ref().map(|t| t.expose()), Some(SECRET));
+    let p = problems(&format!(
+        "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9901\"\ntoken = \"short-admin-token\"\n"
+    ));
+    assert!(has(&p, "admin.token", "is 17 bytes"), "{p:?}");
+    assert!(
+        !p.iter().any(|p| p.message.contains("short-admin-token")),
+        "{p:?}"
+    );
+    let p = problems(&format!("{MINIMAL}\n[admin]\ntoken = \"{SECRET}\"\n"));
+    assert!(has(&p, "admin.token", "without admin.listen"), "{p:?}");
+}

@@ -25,6 +25,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
+    /// When set, the listener's POST endpoints (`/sessions/revoke`) want `Authorization: Bearer`
+    /// with it; its GET endpoints stay open.
+    pub token: Option<Secret>,
 }
 
 /// How each request is logged.

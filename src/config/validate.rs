@@ -16,6 +16,8 @@ use std::time::Duration;
 const MIN_SECRET_BYTES: usize = 32;
 /// The shortest `server.resolve_interval`: DNS is not asked more often than this.
 const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+/// An admin token is guessed online, one request at a time: 128 bits in hex is plenty.
+const MIN_ADMIN_TOKEN_BYTES: usize = 32;
 
 /// Collects problems while turning raw sections into typed ones. Each method returns `None` when
 /// its section has a problem, and has then recorded it.
@@ -594,8 +596,13 @@ impl Validator {
     }
 
     pub(super) fn admin(&mut self, raw: RawAdmin) -> Option<AdminConfig> {
+        let token = self.admin_token(raw.token, raw.listen.is_some());
         let Some(text) = raw.listen else {
-            return (!self.is_invalid("admin.listen")).then_some(AdminConfig { listen: None });
+            return (!self.is_invalid("admin.listen") && !self.is_invalid("admin.token"))
+                .then_some(AdminConfig {
+                    listen: None,
+                    token: None,
+                });
         };
         let listen = match resolve_host_port(&text, self.resolve_names) {
             Ok(addrs) => addrs.into_iter().next(),
@@ -615,7 +622,35 @@ impl Validator {
         }
         Some(AdminConfig {
             listen: Some(listen?),
+            token: token?,
         })
+    }
+
+    /// `admin.token`: a bearer secret for the admin listener's POST endpoints. The problems
+    /// name its length, never its value.
+    fn admin_token(&mut self, token: Option<String>, listen: bool) -> Option<Option<Secret>> {
+        let Some(token) = token else {
+            return Some(None);
+        };
+        if !listen {
+            self.problem(
+                "admin.token",
+                "has no use without admin.listen (the listener it protects)".into(),
+            );
+            return None;
+        }
+        if token.len() < MIN_ADMIN_TOKEN_BYTES || token.chars().any(|c| c.is_whitespace()) {
+            self.problem(
+                "admin.token",
+                format!(
+                    "is {} bytes; it must be at least {MIN_ADMIN_TOKEN_BYTES} bytes without spaces \
+                     (e.g. `openssl rand -hex 24`, given as \"${{WXGATE_ADMIN_TOKEN}}\")",
+                    token.len()
+                ),
+            );
+            return None;
+        }
+        Some(Some(Secret::new(token)))
     }
 
     pub(super) fn log(&mut self, raw: RawLog) -> Option<LogConfig> {

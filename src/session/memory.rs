@@ -1,11 +1,11 @@
 //! The embedded session store: a bounded map whose entries expire, for a single instance.
 
 use super::{
-    millis, new_lock_token, Clock, Phone, Revocation, RevocationBatch, Rotation, Session,
+    millis, new_lock_token, Clock, Created, Phone, Revocation, RevocationBatch, Rotation, Session,
     SessionStore, SharedValue, StoreError, SystemClock,
 };
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +25,10 @@ struct State {
     shared: HashMap<String, SharedValue>,
     /// name -> (token, expiry in ms).
     locks: HashMap<String, (String, u64)>,
+    /// openid -> its sessions' ids (pruned of ended sessions as the user logs in again).
+    users: HashMap<String, HashSet<String>>,
+    /// openid -> unix ms until which its logins are refused.
+    blocks: HashMap<String, u64>,
 }
 
 impl State {
@@ -46,6 +50,20 @@ impl State {
                 until,
             },
         ));
+    }
+}
+
+/// Keep `map` under `capacity` entries: drop the ones `dead` says are over, then any.
+fn bound<V>(map: &mut HashMap<String, V>, capacity: usize, dead: impl Fn(&V) -> bool) {
+    if map.len() < capacity {
+        return;
+    }
+    map.retain(|_, v| !dead(v));
+    while map.len() >= capacity {
+        let Some(k) = map.keys().next().cloned() else {
+            break;
+        };
+        map.remove(&k);
     }
 }
 
@@ -72,9 +90,15 @@ impl MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn create(&self, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+    async fn create(&self, session: &Session, ttl: Duration) -> Result<Created, StoreError> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
+        if let Some(&until_ms) = state.blocks.get(&session.openid) {
+            if until_ms > now {
+                return Ok(Created::Blocked { until_ms });
+            }
+            state.blocks.remove(&session.openid);
+        }
         let map = &mut state.sessions;
         if map.len() >= self.capacity && !map.contains_key(&session.sid) {
             map.retain(|_, (_, expires)| *expires > now);
@@ -93,7 +117,19 @@ impl SessionStore for MemoryStore {
             session.sid.clone(),
             (session.clone(), now.saturating_add(millis(ttl))),
         );
-        Ok(())
+        let State {
+            sessions, users, ..
+        } = &mut *state;
+        if !users.contains_key(&session.openid) {
+            // Users whose sessions have all ended go first.
+            bound(users, self.capacity, |sids| {
+                !sids.iter().any(|sid| sessions.contains_key(sid))
+            });
+        }
+        let sids = users.entry(session.openid.clone()).or_default();
+        sids.retain(|sid| sessions.contains_key(sid));
+        sids.insert(session.sid.clone());
+        Ok(Created::Stored)
     }
 
     async fn get(&self, sid: &str) -> Result<Option<Session>, StoreError> {
@@ -134,6 +170,31 @@ impl SessionStore for MemoryStore {
         let now = self.clock.now_ms();
         self.lock().revoke(sid, until, now);
         Ok(())
+    }
+
+    async fn revoke_user(
+        &self,
+        openid: &str,
+        until: u64,
+        block_until_ms: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let mut ended = 0;
+        for sid in state.users.remove(openid).unwrap_or_default() {
+            if state.live(&sid, now).is_some() {
+                ended += 1;
+            }
+            // Also sessions that expired: their tokens may still be within their lifetime.
+            state.revoke(&sid, until, now);
+        }
+        if let Some(until_ms) = block_until_ms {
+            if !state.blocks.contains_key(openid) {
+                bound(&mut state.blocks, self.capacity, |&b| b <= now);
+            }
+            state.blocks.insert(openid.to_string(), until_ms);
+        }
+        Ok(ended)
     }
 
     async fn revocations_since(&self, cursor: u64) -> Result<RevocationBatch, StoreError> {

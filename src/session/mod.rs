@@ -93,6 +93,16 @@ pub struct Revocation {
     pub until: u64,
 }
 
+/// What storing a new session did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Stored,
+    /// The user is blocked (`wxgate revoke --block`) until this unix ms: nothing was stored.
+    Blocked {
+        until_ms: u64,
+    },
+}
+
 /// Revocations recorded after a cursor, and the cursor to ask from next time.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RevocationBatch {
@@ -102,8 +112,9 @@ pub struct RevocationBatch {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Store a new session for `ttl`.
-    async fn create(&self, session: &Session, ttl: Duration) -> Result<(), StoreError>;
+    /// Store a new session for `ttl` and index it under its openid, unless the user is blocked:
+    /// one atomic step, so a login costs no extra round trip and cannot slip past a block.
+    async fn create(&self, session: &Session, ttl: Duration) -> Result<Created, StoreError>;
 
     /// The live session with this id, if any.
     async fn get(&self, sid: &str) -> Result<Option<Session>, StoreError>;
@@ -121,6 +132,16 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Delete the session and record its revocation until `until` (unix seconds).
     async fn revoke(&self, sid: &str, until: u64) -> Result<(), StoreError>;
+
+    /// Revoke every session of `openid` as [`Self::revoke`] does (until `until`, unix seconds),
+    /// forget the user's index, and with `block_until_ms` refuse the user's logins until then.
+    /// Answers how many live sessions were ended. One atomic step.
+    async fn revoke_user(
+        &self,
+        openid: &str,
+        until: u64,
+        block_until_ms: Option<u64>,
+    ) -> Result<usize, StoreError>;
 
     /// Revocations recorded after `cursor` (0: all that are still in force).
     async fn revocations_since(&self, cursor: u64) -> Result<RevocationBatch, StoreError>;

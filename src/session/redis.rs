@@ -2,14 +2,16 @@
 //!
 //! Keys are namespaced by appid, with the appid as a hash tag so one app's keys share a slot:
 //! `wxgate:{APPID}:session:SID` (a hash with a TTL), `wxgate:{APPID}:revoked` (sorted set, sid by
-//! revocation sequence number), `wxgate:{APPID}:revoked:until` (sid by expiry of the revocation)
-//! and `wxgate:{APPID}:revoked:seq` (the sequence). Multi-key changes are Lua scripts, so they are
-//! atomic. Every operation is bounded by `session.timeout`; the connection is re-established by
+//! revocation sequence number), `wxgate:{APPID}:revoked:until` (sid by expiry of the revocation),
+//! `wxgate:{APPID}:revoked:seq` (the sequence), `wxgate:{APPID}:user:OPENID` (the set of a user's
+//! sids, living at least as long as the newest of them) and `wxgate:{APPID}:block:OPENID` (the
+//! unix ms until which the user's logins are refused, expiring then). Multi-key changes are Lua
+//! scripts, so they are atomic. Every operation is bounded by `session.timeout`; the connection is re-established by
 //! the connection manager when Redis comes back.
 
 use super::{
-    millis, new_lock_token, unix_secs, Clock, Phone, Revocation, RevocationBatch, Rotation,
-    Session, SessionStore, SharedValue, StoreError, SystemClock,
+    millis, new_lock_token, unix_secs, Clock, Created, Phone, Revocation, RevocationBatch,
+    Rotation, Session, SessionStore, SharedValue, StoreError, SystemClock,
 };
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -20,32 +22,73 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-/// Deletes the session and records its revocation; prunes revocations past their `until`.
-/// Expects locals `sid`, `till` (until; a Lua keyword), `now` and KEYS[1..4] = session, revoked, revoked:until, seq.
+/// `revoke(session key, sid, till, now)` deletes the session and records its revocation (`till`:
+/// until; a Lua keyword), pruning revocations past their `until`; answers whether the session
+/// existed. Expects KEYS[2..4] = revoked, revoked:until, seq.
 const REVOKE: &str = r#"
-redis.call('DEL', KEYS[1])
-local seq = redis.call('INCR', KEYS[4])
-redis.call('ZADD', KEYS[2], seq, sid)
-redis.call('ZADD', KEYS[3], till, sid)
-local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-for _, m in ipairs(old) do
-  redis.call('ZREM', KEYS[2], m)
-  redis.call('ZREM', KEYS[3], m)
+local function revoke(skey, sid, till, now)
+  local existed = redis.call('DEL', skey)
+  local seq = redis.call('INCR', KEYS[4])
+  redis.call('ZADD', KEYS[2], seq, sid)
+  redis.call('ZADD', KEYS[3], till, sid)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+  for _, m in ipairs(old) do
+    redis.call('ZREM', KEYS[2], m)
+    redis.call('ZREM', KEYS[3], m)
+  end
+  return existed
 end
 "#;
 
-const ROTATE_HEAD: &str = r#"
+/// Stores a session unless its user is blocked (then answers the block's end, unix ms), and adds
+/// it to the user's index, which then lives at least the session's ttl.
+/// KEYS = session, user, block; ARGV = ttl ms, sid, then field, value, ...
+const CREATE: &str = r#"
+local blocked = redis.call('GET', KEYS[3])
+if blocked then return blocked end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+return 0
+"#;
+
+/// Revokes every sid in the user's index, deletes the index, and optionally sets the block.
+/// KEYS = user, revoked, revoked:until, seq, block; ARGV = till, now, session key prefix, block
+/// until ms ('' for none), block ttl ms. Session keys are built from the prefix: they share the
+/// `{APPID}` hash tag, so on a Redis Cluster they live in the slot of the declared keys.
+const REVOKE_USER: &str = r#"
+local ended = 0
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  ended = ended + revoke(ARGV[3] .. sid, sid, ARGV[1], ARGV[2])
+end
+redis.call('DEL', KEYS[1])
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[5])
+end
+return ended
+"#;
+
+/// A refresh restarts the session's ttl, and so the ttl of its user's index (ARGV[7]: the index
+/// key's prefix; same `{APPID}` hash tag, as in [`REVOKE_USER`]), which must outlive it.
+const ROTATE: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'refresh')
 if not cur then return 0 end
 if cur == ARGV[1] then
   redis.call('HSET', KEYS[1], 'refresh', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  local openid = redis.call('HGET', KEYS[1], 'openid')
+  if openid and redis.call('PTTL', ARGV[7] .. openid) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', ARGV[7] .. openid, ARGV[3])
+  end
   return redis.call('HGETALL', KEYS[1])
 end
-local sid, till, now = ARGV[4], ARGV[5], ARGV[6]
+revoke(KEYS[1], ARGV[4], ARGV[5], ARGV[6])
+return -1
 "#;
-
-const REVOKE_HEAD: &str = "local sid, till, now = ARGV[1], ARGV[2], ARGV[3]\n";
 
 /// Returns the current sequence number, then (sid, seq, until) for revocations after ARGV[1].
 const SINCE: &str = r#"
@@ -82,8 +125,10 @@ pub struct RedisStore {
     conn: OnceCell<ConnectionManager>,
     timeout: Duration,
     prefix: String,
+    create: Script,
     rotate: Script,
     revoke: Script,
+    revoke_user: Script,
     since: Script,
     set_phone: Script,
     compare_and_delete: Script,
@@ -108,8 +153,12 @@ impl RedisStore {
             conn: OnceCell::new(),
             timeout,
             prefix: format!("wxgate:{{{appid}}}:"),
-            rotate: Script::new(&format!("{ROTATE_HEAD}{REVOKE}return -1")),
-            revoke: Script::new(&format!("{REVOKE_HEAD}{REVOKE}return 1")),
+            create: Script::new(CREATE),
+            rotate: Script::new(&format!("{REVOKE}{ROTATE}")),
+            revoke: Script::new(&format!(
+                "{REVOKE}return revoke(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
+            )),
+            revoke_user: Script::new(&format!("{REVOKE}{REVOKE_USER}")),
             since: Script::new(SINCE),
             set_phone: Script::new(SET_PHONE),
             compare_and_delete: Script::new(COMPARE_AND_DELETE),
@@ -122,6 +171,14 @@ impl RedisStore {
 
     fn session_key(&self, sid: &str) -> String {
         format!("{}session:{sid}", self.prefix)
+    }
+
+    fn user_key(&self, openid: &str) -> String {
+        format!("{}user:{openid}", self.prefix)
+    }
+
+    fn block_key(&self, openid: &str) -> String {
+        format!("{}block:{openid}", self.prefix)
     }
 
     /// KEYS[1..4] of the scripts that may revoke: session, revoked, revoked:until, seq.
@@ -183,14 +240,20 @@ impl RedisStore {
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn create(&self, session: &Session, ttl: Duration) -> Result<(), StoreError> {
-        let key = self.session_key(&session.sid);
+    async fn create(&self, session: &Session, ttl: Duration) -> Result<Created, StoreError> {
         let created_at = session.created_at.to_string();
         let phone = session
             .phone
             .as_ref()
             .and_then(|p| serde_json::to_string(p).ok())
             .unwrap_or_default();
+        let mut invocation = self.create.prepare_invoke();
+        invocation
+            .key(self.session_key(&session.sid))
+            .key(self.user_key(&session.openid))
+            .key(self.block_key(&session.openid))
+            .arg(px(ttl))
+            .arg(&session.sid);
         let mut fields = vec![
             ("openid", session.openid.as_str()),
             ("unionid", session.unionid.as_deref().unwrap_or("")),
@@ -201,17 +264,23 @@ impl SessionStore for RedisStore {
         if !phone.is_empty() {
             fields.push(("phone", phone.as_str()));
         }
-        self.bounded(|mut c| async move {
-            redis::pipe()
-                .atomic()
-                .hset_multiple(&key, &fields)
-                .ignore()
-                .pexpire(&key, px(ttl) as i64)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        for (field, value) in fields {
+            invocation.arg(field).arg(value);
+        }
+        // 0 when stored, else the block's end (a string, as stored).
+        let outcome: redis::Value = self
+            .bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        match outcome {
+            redis::Value::Int(_) => Ok(Created::Stored),
+            other => {
+                let until_ms: String = redis::from_redis_value(other)
+                    .map_err(|e| StoreError(format!("redis: {e}")))?;
+                Ok(Created::Blocked {
+                    until_ms: until_ms.parse().unwrap_or(u64::MAX),
+                })
+            }
+        }
     }
 
     /// A write, not a PING: a replica that became read-only, or a Redis out of memory, answers
@@ -259,7 +328,8 @@ impl SessionStore for RedisStore {
             .arg(px(ttl))
             .arg(sid)
             .arg(revoke_until)
-            .arg(unix_secs());
+            .arg(unix_secs())
+            .arg(self.key("user:"));
         // The script answers the rotated session's fields (read in the same atomic step), or
         // -1 for reuse, or 0 for no session.
         let outcome: redis::Value = self
@@ -285,6 +355,35 @@ impl SessionStore for RedisStore {
         self.bounded(|mut c| async move { invocation.invoke_async::<i64>(&mut c).await })
             .await
             .map(|_| ())
+    }
+
+    async fn revoke_user(
+        &self,
+        openid: &str,
+        until: u64,
+        block_until_ms: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        let mut invocation = self.revoke_user.prepare_invoke();
+        invocation
+            .key(self.user_key(openid))
+            .key(self.key("revoked"))
+            .key(self.key("revoked:until"))
+            .key(self.key("revoked:seq"))
+            .key(self.block_key(openid))
+            .arg(until)
+            .arg(unix_secs())
+            .arg(self.key("session:"));
+        match block_until_ms {
+            Some(at) => {
+                let ttl = at.saturating_sub(SystemClock.now_ms()).max(1);
+                invocation.arg(at).arg(ttl)
+            }
+            None => invocation.arg("").arg(""),
+        };
+        let ended: i64 = self
+            .bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .await?;
+        Ok(ended.max(0) as usize)
     }
 
     async fn revocations_since(&self, cursor: u64) -> Result<RevocationBatch, StoreError> {
