@@ -167,9 +167,11 @@ nginx_worker() {
 }
 
 # wxgate_conf FILE PORT ORIGIN_PORT WECHAT_PORT THREADS STORE [REDIS_PORT]
-# Routes: /api/ (auth required) and /public/ (auth none), both to the origin.
+# Routes: /api/ (auth required) and /public/ (auth none), both to the origin. API_UPSTREAMS
+# (a TOML list) and API_EXTRA (more keys) change the /api/ route.
 wxgate_conf() {
   local file=$1 port=$2 origin=$3 wechat=$4 threads=$5 store=$6 redis=${7:-}
+  local api_upstreams=${API_UPSTREAMS:-"[\"127.0.0.1:$origin\"]"}
   cat >"$file" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -191,8 +193,9 @@ login_per_minute = 0
 [[routes]]
 name = "api"
 prefix = "/api/"
-upstreams = ["127.0.0.1:$origin"]
+upstreams = $api_upstreams
 auth = "required"
+${API_EXTRA:-}
 [[routes]]
 name = "public"
 prefix = "/public/"

@@ -4,6 +4,7 @@
 #   3 wxgate, public route                 4 wxgate, protected route, HS256 (memory store)
 #   2s/4s rows 2 and 4 over HTTPS       4j as 4 with the JSON access log on and /metrics scraped
 #   4b as 4 with the Redis store           4@256 as 4 at 256 connections (peak RSS target)
+#   4r/4p as 4, one upstream round robin / three upstreams, openid_hash, health checks (in turn)
 #   5 ES256/EdDSA (n/a yet)                6 Node: Express + jsonwebtoken + http-proxy-middleware
 #   7 wxgate logins (GET /auth?code=) against the stand-in WeChat
 # One origin, the same wrk settings for every row (wrk on CPU 0, every server on CPU 1), a
@@ -43,8 +44,9 @@ if [ "${SKIP_NODE:-0}" != 1 ] && [ ! -d "$BENCH/node/node_modules" ]; then
   (cd "$BENCH/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
 
-mapfile -t ports < <(free_ports 14)
-read -r P_ORIGIN P_PROXY P_GW3 P_GW4 P_GW4B P_GW256 P_GW7 P_REDIS P_NODE P_MOCK P_GW4J P_ADMIN P_PROXYTLS P_GWTLS <<<"${ports[*]}"
+mapfile -t ports < <(free_ports 18)
+read -r P_ORIGIN P_PROXY P_GW3 P_GW4 P_GW4B P_GW256 P_GW7 P_REDIS P_NODE P_MOCK P_GW4J P_ADMIN P_PROXYTLS P_GWTLS \
+  P_ORIGIN2 P_ORIGIN3 P_GW4R P_GW4P <<<"${ports[*]}"
 
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
@@ -64,6 +66,14 @@ measure() { # measure NAME CONNS URL [wrk args] -> $OUT/wrk-NAME.txt
   local name=$1 c=$2 url=$3; shift 3
   wrk_run "wrk-$name.txt" $((dur_s + 30)) "$DURATION" "$c" "$url" "m$RUN_ID" "$@"
   say "   $(grep -E '^Requests/sec' "$OUT/wrk-$name.txt" || echo 'no Requests/sec line')"
+}
+best_of() { # best_of NAME RUN...: the run with the most requests/s becomes wrk-NAME.txt
+  local name=$1 best="" best_rps=-1 run rps; shift
+  for run in "$@"; do
+    rps=$(awk '/^Requests\/sec/ { print int($2) }' "$OUT/wrk-$run.txt")
+    if [ "${rps:-0}" -gt "$best_rps" ]; then best_rps=${rps:-0}; best=$run; fi
+  done
+  cp "$OUT/wrk-$best.txt" "$OUT/wrk-$name.txt"
 }
 # row ID TARGET WRKFILE RSS_KB CONNS NOTE EXTRAS: one line of rows.tsv for report.py
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$OUT/rows.tsv"; }
@@ -152,6 +162,33 @@ bench_wxgate 3 "wxgate, public route (auth = none)" "$OUT/wxgate-memory.toml" "$
 say "== row 4: wxgate, protected route, HS256, memory store"
 wxgate_conf "$OUT/wxgate-4.toml" "$P_GW4" "$P_ORIGIN" "$P_MOCK" 1 memory
 bench_wxgate 4 "wxgate, protected route, HS256 (memory store)" "$OUT/wxgate-4.toml" "$P_GW4" "$CONNECTIONS" /api/hello "${AUTH[@]}"
+
+# Rows 4r and 4p: what a pool costs. Both gateways run side by side and are measured in turn,
+# twice each (the better run counts), so that drift on the machine hits both alike.
+say "== rows 4r/4p: one upstream round robin vs three upstreams, openid_hash, health checks"
+start_nginx origin2 "$P_ORIGIN2"; o2=$LAST_PID
+start_nginx origin3 "$P_ORIGIN3"; o3=$LAST_PID
+wxgate_conf "$OUT/wxgate-4r.toml" "$P_GW4R" "$P_ORIGIN" "$P_MOCK" 1 memory
+API_UPSTREAMS="[\"127.0.0.1:$P_ORIGIN\", \"127.0.0.1:$P_ORIGIN2\", \"127.0.0.1:$P_ORIGIN3\"]" \
+  API_EXTRA='lb = "openid_hash"
+health_check = { path = "/healthz", interval = "1s", timeout = "500ms" }' \
+  wxgate_conf "$OUT/wxgate-4p.toml" "$P_GW4P" "$P_ORIGIN" "$P_MOCK" 1 memory
+start_wxgate wxgate-4r "$OUT/wxgate-4r.toml" "$P_GW4R"; g4r=$LAST_PID
+start_wxgate wxgate-4p "$OUT/wxgate-4p.toml" "$P_GW4P"; g4p=$LAST_PID
+for id in 4r 4p; do
+  port_var=P_GW${id^^}; url="http://127.0.0.1:${!port_var}/api/hello"
+  expect_200 "$url" "${AUTH[@]}"
+  warm "$id" "$CONNECTIONS" "$url" "${AUTH[@]}"
+done
+for i in 1 2; do
+  measure "4r-$i" "$CONNECTIONS" "http://127.0.0.1:$P_GW4R/api/hello" "${AUTH[@]}"
+  measure "4p-$i" "$CONNECTIONS" "http://127.0.0.1:$P_GW4P/api/hello" "${AUTH[@]}"
+done
+best_of 4r 4r-1 4r-2
+best_of 4p 4p-1 4p-2
+row 4r "wxgate, as row 4 (one upstream, round robin), measured in turn with 4p" wrk-4r.txt "$(rss_kb "$g4r" VmHWM)" "$CONNECTIONS" "" ""
+row 4p "wxgate, as row 4, three upstreams, openid_hash, health checks every 1s" wrk-4p.txt "$(rss_kb "$g4p" VmHWM)" "$CONNECTIONS" "" ""
+stop "$g4r" INT; stop "$g4p" INT; stop "$o2"; stop "$o3"
 
 say "== row 4s: wxgate, protected route over HTTPS"
 wxgate_conf "$OUT/wxgate-4s.toml" "$P_GWTLS" "$P_ORIGIN" "$P_MOCK" 1 memory

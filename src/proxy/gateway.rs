@@ -492,7 +492,10 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[&route.name, &addr.to_string()])
                 .inc();
             ctx.tried.push(*addr);
-            e.set_retry(ctx.tried.len() <= route.retries as usize);
+            // Without another upstream to try, the answer keeps this failure's reason.
+            let retry =
+                ctx.tried.len() <= route.retries as usize && route.pool.any_other_up(&ctx.tried);
+            e.set_retry(retry);
         }
         e
     }

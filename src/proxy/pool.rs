@@ -270,6 +270,16 @@ impl Pool {
         state_of(&chosen).cloned().map(InFlightUpstream::enter)
     }
 
+    /// Whether some upstream besides the `tried` ones is in rotation (worth a retry).
+    pub fn any_other_up(&self, tried: &[SocketAddr]) -> bool {
+        let now = now_ms();
+        let backends = self.backends();
+        backends.get_backend().iter().any(|b| {
+            backends.ready(b)
+                && state_of(b).is_some_and(|s| s.up_at(now) && !tried.contains(&s.addr))
+        })
+    }
+
     /// A connect to `addr` failed: out of rotation for [`PASSIVE_DOWN`].
     pub fn mark_failed(&self, addr: &SocketAddr) {
         if let Some(u) = lock(&self.lineage.upstreams).get(addr) {

@@ -387,6 +387,8 @@ mod tests {
         let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
         // A retry does not go back to the upstream it tried.
         assert_eq!(pick(&r, "o-someone", &[addr(first)]), Some(other));
+        assert!(r.pool.any_other_up(&[addr(first)]));
+        assert!(!r.pool.any_other_up(&[addr(first), addr(other)]));
         r.pool.mark_failed(&addr(first));
         assert_eq!(
             pick(&r, "o-someone", &[]),
