@@ -24,7 +24,7 @@ fn tokens() -> Tokens {
             leeway: Duration::ZERO,
             issuer: "wxgate".into(),
         },
-        "wxbench",
+        &["wxbench"],
     )
 }
 
@@ -33,6 +33,7 @@ fn identity() -> Identity {
         openid: "oMock_0123456789abcdefghijklm".into(),
         unionid: Some("uMock_0123456789abcdefghijklm".into()),
         sid: "S8p5YHqy4W7x8gSUDjM2zA".into(),
+        appid: "wxbench".into(),
     }
 }
 

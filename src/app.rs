@@ -69,7 +69,7 @@ pub fn build_snapshot(
         Some((c, parts)) if c.jwt == config.jwt && same_app(c) => parts.tokens.clone(),
         _ => {
             rebuilt.push("token keys");
-            Arc::new(Tokens::new(&config.jwt, &config.wechat.appid))
+            Arc::new(Tokens::new(&config.jwt, &[&config.wechat.appid]))
         }
     };
     let same_store = |c: &Config| {

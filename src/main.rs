@@ -301,7 +301,7 @@ async fn revoke_in_redis(
     let now_ms = wxgate::session::Clock::now_ms(&*clock);
     let store = wxgate::app::build_store(c, clock)?;
     let until = unix_now()
-        + Tokens::new(&c.jwt, &c.wechat.appid)
+        + Tokens::new(&c.jwt, &[&c.wechat.appid])
             .max_lifetime()
             .as_secs();
     let block_until_ms = block.map(|b| now_ms + b.as_millis() as u64);
@@ -323,11 +323,12 @@ fn token(
     ttl: Option<Duration>,
 ) -> Result<(), String> {
     let c = load(path)?;
-    let tokens = Tokens::new(&c.jwt, &c.wechat.appid);
+    let tokens = Tokens::new(&c.jwt, &[&c.wechat.appid]);
     let identity = Identity {
         openid,
         unionid,
         sid: wxgate::session::new_sid(),
+        appid: c.wechat.appid.as_str().into(),
     };
     let signed = tokens.sign_for(&identity, unix_now(), ttl.unwrap_or(c.jwt.ttl))?;
     println!("{}", signed.token);

@@ -38,6 +38,7 @@ struct Verified {
     unionid: Option<String>,
     sid: String,
     exp: u64,
+    aud: String,
 }
 
 /// The longest token worth decoding.
@@ -77,7 +78,8 @@ pub struct Tokens {
     ttl: Duration,
     leeway: Duration,
     issuer: String,
-    audience: String,
+    /// The appids a token's `aud` may name (one per mini program).
+    audiences: Vec<std::sync::Arc<str>>,
     verified: VerifiedCache,
 }
 
@@ -95,7 +97,8 @@ pub fn unix_now() -> u64 {
 }
 
 impl Tokens {
-    pub fn new(config: &JwtConfig, appid: &str) -> Self {
+    /// Keys for `config`, accepting tokens of any of `appids` (each token names one in `aud`).
+    pub fn new(config: &JwtConfig, appids: &[&str]) -> Self {
         let algorithm = match config.algorithm {
             JwtAlgorithm::HS256 => Algorithm::HS256,
         };
@@ -106,7 +109,7 @@ impl Tokens {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
-        validation.set_audience(&[appid]);
+        validation.set_audience(appids);
         validation.set_issuer(&[config.issuer.as_str()]);
         Tokens {
             encoding: EncodingKey::from_secret(secret),
@@ -116,7 +119,7 @@ impl Tokens {
             ttl: config.ttl,
             leeway: config.leeway,
             issuer: config.issuer.clone(),
-            audience: appid.to_string(),
+            audiences: appids.iter().map(|a| std::sync::Arc::from(*a)).collect(),
             verified: VerifiedCache {
                 entries: RwLock::new(HashMap::new()),
             },
@@ -147,7 +150,7 @@ impl Tokens {
             iat: now,
             exp: now.saturating_add(expires_in),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: identity.appid.to_string(),
         };
         jsonwebtoken::encode(&self.header, &claims, &self.encoding)
             .map(|token| Signed { token, expires_in })
@@ -195,11 +198,19 @@ impl Tokens {
             return Err(TokenProblem::MissingClaim);
         }
         let exp = c.exp;
+        // jsonwebtoken checked `aud` against the same list.
+        let appid = self
+            .audiences
+            .iter()
+            .find(|a| ***a == *c.aud)
+            .cloned()
+            .ok_or(TokenProblem::WrongAudience)?;
         Ok((
             Identity {
                 openid: c.sub,
                 unionid: c.unionid,
                 sid: c.sid,
+                appid,
             },
             exp,
         ))
@@ -240,7 +251,7 @@ mod tests {
                 leeway: Duration::ZERO,
                 issuer: "wxgate".into(),
             },
-            "wxapp",
+            &["wxapp"],
         )
     }
 
@@ -249,6 +260,7 @@ mod tests {
             openid: "o-alice".into(),
             unionid: Some("u-alice".into()),
             sid: "sid1".into(),
+            appid: "wxapp".into(),
         }
     }
 

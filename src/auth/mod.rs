@@ -10,11 +10,13 @@ mod user_data;
 
 pub use service::{Login, LoginParts, Sessions};
 
-/// Who the caller is, as proven by a verified token. More than an openid: the unionid and the
-/// session id travel with it (the appid and phone number will join them).
+/// Who the caller is, as proven by a verified token. More than an openid: the unionid, the
+/// session id and the mini program (appid: the token's `aud`) travel with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub openid: String,
     pub unionid: Option<String>,
     pub sid: String,
+    /// The mini program the user logged in to (shared, not copied per request).
+    pub appid: std::sync::Arc<str>,
 }

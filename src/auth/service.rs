@@ -83,6 +83,8 @@ pub(super) struct Caches {
 
 /// The auth service: logins, tokens, sessions, the user's phone number and encrypted data.
 pub struct Login {
+    /// The mini program's appid (`[wechat] appid`), shared with every identity it issues.
+    appid: Arc<str>,
     pub(super) wechat: Arc<WechatClient>,
     access_tokens: Arc<AccessTokens>,
     tokens: Arc<Tokens>,
@@ -98,6 +100,7 @@ impl Login {
             parts.sessions.clock.clone(),
         ));
         Login {
+            appid: Arc::from(parts.wechat.appid()),
             wechat: parts.wechat,
             access_tokens,
             tokens: parts.tokens,
@@ -257,6 +260,7 @@ impl Login {
             openid: wx.openid.clone(),
             unionid: wx.unionid.clone(),
             sid: new_sid(),
+            appid: self.appid.clone(),
         };
         let refresh_token = new_refresh_token(&identity.sid);
         let session = Session {
@@ -333,6 +337,7 @@ impl Login {
                     openid: session.openid,
                     unionid: session.unionid,
                     sid: session.sid,
+                    appid: self.appid.clone(),
                 };
                 self.issue(&identity, next)
             }

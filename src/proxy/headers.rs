@@ -160,6 +160,7 @@ mod tests {
                 openid: "o1".into(),
                 unionid: Some("u1".into()),
                 sid: "s".into(),
+                appid: "wx1".into(),
             },
         );
         let got: Vec<_> = req.headers.get_all("x-user-openid").iter().collect();
