@@ -74,6 +74,7 @@ fn hot_path(c: &mut Criterion) {
         HeaderName::from_static("x-wx-openid"),
         HeaderName::from_static("x-wx-unionid"),
         HeaderName::from_static("x-wx-phone"),
+        HeaderName::from_static("x-wx-appid"),
     );
 
     c.bench_function("extract token", |b| {

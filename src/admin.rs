@@ -69,12 +69,14 @@ impl AdminApp {
     /// Why the gateway should not get traffic now, if it should not.
     fn not_ready(&self) -> Option<&'static str> {
         let snap = self.live.load();
-        let revocations = snap.login.revocations();
-        if !revocations.is_ready() {
-            return Some("revocations_not_synced");
-        }
-        if revocations.store_down(snap.login.now_ms()) {
-            return Some("session_store_unreachable");
+        for app in snap.apps.iter() {
+            let revocations = app.login.revocations();
+            if !revocations.is_ready() {
+                return Some("revocations_not_synced");
+            }
+            if revocations.store_down(app.login.now_ms()) {
+                return Some("session_store_unreachable");
+            }
         }
         None
     }
@@ -111,8 +113,8 @@ impl AdminApp {
             source = escape(&self.status.source),
             generation = snap.generation,
             outcome = escape(&last_outcome),
-            appid = escape(&snap.config.wechat.appid),
-            store = if snap.login.sessions().store.is_shared() {
+            appid = escape(&snap.config.appids().join(", ")),
+            store = if snap.login().sessions().store.is_shared() {
                 "redis"
             } else {
                 "memory"
@@ -269,6 +271,8 @@ pub struct RevokeRequest {
     pub openid: String,
     /// Refuse the user's logins for this long.
     pub block: Option<Duration>,
+    /// The mini program (openids are per app); default: the first configured.
+    pub appid: Option<String>,
 }
 
 /// A block's duration as written (`"1h"`, `"7d"`): more than nothing, at most [`MAX_BLOCK`].
@@ -306,6 +310,7 @@ pub fn parse_revoke_request(body: &[u8]) -> Result<RevokeRequest, String> {
     struct Raw {
         openid: Option<String>,
         block: Option<String>,
+        appid: Option<String>,
     }
     const SHAPE: &str =
         r#"the body must be a JSON object {"openid": "...", "block": "1h"} (block optional)"#;
@@ -315,7 +320,11 @@ pub fn parse_revoke_request(body: &[u8]) -> Result<RevokeRequest, String> {
         .ok_or_else(|| format!("openid is missing; {SHAPE}"))?;
     check_openid(&openid)?;
     let block = raw.block.as_deref().map(parse_block).transpose()?;
-    Ok(RevokeRequest { openid, block })
+    Ok(RevokeRequest {
+        openid,
+        block,
+        appid: raw.appid,
+    })
 }
 
 /// Whether `authorization` carries the admin token as a bearer token. Both sides are hashed
@@ -391,8 +400,14 @@ impl AdminApp {
             Ok(r) => r,
             Err(message) => return bad_request(&message),
         };
-        match snap
-            .login
+        let login = match request.appid.as_deref() {
+            None => snap.login(),
+            Some(appid) => match snap.apps.by_appid(appid) {
+                Some(app) => &app.login,
+                None => return bad_request(&format!("appid {appid:?} is not configured")),
+            },
+        };
+        match login
             .revoke_user(&request.openid, request.block, snap.config.log.openid)
             .await
         {
@@ -462,7 +477,8 @@ mod tests {
             ok(r#"{"openid": "o-abc_1"}"#),
             Ok(RevokeRequest {
                 openid: "o-abc_1".into(),
-                block: None
+                block: None,
+                appid: None,
             })
         );
         assert_eq!(

@@ -6,7 +6,7 @@
 
 use crate::admin::{AdminApp, ReloadStatus};
 use crate::auth::jwt::Tokens;
-use crate::auth::{Login, LoginParts, Sessions};
+use crate::auth::{App, Apps, Login, LoginParts, Sessions};
 use crate::config::{self, Config, LoadError, StoreKind};
 use crate::metrics::METRICS;
 use crate::proxy::drain::{Drain, InFlight};
@@ -26,16 +26,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// The session store the configuration asks for.
+/// The session store the configuration asks for, for the app `appid` (Redis keys carry it).
 pub fn build_store(
     config: &Config,
+    appid: &str,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn SessionStore>, String> {
     Ok(match &config.session.store {
         StoreKind::Memory { capacity } => Arc::new(MemoryStore::with_clock(*capacity, clock)),
         StoreKind::Redis { url } => Arc::new(
-            RedisStore::new(url, &config.wechat.appid, config.session.timeout)
-                .map_err(|e| e.to_string())?,
+            RedisStore::new(url, appid, config.session.timeout).map_err(|e| e.to_string())?,
         ),
     })
 }
@@ -55,63 +55,87 @@ pub fn build_snapshot(
 ) -> Result<(Snapshot, Vec<&'static str>), String> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut rebuilt = Vec::new();
-    let old = previous.map(|p| (&*p.config, p.login.parts()));
-    let same_app = |old: &Config| old.wechat.appid == config.wechat.appid;
-
-    let wechat = match &old {
-        Some((c, parts)) if c.wechat == config.wechat => parts.wechat.clone(),
-        _ => {
-            rebuilt.push("WeChat client");
-            Arc::new(WechatClient::new(&config.wechat)?)
+    let appids = config.appids();
+    // One set of token keys for every app (each token names its app in `aud`).
+    let tokens = match previous {
+        Some(p) if p.config.jwt == config.jwt && p.config.appids() == appids => {
+            p.login().parts().tokens
         }
-    };
-    let tokens = match &old {
-        Some((c, parts)) if c.jwt == config.jwt && same_app(c) => parts.tokens.clone(),
         _ => {
             rebuilt.push("token keys");
-            Arc::new(Tokens::new(&config.jwt, &[&config.wechat.appid]))
+            Arc::new(Tokens::new(&config.jwt, &appids))
         }
     };
     let same_store = |c: &Config| {
-        c.session.store == config.session.store
-            && c.session.timeout == config.session.timeout
-            && same_app(c)
+        c.session.store == config.session.store && c.session.timeout == config.session.timeout
     };
-    let (store, revocations) = match &old {
-        Some((c, parts)) if same_store(c) => {
-            let s = &parts.sessions;
-            s.revocations
-                .set_policy(config.session.fail_mode, stale_after(&config));
-            (s.store.clone(), s.revocations.clone())
-        }
-        _ => {
-            rebuilt.push("session store");
-            let store = build_store(&config, clock.clone())?;
-            let revocations = Arc::new(Revocations::new(
-                store.is_shared(),
-                config.session.fail_mode,
-                stale_after(&config),
-            ));
-            (store, revocations)
-        }
-    };
-    let parts = LoginParts {
-        wechat,
-        tokens,
-        sessions: Sessions {
-            store,
-            revocations,
-            clock,
-            ttl: config.session.ttl,
-        },
-    };
-    let login = match previous {
-        Some(p) if rebuilt.is_empty() && p.config.session.ttl == config.session.ttl => {
-            p.login.clone()
-        }
-        Some(p) => Arc::new(p.login.with_parts(parts)),
-        None => Arc::new(Login::new(parts)),
-    };
+    let mut apps = Vec::with_capacity(config.apps.len());
+    for app in &config.apps {
+        let appid = app.wechat.appid.as_str();
+        // The same app (by appid) in the running snapshot, with its configuration.
+        let old = previous.and_then(|p| {
+            let running = p.apps.by_appid(appid)?;
+            let c = p.config.apps.iter().find(|a| a.wechat.appid == appid)?;
+            Some((p, running, c))
+        });
+        let old_parts = old.map(|(_, running, _)| running.login.parts());
+        let mut changed = false;
+        let wechat = match (&old, &old_parts) {
+            (Some((_, _, c)), Some(parts)) if c.wechat == app.wechat => parts.wechat.clone(),
+            _ => {
+                changed = true;
+                rebuilt.push("WeChat client");
+                Arc::new(WechatClient::new(&app.wechat)?)
+            }
+        };
+        let (store, revocations) = match (&old, &old_parts) {
+            (Some((p, _, _)), Some(parts)) if same_store(&p.config) => {
+                let s = &parts.sessions;
+                s.revocations
+                    .set_policy(config.session.fail_mode, stale_after(&config));
+                (s.store.clone(), s.revocations.clone())
+            }
+            _ => {
+                changed = true;
+                rebuilt.push("session store");
+                let store = build_store(&config, appid, clock.clone())?;
+                let revocations = Arc::new(Revocations::new(
+                    store.is_shared(),
+                    config.session.fail_mode,
+                    stale_after(&config),
+                ));
+                (store, revocations)
+            }
+        };
+        let parts = LoginParts {
+            wechat,
+            tokens: tokens.clone(),
+            sessions: Sessions {
+                store,
+                revocations,
+                clock: clock.clone(),
+                ttl: config.session.ttl,
+            },
+        };
+        let same_tokens = old_parts
+            .as_ref()
+            .is_some_and(|o| Arc::ptr_eq(&o.tokens, &tokens));
+        let login = match old {
+            Some((p, running, _))
+                if !changed && same_tokens && p.config.session.ttl == config.session.ttl =>
+            {
+                running.login.clone()
+            }
+            Some((_, running, _)) => Arc::new(running.login.with_parts(parts)),
+            None => Arc::new(Login::new(parts)),
+        };
+        apps.push(App {
+            name: app.name.clone(),
+            login,
+        });
+    }
+    rebuilt.dedup();
+    let apps = Apps::new(apps).ok_or("no mini program configured")?;
     let limit = |per_minute: u32, old: Option<&Arc<PerMinute>>| match old {
         Some(l) if l.limit() == per_minute => l.clone(),
         _ => Arc::new(PerMinute::new(per_minute)),
@@ -130,12 +154,20 @@ pub fn build_snapshot(
         .zip(resolved)
         .map(|(c, addrs)| {
             let before = previous.and_then(|p| p.routes.iter().find(|r| r.name == c.name));
-            Route::new(
+            let mut route = Route::new(
                 c,
                 addrs,
                 before.map(|r| &**r),
                 config.server.resolve_interval,
-            )
+            )?;
+            // `apps` names apps; tokens name appids.
+            route.apps = c.apps.as_ref().map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| apps.by_name(n).map(|a| a.login.appid().clone()))
+                    .collect()
+            });
+            Ok::<_, String>(route)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let generation = previous.map_or(1, |p| p.generation + 1);
@@ -143,7 +175,7 @@ pub fn build_snapshot(
         generation,
         Arc::new(config),
         RouteTable::new(routes),
-        login,
+        apps,
         login_limit,
         phone_limit,
     );
@@ -350,7 +382,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         "{} route{}, appid {}, {} session store",
         config.routes.len(),
         if config.routes.len() == 1 { "" } else { "s" },
-        config.wechat.appid,
+        config.appids().join(", "),
         match config.session.store {
             StoreKind::Memory { .. } => "memory",
             StoreKind::Redis { .. } => "redis",
@@ -436,8 +468,13 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         RevocationSync {
             current: Box::new(move || {
                 let s = sync_live.load();
-                let sessions = s.login.sessions();
-                (sessions.store.clone(), sessions.revocations.clone())
+                s.apps
+                    .iter()
+                    .map(|app| {
+                        let sessions = app.login.sessions();
+                        (sessions.store.clone(), sessions.revocations.clone())
+                    })
+                    .collect()
             }),
             clock: Arc::new(SystemClock),
         },

@@ -54,6 +54,9 @@ enum Command {
         /// Also refuse the user's logins for this long, e.g. "1h", "7d" (at most 365d).
         #[arg(long, value_parser = wxgate::admin::parse_block)]
         block: Option<Duration>,
+        /// The user's mini program, with several `[[apps]]` (default: the first).
+        #[arg(long)]
+        appid: Option<String>,
         #[arg(short, long, env = "WXGATE_CONFIG", default_value = "gateway.toml")]
         config: PathBuf,
     },
@@ -90,6 +93,9 @@ enum Command {
         openid: String,
         #[arg(long)]
         unionid: Option<String>,
+        /// The mini program (the token's `aud`), with several `[[apps]]` (default: the first).
+        #[arg(long)]
+        appid: Option<String>,
         /// Lifetime, e.g. "10m" (default: jwt.ttl).
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
@@ -122,8 +128,9 @@ fn main() -> ExitCode {
         Command::Revoke {
             openid,
             block,
+            appid,
             config,
-        } => match revoke(&config, &openid, block) {
+        } => match revoke(&config, &openid, block, appid.as_deref()) {
             Ok(()) => Ok(()),
             Err((code, message)) => {
                 eprintln!("wxgate: {message}");
@@ -160,9 +167,10 @@ fn main() -> ExitCode {
         Command::Token {
             openid,
             unionid,
+            appid,
             ttl,
             config,
-        } => token(&config, openid, unionid, ttl),
+        } => token(&config, openid, unionid, appid, ttl),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,7 +199,7 @@ fn check(path: &std::path::Path) -> Result<(), String> {
         c.server.listen,
         c.routes.len(),
         if c.routes.len() == 1 { "" } else { "s" },
-        c.wechat.appid
+        c.appids().join(", ")
     );
     Ok(())
 }
@@ -203,10 +211,12 @@ fn revoke(
     path: &std::path::Path,
     openid: &str,
     block: Option<Duration>,
+    appid: Option<&str>,
 ) -> Result<(), (ExitCode, String)> {
     let fail = |message: String| (ExitCode::FAILURE, message);
     wxgate::admin::check_openid(openid).map_err(|e| (ExitCode::from(2), e))?;
     let c = load(path).map_err(fail)?;
+    let appid = app_of(&c, appid).map_err(|e| (ExitCode::from(2), e))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -217,8 +227,11 @@ fn revoke(
             c.admin.token.as_ref(),
             openid,
             block,
+            appid,
         )),
-        (None, config::StoreKind::Redis { .. }) => rt.block_on(revoke_in_redis(&c, openid, block)),
+        (None, config::StoreKind::Redis { .. }) => {
+            rt.block_on(revoke_in_redis(&c, openid, block, appid))
+        }
         (None, config::StoreKind::Memory { .. }) => {
             return Err((
                 ExitCode::from(2),
@@ -249,6 +262,7 @@ async fn revoke_via_admin(
     token: Option<&wxgate::secret::Secret>,
     openid: &str,
     block: Option<Duration>,
+    appid: &str,
 ) -> Result<UserRevoked, String> {
     let mut addr = admin;
     if addr.ip().is_unspecified() {
@@ -259,7 +273,7 @@ async fn revoke_via_admin(
         });
     }
     let url = format!("http://{addr}{}", wxgate::admin::REVOKE_PATH);
-    let mut body = serde_json::json!({ "openid": openid });
+    let mut body = serde_json::json!({ "openid": openid, "appid": appid });
     if let Some(b) = block {
         body["block"] = humantime::format_duration(b).to_string().into();
     }
@@ -296,14 +310,12 @@ async fn revoke_in_redis(
     c: &config::Config,
     openid: &str,
     block: Option<Duration>,
+    appid: &str,
 ) -> Result<UserRevoked, String> {
     let clock = std::sync::Arc::new(wxgate::session::SystemClock);
     let now_ms = wxgate::session::Clock::now_ms(&*clock);
-    let store = wxgate::app::build_store(c, clock)?;
-    let until = unix_now()
-        + Tokens::new(&c.jwt, &[&c.wechat.appid])
-            .max_lifetime()
-            .as_secs();
+    let store = wxgate::app::build_store(c, appid, clock)?;
+    let until = unix_now() + Tokens::new(&c.jwt, &c.appids()).max_lifetime().as_secs();
     let block_until_ms = block.map(|b| now_ms + b.as_millis() as u64);
     let sessions = store
         .revoke_user(openid, until, block_until_ms)
@@ -320,19 +332,37 @@ fn token(
     path: &std::path::Path,
     openid: String,
     unionid: Option<String>,
+    appid: Option<String>,
     ttl: Option<Duration>,
 ) -> Result<(), String> {
     let c = load(path)?;
-    let tokens = Tokens::new(&c.jwt, &[&c.wechat.appid]);
+    let tokens = Tokens::new(&c.jwt, &c.appids());
     let identity = Identity {
         openid,
         unionid,
         sid: wxgate::session::new_sid(),
-        appid: c.wechat.appid.as_str().into(),
+        appid: app_of(&c, appid.as_deref())?.into(),
     };
     let signed = tokens.sign_for(&identity, unix_now(), ttl.unwrap_or(c.jwt.ttl))?;
     println!("{}", signed.token);
     Ok(())
+}
+
+/// The appid a command acts for: the one asked for (it must be configured), else the first.
+fn app_of<'a>(c: &'a config::Config, appid: Option<&str>) -> Result<&'a str, String> {
+    match appid {
+        None => Ok(c.first_app().appid.as_str()),
+        Some(a) => c
+            .appids()
+            .into_iter()
+            .find(|known| *known == a)
+            .ok_or_else(|| {
+                format!(
+                    "appid {a:?} is not configured (apps: {})",
+                    c.appids().join(", ")
+                )
+            }),
+    }
 }
 
 /// Serve a stand-in on `listen`, printing its address first (tests read it to learn the port).

@@ -50,6 +50,12 @@ pub enum Reject {
     LoginCodeMissing,
     /// `/auth/refresh` without a `refresh_token`.
     RefreshTokenMissing,
+    /// A login without `appid` while several mini programs are configured.
+    AppidMissing,
+    /// A login naming an appid that is not configured.
+    UnknownApp,
+    /// A valid token of another mini program on a route with `apps`.
+    WrongApp,
     /// A refresh token that names no live session, or an old one presented again (`reused`: the
     /// session has been revoked).
     RefreshTokenInvalid { reused: bool },
@@ -131,6 +137,9 @@ impl Reject {
             Reject::Token(problem) => p(401, "10200", "token已过期", Some(problem.reason())),
             Reject::LoginCodeMissing => p(400, "10120", "code必须传递", None),
             Reject::RefreshTokenMissing => p(400, "10121", "refresh_token必须传递", None),
+            Reject::AppidMissing => p(400, "10122", "appid必须传递", Some("appid_missing")),
+            Reject::UnknownApp => p(400, "10123", "appid无效", Some("unknown_app")),
+            Reject::WrongApp => p(403, "10407", "该小程序无权访问此接口", Some("wrong_app")),
             Reject::RefreshTokenInvalid { reused } => p(
                 401,
                 "10201",
@@ -363,6 +372,18 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         ),
         (Reject::LoginCodeMissing, "`/auth` without a `code`"),
         (Reject::RefreshTokenMissing, "`/auth/refresh` without a `refresh_token`"),
+        (
+            Reject::AppidMissing,
+            "login without `appid` while several mini programs are configured",
+        ),
+        (
+            Reject::UnknownApp,
+            "login naming an `appid` that is not configured (no WeChat call is made)",
+        ),
+        (
+            Reject::WrongApp,
+            "a valid token of another mini program on a route with `apps`",
+        ),
         (
             Reject::RefreshTokenInvalid { reused: false },
             "refresh token unknown or expired, or already used (`reason`: `reused`; the session is then revoked): log in again",

@@ -3,11 +3,10 @@
 //! dispatch to [`Login`].
 
 use super::extract::{self, Presented};
-use super::service::Login;
+use super::Apps;
 use crate::reply::{self, Reject};
 use bytes::Bytes;
 use http::Method;
-use std::sync::Arc;
 
 /// The endpoints the gateway answers itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,36 +43,42 @@ impl Endpoint {
 
 /// Compute an endpoint's answer body, or its rejection.
 pub async fn answer(
-    login: &Arc<Login>,
+    apps: &Apps,
     endpoint: Endpoint,
     request: &EndpointRequest<'_>,
     headers: &http::HeaderMap,
 ) -> Result<Bytes, Reject> {
     match endpoint {
         Endpoint::Login => {
-            let code = login_code(request)?;
+            let (code, appid) = login_code(request)?;
+            // The app is known (or refused) before WeChat is asked anything.
+            let login = apps.for_login(appid.as_deref())?;
             Ok(reply::success("登录", login.login(&code).await?))
         }
         Endpoint::Verify => {
             let json = verify_body(request)?;
-            let data = login.check(verify_token(json.as_ref(), headers))?;
+            let presented = verify_token(json.as_ref(), headers);
+            let data = apps.owner(presented)?.check(presented)?;
             Ok(reply::success("验证成功", data))
         }
         Endpoint::Refresh => {
-            let refresh_token = refresh_token(request)?;
+            let (refresh_token, appid) = refresh_token(request)?;
             Ok(reply::success(
                 "刷新成功",
-                login.refresh(&refresh_token).await?,
+                refresh(apps, &refresh_token, appid.as_deref()).await?,
             ))
         }
         Endpoint::Logout => {
             let json = post_body(request)?;
-            login.logout(verify_token(Some(&json), headers)).await?;
+            let presented = verify_token(Some(&json), headers);
+            apps.owner(presented)?.logout(presented).await?;
             Ok(reply::success("已退出登录", serde_json::json!({})))
         }
         Endpoint::Phone => {
             let json = post_body(request)?;
-            let identity = login.verify(verify_token(Some(&json), headers))?;
+            let presented = verify_token(Some(&json), headers);
+            let login = apps.owner(presented)?;
+            let identity = login.verify(presented)?;
             let code = string_field(&json, "code", Reject::LoginCodeMissing)?;
             Ok(reply::success(
                 "获取手机号成功",
@@ -82,7 +87,9 @@ pub async fn answer(
         }
         Endpoint::Decrypt => {
             let json = post_body(request)?;
-            let identity = login.verify(verify_token(Some(&json), headers))?;
+            let presented = verify_token(Some(&json), headers);
+            let login = apps.owner(presented)?;
+            let identity = login.verify(presented)?;
             let data = string_field(&json, "encryptedData", Reject::DecryptFieldsMissing)?;
             let iv = string_field(&json, "iv", Reject::DecryptFieldsMissing)?;
             Ok(reply::success(
@@ -91,6 +98,27 @@ pub async fn answer(
             ))
         }
     }
+}
+
+/// A refresh token names its session, not its app: the app named by `appid`, else each app's
+/// store in turn until one knows the session (one app: one lookup, as before).
+async fn refresh(
+    apps: &Apps,
+    refresh_token: &str,
+    appid: Option<&str>,
+) -> Result<super::service::LoginData, Reject> {
+    if let Some(appid) = appid {
+        let app = apps.by_appid(appid).ok_or(Reject::UnknownApp)?;
+        return app.login.refresh(refresh_token).await;
+    }
+    let mut outcome = Err(Reject::RefreshTokenInvalid { reused: false });
+    for app in apps.iter() {
+        outcome = app.login.refresh(refresh_token).await;
+        if !matches!(outcome, Err(Reject::RefreshTokenInvalid { reused: false })) {
+            break;
+        }
+    }
+    outcome
 }
 
 /// The parts of a request the gateway endpoints look at.
@@ -151,9 +179,10 @@ fn body_fields(req: &EndpointRequest<'_>) -> Result<Fields, Reject> {
     }
 }
 
-/// The login code of an `/auth` request: `GET ?code=`, or `POST` with `{"code": "..."}` (a form
-/// body, or the query when the body is empty, also work).
-pub fn login_code(req: &EndpointRequest<'_>) -> Result<String, Reject> {
+/// The login code of an `/auth` request and the app it names, if it names one: `GET
+/// ?code=&appid=`, or `POST` with `{"code": "...", "appid": "..."}` (a form body, or the query
+/// when the body is empty, also work).
+pub fn login_code(req: &EndpointRequest<'_>) -> Result<(String, Option<String>), Reject> {
     let from_query = || form_fields(req.query.unwrap_or("").as_bytes());
     let fields = match *req.method {
         Method::GET => from_query(),
@@ -161,16 +190,27 @@ pub fn login_code(req: &EndpointRequest<'_>) -> Result<String, Reject> {
         Method::POST => body_fields(req)?,
         _ => return Err(Reject::MethodNotAllowed),
     };
-    string_field(&fields, "code", Reject::LoginCodeMissing)
+    let code = string_field(&fields, "code", Reject::LoginCodeMissing)?;
+    Ok((code, optional_field(&fields, "appid")?))
 }
 
-/// The refresh token of an `/auth/refresh` request: `{"refresh_token": "..."}` (or a form).
-pub fn refresh_token(req: &EndpointRequest<'_>) -> Result<String, Reject> {
-    string_field(
-        &post_body(req)?,
-        "refresh_token",
-        Reject::RefreshTokenMissing,
-    )
+/// An optional string field: absent, null or blank is `None`; another type is
+/// [`Reject::BadBody`].
+fn optional_field(body: &Fields, name: &str) -> Result<Option<String>, Reject> {
+    match body.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.trim().to_string())),
+        Some(_) => Err(Reject::BadBody),
+    }
+}
+
+/// The refresh token of an `/auth/refresh` request, and the app it names if any:
+/// `{"refresh_token": "...", "appid": "..."}` (or a form).
+pub fn refresh_token(req: &EndpointRequest<'_>) -> Result<(String, Option<String>), Reject> {
+    let body = post_body(req)?;
+    let token = string_field(&body, "refresh_token", Reject::RefreshTokenMissing)?;
+    Ok((token, optional_field(&body, "appid")?))
 }
 
 /// The fields of a POST endpoint's body (JSON object or form); an empty body has none.
@@ -245,11 +285,11 @@ mod tests {
         let post = Method::POST;
         assert_eq!(
             login_code(&req(&get, Some("code=abc"), None, "")),
-            Ok("abc".into())
+            Ok(("abc".into(), None))
         );
         assert_eq!(
             login_code(&req(&get, Some("x=1&code=a%2Eb"), None, "")),
-            Ok("a.b".into())
+            Ok(("a.b".into(), None))
         );
         assert_eq!(
             login_code(&req(
@@ -258,11 +298,11 @@ mod tests {
                 Some("application/json"),
                 r#"{"code":"abc"}"#
             )),
-            Ok("abc".into())
+            Ok(("abc".into(), None))
         );
         assert_eq!(
             login_code(&req(&post, None, None, r#"{"code":"abc"}"#)),
-            Ok("abc".into())
+            Ok(("abc".into(), None))
         );
         assert_eq!(
             login_code(&req(
@@ -271,11 +311,24 @@ mod tests {
                 Some("application/x-www-form-urlencoded; charset=utf-8"),
                 "code=abc"
             )),
-            Ok("abc".into())
+            Ok(("abc".into(), None))
         );
         assert_eq!(
             login_code(&req(&post, Some("code=q"), None, "")),
-            Ok("q".into())
+            Ok(("q".into(), None))
+        );
+        // The app, when the login names one (several mini programs).
+        assert_eq!(
+            login_code(&req(&get, Some("code=abc&appid=wx2"), None, "")),
+            Ok(("abc".into(), Some("wx2".into())))
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, r#"{"code":"abc","appid":"wx2"}"#)),
+            Ok(("abc".into(), Some("wx2".into())))
+        );
+        assert_eq!(
+            login_code(&req(&post, None, None, r#"{"code":"abc","appid":7}"#)),
+            Err(Reject::BadBody)
         );
     }
 

@@ -2,12 +2,14 @@
 //! (`service`, with the user's phone and encrypted data in `user_data`) and the endpoints the
 //! gateway answers itself (`endpoints`).
 
+pub mod apps;
 pub mod endpoints;
 pub mod extract;
 pub mod jwt;
 pub mod service;
 mod user_data;
 
+pub use apps::{App, Apps};
 pub use service::{Login, LoginParts, Sessions};
 
 /// Who the caller is, as proven by a verified token. More than an openid: the unionid, the

@@ -34,6 +34,8 @@ pub struct VerifyData {
     pub openid: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unionid: Option<String>,
+    /// The mini program the token was issued for.
+    pub appid: String,
 }
 
 type LoginOutcome = Result<LoginData, Reject>;
@@ -140,6 +142,11 @@ impl Login {
 
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// The mini program this service logs users in to.
+    pub fn appid(&self) -> &Arc<str> {
+        &self.appid
     }
 
     pub fn tokens(&self) -> &Tokens {
@@ -304,6 +311,7 @@ impl Login {
         Ok(VerifyData {
             openid: identity.openid,
             unionid: identity.unionid,
+            appid: identity.appid.to_string(),
         })
     }
 

@@ -143,6 +143,7 @@ pub fn parse_with(
 
     let mut server = None;
     let mut wechat = None;
+    let mut apps = None;
     let mut jwt = None;
     let mut auth = None;
     let mut session = None;
@@ -154,6 +155,7 @@ pub fn parse_with(
         match key.as_str() {
             "server" => server = v.section::<RawServer>(value, &key),
             "wechat" => wechat = v.section::<RawWechat>(value, &key),
+            "apps" => apps = v.apps_list(value),
             "jwt" => jwt = v.section::<RawJwt>(value, &key),
             "auth" => auth = v.section::<RawAuth>(value, &key),
             "session" => session = v.section::<RawSession>(value, &key),
@@ -166,24 +168,27 @@ pub fn parse_with(
     }
 
     let server = v.server(server.unwrap_or_default());
-    let wechat = v.wechat(wechat.unwrap_or_default());
+    let apps = v.apps(wechat, apps);
     let jwt = v.jwt(jwt.unwrap_or_default());
     let auth = v.auth(auth.unwrap_or_default());
     let session = v.session(session.unwrap_or_default());
     let admin = v.admin(admin.unwrap_or_default());
     let log = v.log(log.unwrap_or_default());
     let routes = v.check_routes(routes);
+    if let (Some(routes), Some(apps)) = (&routes, &apps) {
+        v.route_apps(routes, apps);
+    }
     let rate_limit = rate_limit.unwrap_or_default();
     let rate_limit = RateLimitConfig {
         login_per_minute: rate_limit.login_per_minute.unwrap_or(30),
         phone_per_minute: rate_limit.phone_per_minute.unwrap_or(10),
     };
 
-    let sections = (server, wechat, jwt, auth, session, admin, log, routes);
+    let sections = (server, apps, jwt, auth, session, admin, log, routes);
     match sections {
         (
             Some(server),
-            Some(wechat),
+            Some(apps),
             Some(jwt),
             Some(auth),
             Some(session),
@@ -192,7 +197,7 @@ pub fn parse_with(
             Some(routes),
         ) if v.problems.is_empty() => Ok(Config {
             server,
-            wechat,
+            apps,
             jwt,
             auth,
             session,

@@ -80,6 +80,31 @@ pub struct RawWechat {
     pub access_token_api: Option<String>,
 }
 
+/// One `[[apps]]` entry: a mini program, as `[wechat]` with a name.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawApp {
+    pub name: Option<String>,
+    pub appid: Option<String>,
+    pub secret: Option<String>,
+    pub api_base: Option<String>,
+    pub timeout: Option<DurationText>,
+    pub access_token_api: Option<String>,
+}
+
+impl RawApp {
+    /// Its WeChat keys, as a `[wechat]` table would hold them.
+    pub fn wechat(self) -> (Option<String>, RawWechat) {
+        let wechat = RawWechat {
+            appid: self.appid,
+            secret: self.secret,
+            api_base: self.api_base,
+            timeout: self.timeout,
+            access_token_api: self.access_token_api,
+        };
+        (self.name, wechat)
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct RawJwt {
     pub algorithm: Option<String>,
@@ -100,6 +125,7 @@ pub struct RawAuth {
     pub phone_header: Option<String>,
     pub identity_header: Option<String>,
     pub unionid_header: Option<String>,
+    pub appid_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +158,7 @@ pub struct RawRoute {
     pub retries: Option<u32>,
     pub rate_limit: Option<String>,
     pub rate_limit_burst: Option<u32>,
+    pub apps: Option<Vec<String>>,
 }
 
 /// `health_check = { path = "/healthz", interval = "2s", ... }`; without `path`, a TCP connect.

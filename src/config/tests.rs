@@ -48,9 +48,9 @@ upstreams = ["127.0.0.1:9001"]
 fn minimal_config_gets_documented_defaults() {
     let c = parse_ok(MINIMAL);
     assert_eq!(c.server.listen, "127.0.0.1:3000".parse().unwrap());
-    assert_eq!(c.wechat.secret.expose(), "appsecret");
-    assert_eq!(c.wechat.api_base, "https://api.weixin.qq.com");
-    assert_eq!(c.wechat.timeout, Duration::from_secs(3));
+    assert_eq!(c.first_app().secret.expose(), "appsecret");
+    assert_eq!(c.first_app().api_base, "https://api.weixin.qq.com");
+    assert_eq!(c.first_app().timeout, Duration::from_secs(3));
     assert_eq!(c.jwt.ttl, Duration::from_secs(7200));
     assert_eq!(c.jwt.leeway, Duration::ZERO);
     assert_eq!(c.auth.login_path, "/auth");
@@ -450,4 +450,69 @@ fn admin_token() {
     );
     let p = problems(&format!("{MINIMAL}\n[admin]\ntoken = \"{SECRET}\"\n"));
     assert!(has(&p, "admin.token", "without admin.listen"), "{p:?}");
+}
+
+const TWO_APPS: &str = r#"
+[[apps]]
+name = "shop"
+appid = "wx1111111111111111"
+secret = "${WECHAT_APPSECRET}"
+
+[[apps]]
+name = "staff"
+appid = "wx2222222222222222"
+secret = "${WECHAT_APPSECRET}"
+api_base = "http://127.0.0.1:9100"
+
+[jwt]
+secret = "${WXGATE_JWT_SECRET}"
+
+[[routes]]
+prefix = "/staff/"
+upstreams = ["127.0.0.1:9002"]
+apps = ["staff"]
+
+[[routes]]
+prefix = "/api/"
+upstreams = ["127.0.0.1:9001"]
+"#;
+
+#[test]
+fn several_mini_programs() {
+    let c = parse_ok(TWO_APPS);
+    assert_eq!(c.appids(), ["wx1111111111111111", "wx2222222222222222"]);
+    assert_eq!(c.apps[1].name, "staff");
+    assert_eq!(c.apps[1].wechat.api_base, "http://127.0.0.1:9100");
+    assert_eq!(c.first_app().api_base, "https://api.weixin.qq.com");
+    assert_eq!(c.routes[0].apps, Some(vec!["staff".to_string()]));
+    assert_eq!(c.routes[1].apps, None);
+    assert_eq!(c.auth.appid_header.as_str(), "x-wx-appid");
+    // [wechat] is the one-app form.
+    let c = parse_ok(MINIMAL);
+    assert_eq!((c.apps.len(), c.apps[0].name.as_str()), (1, "default"));
+
+    let p = problems(
+        &TWO_APPS
+            .replace("wx2222222222222222", "wx1111111111111111")
+            .replace("name = \"staff\"", "name = \"shop\"")
+            .replace("apps = [\"staff\"]", "apps = [\"nobody\"]"),
+    );
+    assert!(
+        has(&p, "apps[1].name", "already the name of apps[0]"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "apps[1].appid", "already the appid of apps[0]"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "routes[0].apps[0]", "\"nobody\" names no app"),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{TWO_APPS}\n[wechat]\nappid = \"wx1\"\nsecret = \"x\"\n"
+    ));
+    assert!(has(&p, "apps", "not both"), "{p:?}");
+    let p = problems(&TWO_APPS.replace("appid = \"wx2222222222222222\"\n", ""));
+    assert!(has(&p, "apps[1].appid", "required"), "{p:?}");
 }

@@ -11,7 +11,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub server: ServerConfig,
-    pub wechat: WechatConfig,
+    /// The mini programs (`[[apps]]`, or `[wechat]` as the one app): at least one, the first
+    /// being the default where a request does not name one.
+    pub apps: Vec<AppConfig>,
     pub jwt: JwtConfig,
     pub auth: AuthConfig,
     pub session: SessionConfig,
@@ -127,6 +129,25 @@ pub enum AccessTokenApi {
     Classic,
 }
 
+/// One mini program: a name for routes and logs, and its WeChat credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    pub name: String,
+    pub wechat: WechatConfig,
+}
+
+impl Config {
+    /// The first (with `[wechat]`, the only) mini program.
+    pub fn first_app(&self) -> &WechatConfig {
+        &self.apps[0].wechat
+    }
+
+    /// Every appid, in the file's order.
+    pub fn appids(&self) -> Vec<&str> {
+        self.apps.iter().map(|a| a.wechat.appid.as_str()).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct WechatConfig {
     pub appid: String,
@@ -161,6 +182,8 @@ pub struct AuthConfig {
     pub decrypt_path: String,
     pub identity_header: HeaderName,
     pub unionid_header: HeaderName,
+    /// Carries the caller's appid (the token's `aud`).
+    pub appid_header: HeaderName,
     /// Carries the verified phone number to routes with `forward_phone = true`.
     pub phone_header: HeaderName,
 }
@@ -228,6 +251,8 @@ pub struct RouteConfig {
     pub retries: u32,
     /// Requests per openid (per client address on public routes); `None`: unlimited.
     pub rate_limit: Option<RouteRateLimit>,
+    /// Only tokens of these apps (by name); `None`: every app's.
+    pub apps: Option<Vec<String>>,
 }
 
 impl RouteConfig {
@@ -251,6 +276,7 @@ impl RouteConfig {
             health_check: None,
             retries: 1,
             rate_limit: None,
+            apps: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! Each method returns `None` for a section (or key) with a problem, having recorded it.
 
 use super::raw::{
-    DurationText, RawAdmin, RawAuth, RawHealthCheck, RawJwt, RawLog, RawRoute, RawServer,
+    DurationText, RawAdmin, RawApp, RawAuth, RawHealthCheck, RawJwt, RawLog, RawRoute, RawServer,
     RawSession, RawWechat,
 };
 use super::types::*;
@@ -347,41 +347,43 @@ impl Validator {
         })
     }
 
-    pub(super) fn wechat(&mut self, raw: RawWechat) -> Option<WechatConfig> {
-        let appid = self.required(raw.appid, "wechat.appid");
+    /// A mini program's WeChat keys, under `at` (`wechat`, or `apps[i]`).
+    pub(super) fn wechat(&mut self, raw: RawWechat, at: &str) -> Option<WechatConfig> {
+        let key = |k: &str| format!("{at}.{k}");
+        let appid = self.required(raw.appid, &key("appid"));
         if let Some(a) = &appid {
             if a.trim().is_empty() {
-                self.problem("wechat.appid", "must not be empty".into());
+                self.problem(&key("appid"), "must not be empty".into());
             }
         }
-        let secret = self.required(raw.secret, "wechat.secret");
+        let secret = self.required(raw.secret, &key("secret"));
         if let Some(s) = &secret {
             if s.is_empty() {
-                self.problem("wechat.secret", "must not be empty".into());
+                self.problem(&key("secret"), "must not be empty".into());
             }
         }
         let api_base = self
-            .or_default(raw.api_base, "wechat.api_base", "https://api.weixin.qq.com")
+            .or_default(raw.api_base, &key("api_base"), "https://api.weixin.qq.com")
             .map(|b| b.trim_end_matches('/').to_string());
         let base_ok = api_base
             .as_ref()
             .is_some_and(|b| b.starts_with("http://") || b.starts_with("https://"));
         if let (false, Some(api_base)) = (base_ok, &api_base) {
             self.problem(
-                "wechat.api_base",
+                &key("api_base"),
                 format!("{api_base:?} must start with http:// or https://"),
             );
         }
-        let timeout = self.positive_duration(raw.timeout, "wechat.timeout", "3s");
+        let timeout = self.positive_duration(raw.timeout, &key("timeout"), "3s");
         let access_token_api =
-            self.or_default(raw.access_token_api, "wechat.access_token_api", "stable");
+            self.or_default(raw.access_token_api, &key("access_token_api"), "stable");
         let access_token_api = match access_token_api.as_deref() {
             None => None,
             Some("stable") => Some(AccessTokenApi::Stable),
             Some("classic") => Some(AccessTokenApi::Classic),
             Some(other) => {
                 self.problem(
-                    "wechat.access_token_api",
+                    &key("access_token_api"),
                     format!("{other:?} is not one of \"stable\", \"classic\""),
                 );
                 None
@@ -394,6 +396,112 @@ impl Validator {
             timeout: timeout?,
             access_token_api: access_token_api?,
         })
+    }
+
+    /// `[[apps]]` (or `[wechat]`, the one-app form): names and appids distinct.
+    pub(super) fn apps(
+        &mut self,
+        wechat: Option<RawWechat>,
+        apps: Option<Vec<Option<RawApp>>>,
+    ) -> Option<Vec<AppConfig>> {
+        match (wechat, apps) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "apps",
+                    "use either [wechat] (one mini program) or [[apps]] entries, not both".into(),
+                );
+                None
+            }
+            (Some(raw), None) => {
+                let wechat = self.wechat(raw, "wechat")?;
+                Some(vec![AppConfig {
+                    name: "default".into(),
+                    wechat,
+                }])
+            }
+            (None, None) if self.is_invalid("apps") => None,
+            (None, None) => {
+                // Neither: report [wechat]'s required keys, the form most files use.
+                self.wechat(RawWechat::default(), "wechat");
+                None
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    self.problem("apps", "must have at least one [[apps]] entry".into());
+                    return None;
+                }
+                let mut out = Vec::with_capacity(list.len());
+                let mut ok = true;
+                for (i, raw) in list.into_iter().enumerate() {
+                    let at = format!("apps[{i}]");
+                    let Some(raw) = raw else {
+                        ok = false;
+                        continue;
+                    };
+                    let (name, raw) = raw.wechat();
+                    let name = self.required(name, &format!("{at}.name"));
+                    if let Some(n) = &name {
+                        if let Some(j) = out.iter().position(|a: &AppConfig| a.name == *n) {
+                            self.problem(
+                                &format!("{at}.name"),
+                                format!("{n:?} is already the name of apps[{j}]"),
+                            );
+                        } else if n.is_empty() {
+                            self.problem(&format!("{at}.name"), "must not be empty".into());
+                        }
+                    }
+                    let wechat = self.wechat(raw, &at);
+                    if let Some(w) = &wechat {
+                        if let Some(j) = out.iter().position(|a| a.wechat.appid == w.appid) {
+                            self.problem(
+                                &format!("{at}.appid"),
+                                format!("{:?} is already the appid of apps[{j}]", w.appid),
+                            );
+                        }
+                    }
+                    match (name, wechat) {
+                        (Some(name), Some(wechat)) => out.push(AppConfig { name, wechat }),
+                        _ => ok = false,
+                    }
+                }
+                ok.then_some(out)
+            }
+        }
+    }
+
+    /// Every route's `apps` names an app.
+    pub(super) fn route_apps(&mut self, routes: &[RouteConfig], apps: &[AppConfig]) {
+        for (i, route) in routes.iter().enumerate() {
+            for (j, name) in route.apps.iter().flatten().enumerate() {
+                if !apps.iter().any(|a| a.name == *name) {
+                    let names: Vec<_> = apps.iter().map(|a| format!("{:?}", a.name)).collect();
+                    self.problem(
+                        &format!("routes[{i}].apps[{j}]"),
+                        format!("{name:?} names no app (apps: {})", names.join(", ")),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The `[[apps]]` entries as written.
+    pub(super) fn apps_list(&mut self, value: toml::Value) -> Option<Vec<Option<RawApp>>> {
+        match value {
+            toml::Value::Array(items) => Some(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| self.section::<RawApp>(item, &format!("apps[{i}]")))
+                    .collect(),
+            ),
+            _ => {
+                self.invalid(
+                    "apps",
+                    "must be an array of tables ([[apps]] entries)".into(),
+                );
+                None
+            }
+        }
     }
 
     pub(super) fn jwt(&mut self, raw: RawJwt) -> Option<JwtConfig> {
@@ -492,10 +600,12 @@ impl Validator {
             self.header(raw.identity_header, "auth.identity_header", "X-WX-OpenID");
         let unionid_header = self.header(raw.unionid_header, "auth.unionid_header", "X-WX-UnionID");
         let phone_header = self.header(raw.phone_header, "auth.phone_header", "X-WX-Phone");
+        let appid_header = self.header(raw.appid_header, "auth.appid_header", "X-WX-AppID");
         let headers = [
             ("auth.identity_header", &identity_header),
             ("auth.unionid_header", &unionid_header),
             ("auth.phone_header", &phone_header),
+            ("auth.appid_header", &appid_header),
         ];
         self.distinct(&headers);
         Some(AuthConfig {
@@ -508,6 +618,7 @@ impl Validator {
             identity_header: identity_header?,
             unionid_header: unionid_header?,
             phone_header: phone_header?,
+            appid_header: appid_header?,
         })
     }
 
@@ -933,6 +1044,16 @@ impl Validator {
             health_check: health_check?,
             retries: retries?,
             rate_limit: rate_limit?,
+            apps: match raw.apps {
+                Some(list) if list.is_empty() => {
+                    self.problem(
+                        &at("apps"),
+                        "must name at least one app (or leave it out: every app)".into(),
+                    );
+                    return None;
+                }
+                other => other,
+            },
         })
     }
 

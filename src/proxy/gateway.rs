@@ -109,7 +109,11 @@ pub fn identify(
         (extract::Presented::Missing, Some(t)) if !t.is_empty() => extract::Presented::Token(t),
         (from_headers, _) => from_headers,
     };
-    snap.login.verify(presented).map(Some)
+    let identity = snap.apps.verify(presented)?;
+    match &route.apps {
+        Some(allowed) if !allowed.contains(&identity.appid) => Err(Reject::WrongApp),
+        _ => Ok(Some(identity)),
+    }
 }
 
 /// The request target the upstream gets, when it differs from the client's: the route's prefix
@@ -299,7 +303,7 @@ impl Gateway {
                     };
                     let span =
                         tracing::info_span!("request", id = request_id::as_str(&ctx.request_id));
-                    endpoints::answer(&snap.login, endpoint, &request, &req.headers)
+                    endpoints::answer(&snap.apps, endpoint, &request, &req.headers)
                         .instrument(span)
                         .await
                 }
@@ -399,10 +403,12 @@ impl ProxyHttp for Gateway {
             ctx.endpoint = Some(endpoint);
             return self.serve_endpoint(session, ctx, endpoint).await;
         }
-        let revocations = snap.login.revocations();
-        if !revocations.is_ready() {
-            // Only right after start-up with a shared store: load the revocation list first.
-            revocations.wait_ready(revocations.stale_after()).await;
+        for app in snap.apps.iter() {
+            let revocations = app.login.revocations();
+            if !revocations.is_ready() {
+                // Only right after start-up with a shared store: load the revocation list first.
+                revocations.wait_ready(revocations.stale_after()).await;
+            }
         }
         let route = match route_for(session.req_header(), &snap) {
             Ok(route) => route,
@@ -420,7 +426,7 @@ impl ProxyHttp for Gateway {
         if let Some(limiter) = &route.limiter {
             // Per user on protected routes; per client address on public ones.
             let key = match &identity {
-                Some(identity) => Some(openid_key(&identity.openid)),
+                Some(identity) => Some(openid_key(&identity.appid, &identity.openid)),
                 None => {
                     ctx.client = client_of(session, &snap);
                     ctx.client.map(client_key)
@@ -439,7 +445,11 @@ impl ProxyHttp for Gateway {
         }
         if let (true, Some(identity)) = (route.forward_phone, &identity) {
             let span = tracing::info_span!("request", id = request_id::as_str(&ctx.request_id));
-            match snap.login.phone_of(&identity.sid).instrument(span).await {
+            let login = snap
+                .apps
+                .by_appid(&identity.appid)
+                .map_or(snap.login(), |app| &app.login);
+            match login.phone_of(&identity.sid).instrument(span).await {
                 Ok(phone) => ctx.phone = phone,
                 Err(r) => return write_answer(session, ctx, Err(r)).await,
             }

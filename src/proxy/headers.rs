@@ -17,10 +17,17 @@ pub struct IdentityHeaders {
     pub phone: HeaderName,
     /// `<phone header>-Country-Code`.
     pub phone_country: HeaderName,
+    /// The caller's mini program (the token's `aud`).
+    pub appid: HeaderName,
 }
 
 impl IdentityHeaders {
-    pub fn new(openid: HeaderName, unionid: HeaderName, phone: HeaderName) -> Self {
+    pub fn new(
+        openid: HeaderName,
+        unionid: HeaderName,
+        phone: HeaderName,
+        appid: HeaderName,
+    ) -> Self {
         let phone_country =
             HeaderName::from_bytes(format!("{}-country-code", phone.as_str()).as_bytes())
                 .unwrap_or_else(|_| HeaderName::from_static("x-wx-phone-country-code"));
@@ -29,6 +36,7 @@ impl IdentityHeaders {
             unionid,
             phone,
             phone_country,
+            appid,
         }
     }
 
@@ -40,6 +48,7 @@ impl IdentityHeaders {
                 &self.unionid,
                 &self.phone,
                 &self.phone_country,
+                &self.appid,
             ]
             .iter()
             .any(|h| eq_normalized(name, h.as_str()))
@@ -63,6 +72,7 @@ impl IdentityHeaders {
         // Values come from our own signed token; a value that is not a valid header value
         // (impossible for WeChat ids) is left out rather than failing the request.
         let _ = req.insert_header(self.openid.clone(), identity.openid.as_str());
+        let _ = req.insert_header(self.appid.clone(), &*identity.appid);
         if let Some(unionid) = &identity.unionid {
             let _ = req.insert_header(self.unionid.clone(), unionid.as_str());
         }
@@ -104,6 +114,7 @@ mod tests {
             HeaderName::from_static("x-user-openid"),
             HeaderName::from_static("x-wx-unionid"),
             HeaderName::from_static("x-user-phone"),
+            HeaderName::from_static("x-user-app"),
         )
     }
 
@@ -125,6 +136,7 @@ mod tests {
             "x-wx-source",
             "x-user-openid",
             "x_user_openid",
+            "x-user-app",
         ] {
             assert!(h.is_reserved(n), "{n}");
         }
@@ -165,6 +177,7 @@ mod tests {
         );
         let got: Vec<_> = req.headers.get_all("x-user-openid").iter().collect();
         assert_eq!(got, vec!["o1"]);
+        assert_eq!(req.headers.get("x-user-app").unwrap(), "wx1");
         assert_eq!(req.headers.get("x-wx-unionid").unwrap(), "u1");
     }
 }

@@ -76,10 +76,11 @@ impl PerMinute {
     }
 }
 
-/// The key a user is counted under on a route with `rate_limit`: a hash of the openid, apart
-/// from every [`client_key`] (bit 127 set).
-pub fn openid_key(openid: &str) -> u128 {
+/// The key a user is counted under on a route with `rate_limit`: a hash of the app and the
+/// openid, apart from every [`client_key`] (bit 127 set).
+pub fn openid_key(appid: &str, openid: &str) -> u128 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    appid.hash(&mut hasher);
     openid.hash(&mut hasher);
     (1u128 << 127) | u128::from(hasher.finish())
 }
@@ -228,21 +229,21 @@ mod tests {
     #[test]
     fn route_limits_are_per_key_with_a_burst() {
         let limit = rate(2, 60, 3);
-        let alice = openid_key("o-alice");
-        let bob = openid_key("o-bob");
+        let alice = openid_key("wx1", "o-alice");
+        let bob = openid_key("wx1", "o-bob");
         assert!((0..3).all(|_| limit.check(alice).is_ok()), "the burst");
         let wait = limit.check(alice).unwrap_err();
         assert!((1..=30).contains(&wait), "one token every 30 s: {wait}");
         assert!(limit.check(bob).is_ok(), "another user is not limited");
         assert!(limit.check(client_key(ip("192.0.2.1"))).is_ok());
-        assert_ne!(openid_key("o-alice"), openid_key("o-bob"));
-        assert_ne!(openid_key("x") >> 127, client_key(ip("::1")) >> 127);
+        assert_ne!(openid_key("wx1", "o-alice"), openid_key("wx1", "o-bob"));
+        assert_ne!(openid_key("wx1", "x") >> 127, client_key(ip("::1")) >> 127);
     }
 
     #[test]
     fn route_limit_buckets_refill_and_are_forgotten() {
         let limit = rate(1000, 1, 1);
-        let key = openid_key("o-1");
+        let key = openid_key("wx1", "o-1");
         assert!(limit.check(key).is_ok());
         assert!(limit.check(key).is_err());
         std::thread::sleep(Duration::from_millis(5));

@@ -35,6 +35,8 @@ pub struct Route {
     pub retries: u32,
     /// `rate_limit`, when set.
     pub limiter: Option<Arc<RouteLimiter>>,
+    /// Only tokens of these appids (`apps`, resolved from names by the snapshot's builder).
+    pub apps: Option<Vec<Arc<str>>>,
     /// Trust roots for them (`upstream_ca` and the system's); `None`: the system's.
     roots: Option<Arc<pingora::protocols::tls::CaType>>,
     /// The `Host` header the upstream gets instead of the client's.
@@ -88,6 +90,7 @@ impl Route {
             lb: c.lb,
             retries: c.retries,
             limiter,
+            apps: None,
             roots,
             upstream_host: c.upstream_host.clone(),
             connect_timeout: c.connect_timeout,

@@ -9,7 +9,7 @@ use super::headers::IdentityHeaders;
 use super::limit::PerMinute;
 use super::route::RouteTable;
 use crate::auth::endpoints::Endpoint;
-use crate::auth::Login;
+use crate::auth::{Apps, Login};
 use crate::config::Config;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -25,7 +25,8 @@ pub struct Snapshot {
     /// The gateway's own endpoints, by path.
     endpoints: Vec<(String, Endpoint)>,
     pub identity: IdentityHeaders,
-    pub login: Arc<Login>,
+    /// The mini programs and their auth services (the first is the default).
+    pub apps: Apps,
     pub login_limit: Arc<PerMinute>,
     pub phone_limit: Arc<PerMinute>,
 }
@@ -38,7 +39,7 @@ impl Snapshot {
         generation: u64,
         config: Arc<Config>,
         routes: RouteTable,
-        login: Arc<Login>,
+        apps: Apps,
         login_limit: Arc<PerMinute>,
         phone_limit: Arc<PerMinute>,
     ) -> Self {
@@ -58,6 +59,7 @@ impl Snapshot {
             a.identity_header.clone(),
             a.unionid_header.clone(),
             a.phone_header.clone(),
+            a.appid_header.clone(),
         );
         Snapshot {
             generation,
@@ -66,10 +68,16 @@ impl Snapshot {
             routes,
             endpoints,
             identity,
-            login,
+            apps,
             login_limit,
             phone_limit,
         }
+    }
+
+    /// The first (default) app's auth service: what does not depend on the caller's app (the
+    /// session store's health, for one).
+    pub fn login(&self) -> &Arc<Login> {
+        self.apps.first()
     }
 
     /// Which gateway endpoint a path names, if any.

@@ -141,7 +141,8 @@ impl Revocations {
 }
 
 /// Reads the store and revocation list of the snapshot in force.
-pub type CurrentStore = Box<dyn Fn() -> (Arc<dyn SessionStore>, Arc<Revocations>) + Send + Sync>;
+pub type CurrentStore =
+    Box<dyn Fn() -> Vec<(Arc<dyn SessionStore>, Arc<Revocations>)> + Send + Sync>;
 
 /// The background task that keeps the revocation list of the snapshot in force in step with its
 /// store, when that store is shared. It follows reloads: a new store is synced from then on.
@@ -156,10 +157,19 @@ impl BackgroundService for RevocationSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut healthy = true;
         loop {
-            let (store, revocations) = (self.current)();
-            if store.is_shared() {
-                let outcome = revocations.sync(&*store, self.clock.now_ms()).await;
-                revocations.mark_tried();
+            // One store per mini program, synced together.
+            let now = self.clock.now_ms();
+            let syncs = (self.current)()
+                .into_iter()
+                .filter(|(store, _)| store.is_shared())
+                .map(|(store, revocations)| async move {
+                    let outcome = revocations.sync(&*store, now).await;
+                    revocations.mark_tried();
+                    outcome
+                });
+            let outcomes = futures::future::join_all(syncs).await;
+            if !outcomes.is_empty() {
+                let outcome = outcomes.into_iter().find(Result::is_err).unwrap_or(Ok(0));
                 match outcome {
                     Ok(_) if !healthy => {
                         tracing::info!("session store reachable again; revocations in step");

@@ -146,6 +146,11 @@ pub fn mock_wechat_with(extra: &[&str]) -> Proc {
     stand_in(&args)
 }
 
+/// The stand-in WeChat for any appid (several mini programs): still demands our secret.
+pub fn mock_wechat_any_app() -> Proc {
+    stand_in(&["mock-wechat", "--secret", APPSECRET])
+}
+
 pub fn echo() -> Proc {
     stand_in(&["echo"])
 }
