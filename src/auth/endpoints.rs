@@ -18,6 +18,8 @@ pub enum Endpoint {
     Logout,
     Phone,
     Decrypt,
+    /// The JWK Set of the token keys' public halves.
+    Jwks,
 }
 
 impl Endpoint {
@@ -25,6 +27,7 @@ impl Endpoint {
     pub fn allow(self) -> &'static str {
         match self {
             Endpoint::Login | Endpoint::Verify => "GET, POST",
+            Endpoint::Jwks => "GET, HEAD",
             _ => "POST",
         }
     }
@@ -38,6 +41,16 @@ impl Endpoint {
             Endpoint::Logout => "endpoint:logout",
             Endpoint::Phone => "endpoint:phone",
             Endpoint::Decrypt => "endpoint:decrypt",
+            Endpoint::Jwks => "endpoint:jwks",
+        }
+    }
+
+    /// Its `Cache-Control` when it answers: public keys may be cached (verifiers refetch on an
+    /// unknown `kid`); everything else about a user never is.
+    pub fn cache_control(self) -> &'static str {
+        match self {
+            Endpoint::Jwks => "public, max-age=300",
+            _ => "no-store",
         }
     }
 }
@@ -68,12 +81,13 @@ pub async fn answer(
         }
         Endpoint::Logout => {
             let json = post_body(request)?;
+            with_session(login.verify(verify_token(Some(&json), headers))?)?;
             login.logout(verify_token(Some(&json), headers)).await?;
             Ok(reply::success("已退出登录", serde_json::json!({})))
         }
         Endpoint::Phone => {
             let json = post_body(request)?;
-            let identity = login.verify(verify_token(Some(&json), headers))?;
+            let identity = with_session(login.verify(verify_token(Some(&json), headers))?)?;
             let code = string_field(&json, "code", Reject::LoginCodeMissing)?;
             Ok(reply::success(
                 "获取手机号成功",
@@ -82,7 +96,7 @@ pub async fn answer(
         }
         Endpoint::Decrypt => {
             let json = post_body(request)?;
-            let identity = login.verify(verify_token(Some(&json), headers))?;
+            let identity = with_session(login.verify(verify_token(Some(&json), headers))?)?;
             let data = string_field(&json, "encryptedData", Reject::DecryptFieldsMissing)?;
             let iv = string_field(&json, "iv", Reject::DecryptFieldsMissing)?;
             Ok(reply::success(
@@ -90,7 +104,21 @@ pub async fn answer(
                 login.decrypt(&identity, &data, &iv).await?,
             ))
         }
+        Endpoint::Jwks => match *request.method {
+            Method::GET | Method::HEAD => login.tokens().jwks().cloned().ok_or(Reject::NoRoute),
+            _ => Err(Reject::MethodNotAllowed),
+        },
     }
+}
+
+/// An identity with a wxgate session. Another backend's token (`[[jwt.accept]]`) has none: its
+/// holder must log in through wxgate before logout, phone or decrypt (and an empty sid must
+/// never reach a revocation).
+fn with_session(identity: crate::auth::Identity) -> Result<crate::auth::Identity, Reject> {
+    if identity.sid.is_empty() {
+        return Err(Reject::Token(crate::reply::TokenProblem::MissingClaim));
+    }
+    Ok(identity)
 }
 
 /// The parts of a request the gateway endpoints look at.
