@@ -236,6 +236,20 @@ mod tests {
     }
 
     #[test]
+    fn other_key_types_are_refused_by_name() {
+        // P-384 and RSA: PEM keys of a type no supported algorithm uses (made by another crate).
+        for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_RSA_SHA256] {
+            let Ok(pair) = rcgen::KeyPair::generate_for(alg) else {
+                continue; // rcgen cannot generate RSA with every backend
+            };
+            let e = public_key(&pair.public_key_pem()).unwrap_err();
+            assert!(e.contains("P-256"), "{e}");
+            let e = private_key(&pair.serialize_pem(), JwtAlgorithm::ES256).unwrap_err();
+            assert!(e.contains("is not a P-256"), "{e}");
+        }
+    }
+
+    #[test]
     fn jwk_fields() {
         let (_, public) = generate(JwtAlgorithm::ES256).unwrap();
         let (_, raw) = public_key(&public).unwrap();

@@ -14,9 +14,7 @@ const KEY: &str = "fuzz-key-fuzz-key-fuzz-key-fuzz-key!";
 
 fn tokens() -> &'static Tokens {
     static T: OnceLock<Tokens> = OnceLock::new();
-    T.get_or_init(|| {
-        Tokens::new(&JwtConfig::hs256(KEY), &["wxfuzz"])
-    })
+    T.get_or_init(|| Tokens::new(&JwtConfig::hs256(KEY), &["wxfuzz"]))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -168,12 +168,12 @@ impl Tokens {
     /// Keys for `config`, accepting tokens of any of `appids` (each token names one in `aud`).
     pub fn new(config: &JwtConfig, appids: &[&str]) -> Self {
         let algorithm = algorithm_of(config.algorithm);
-        let encoding = match &config.key {
-            KeyMaterial::Secret(s) => EncodingKey::from_secret(s.expose().as_bytes()),
-            KeyMaterial::Private(der) if config.algorithm == JwtAlgorithm::ES256 => {
-                EncodingKey::from_ec_der(der)
-            }
-            KeyMaterial::Private(der) | KeyMaterial::Public(der) => EncodingKey::from_ed_der(der),
+        let encoding = match (&config.key, config.algorithm) {
+            (KeyMaterial::Private(der), JwtAlgorithm::ES256) => EncodingKey::from_ec_der(der),
+            (KeyMaterial::Private(der), _) => EncodingKey::from_ed_der(der),
+            (KeyMaterial::Secret(s), _) => EncodingKey::from_secret(s.expose().as_bytes()),
+            // Validation never lets a public key sign; if it did, signing fails, nothing panics.
+            (KeyMaterial::Public(_), _) => EncodingKey::from_ed_der(&[]),
         };
         let key = |alg: JwtAlgorithm, material: &KeyMaterial| {
             let algorithm = algorithm_of(alg);

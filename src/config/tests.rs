@@ -545,3 +545,18 @@ fn private_key_from_the_environment_and_accept_entries() {
     );
     assert!(has(&p, "jwt.accept[0].until", "not an instant"), "{p:?}");
 }
+
+#[test]
+fn a_key_file_replaced_in_place_changes_the_config() {
+    // app::build_snapshot rebuilds the token keys when `jwt` differs: the loaded key counts,
+    // not only its path.
+    let (private, _) = key_files(JwtAlgorithm::EdDSA, "in-place");
+    let text = with_jwt(&format!(
+        "algorithm = \"EdDSA\"\nprivate_key = {private:?}\nkid = \"k\""
+    ));
+    let before = parse_ok(&text);
+    assert_eq!(parse_ok(&text).jwt, before.jwt);
+    let (other, _) = crate::keys::generate(JwtAlgorithm::EdDSA).unwrap();
+    std::fs::write(&private, other).unwrap();
+    assert_ne!(parse_ok(&text).jwt, before.jwt);
+}
