@@ -291,7 +291,14 @@ fn accept(until: &str) -> impl FnOnce(String) -> String {
 #[tokio::test]
 async fn a_tutorial_backends_tokens_pass_until_the_window_ends() {
     let token = tutorial_token("o-tutorial");
-    let s = Stack::with(accept("2999-01-31T00:00:00Z"));
+    let admin = free_port();
+    let add_admin = accept("2999-01-31T00:00:00Z");
+    let s = Stack::with(move |c| {
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n",
+            add_admin(c)
+        )
+    });
     for _ in 0..2 {
         // The second time from the verified-token cache.
         let (status, echo) = get_bearer(s.url("/api/x"), &token).await;
@@ -322,6 +329,21 @@ async fn a_tutorial_backends_tokens_pass_until_the_window_ends() {
     assert_eq!(reason(&s.gw, &ours).await.0, 200);
     let (status, v) = reason(&s.gw, &ours.replace('.', "x.")).await;
     assert_eq!(status, 401, "{v}");
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let legacy = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wxgate_auth_legacy_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    // Two proxied calls, one /isAuth, one refused logout (verified before it was refused) and
+    // one more call.
+    assert!(legacy.is_some_and(|n| n >= 4.0), "{legacy:?}");
     let log = s.gw.log_when(|l| l.contains("/api/x"));
     assert!(!log.contains(SESSION_KEY), "the log holds the session_key");
 
