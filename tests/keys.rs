@@ -316,6 +316,7 @@ async fn a_tutorial_backends_tokens_pass_until_the_window_ends() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["openid"], "o-tutorial", "{v}");
     let resp = client()
         .post(s.url("/auth/logout"))
         .bearer_auth(&token)
