@@ -100,6 +100,8 @@ def checks(by_id):
     ratio_check("row4 >= 0.95 x row3 requests/s", "4", "3", 0.95)
     ratio_check("row4 >= 1.0 x row2 requests/s", "4", "2", 1.0)
     ratio_check("row4 >= 20 x row6 requests/s", "4", "6", 20)
+    ratio_check("row5e (ES256 token) >= 0.9 x row4 (HS256) requests/s", "5e", "4", 0.9)
+    ratio_check("row5d (EdDSA token) >= 0.9 x row4 (HS256) requests/s", "5d", "4", 0.9)
     ratio_check("row4j (JSON access log, metrics) >= 0.97 x row4 requests/s", "4j", "4", 0.97)
     ratio_check("row4p (3 upstreams, openid_hash, health checks) >= 0.97 x row4r requests/s", "4p", "4r", 0.97)
     ratio_check("row4s (wxgate HTTPS) >= 1.0 x row2s (nginx HTTPS) requests/s", "4s", "2s", 1.0)

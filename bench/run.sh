@@ -5,7 +5,7 @@
 #   2s/4s rows 2 and 4 over HTTPS       4j as 4 with the JSON access log on and /metrics scraped
 #   4b as 4 with the Redis store           4@256 as 4 at 256 connections (peak RSS target)
 #   4r/4p as 4, one upstream round robin / three upstreams, openid_hash, health checks (in turn)
-#   5 ES256/EdDSA (n/a yet)                6 Node: Express + jsonwebtoken + http-proxy-middleware
+#   5e/5d as 4, ES256 / EdDSA tokens       6 Node: Express + jsonwebtoken + http-proxy-middleware
 #   7 wxgate logins (GET /auth?code=) against the stand-in WeChat
 # One origin, the same wrk settings for every row (wrk on CPU 0, every server on CPU 1), a
 # warm-up before each measured run, loopback only. Results: bench/out/{table.md,results.json,chart.svg}.
@@ -44,9 +44,9 @@ if [ "${SKIP_NODE:-0}" != 1 ] && [ ! -d "$BENCH/node/node_modules" ]; then
   (cd "$BENCH/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
 
-mapfile -t ports < <(free_ports 18)
+mapfile -t ports < <(free_ports 20)
 read -r P_ORIGIN P_PROXY P_GW3 P_GW4 P_GW4B P_GW256 P_GW7 P_REDIS P_NODE P_MOCK P_GW4J P_ADMIN P_PROXYTLS P_GWTLS \
-  P_ORIGIN2 P_ORIGIN3 P_GW4R P_GW4P <<<"${ports[*]}"
+  P_ORIGIN2 P_ORIGIN3 P_GW4R P_GW4P P_GW5E P_GW5D <<<"${ports[*]}"
 
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
@@ -163,6 +163,24 @@ say "== row 4: wxgate, protected route, HS256, memory store"
 wxgate_conf "$OUT/wxgate-4.toml" "$P_GW4" "$P_ORIGIN" "$P_MOCK" 1 memory
 bench_wxgate 4 "wxgate, protected route, HS256 (memory store)" "$OUT/wxgate-4.toml" "$P_GW4" "$CONNECTIONS" /api/hello "${AUTH[@]}"
 
+# Rows 5e and 5d: as row 4 with an ES256 / an EdDSA token (keys from `wxgate keygen`, each token
+# minted by `wxgate token` with that gateway's config), right after row 4 in the same run. The
+# verified-token cache should keep them near HS256 (report.py: >= 0.9 x row 4).
+say "== rows 5e/5d: wxgate, protected route, ES256 / EdDSA tokens"
+mkdir -p "$OUT/keys"
+for alg in ES256 EdDSA; do
+  if [ "$alg" = ES256 ]; then id=5e; port=$P_GW5E; else id=5d; port=$P_GW5D; fi
+  "$WXGATE" keygen --algorithm "$alg" --kid "bench-$id" --out "$OUT/keys" >/dev/null \
+    || die "wxgate keygen --algorithm $alg failed"
+  wxgate_conf "$OUT/wxgate-$id.toml" "$port" "$P_ORIGIN" "$P_MOCK" 1 memory
+  jwt_lines="algorithm = \"$alg\"\nprivate_key = \"$OUT/keys/bench-$id.pem\"\nkid = \"bench-$id\""
+  sed -i "s|^secret = \"\${WXGATE_JWT_SECRET}\"\$|$jwt_lines|" "$OUT/wxgate-$id.toml"
+  "$WXGATE" check -c "$OUT/wxgate-$id.toml" >/dev/null || die "wxgate rejected wxgate-$id.toml"
+  alg_token=$("$WXGATE" token --openid bench-user -c "$OUT/wxgate-$id.toml")
+  bench_wxgate "$id" "wxgate, protected route, $alg token (memory store)" "$OUT/wxgate-$id.toml" "$port" \
+    "$CONNECTIONS" /api/hello -H "Authorization: Bearer $alg_token"
+done
+
 # Rows 4r and 4p: what a pool costs. Both gateways run side by side and are measured in turn,
 # twice each (the better run counts), so that drift on the machine hits both alike.
 say "== rows 4r/4p: one upstream round robin vs three upstreams, openid_hash, health checks"
@@ -249,7 +267,6 @@ say "== row 4 at $BIG_CONNECTIONS connections (peak RSS)"
 wxgate_conf "$OUT/wxgate-256.toml" "$P_GW256" "$P_ORIGIN" "$P_MOCK" 1 memory
 bench_wxgate 4@256 "wxgate, as row 4, at $BIG_CONNECTIONS connections" "$OUT/wxgate-256.toml" "$P_GW256" "$BIG_CONNECTIONS" /api/hello "${AUTH[@]}"
 
-row 5 "wxgate, protected route, ES256/EdDSA token" - - "$CONNECTIONS" "n/a (not implemented yet)" ""
 
 if [ "${SKIP_NODE:-0}" = 1 ]; then
   say "== row 6: skipped (SKIP_NODE=1)"

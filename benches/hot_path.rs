@@ -10,20 +10,14 @@ use std::time::Duration;
 use wxgate::auth::extract;
 use wxgate::auth::jwt::{unix_now, Tokens};
 use wxgate::auth::Identity;
-use wxgate::config::{JwtAlgorithm, JwtConfig, RouteAuth, RouteConfig, Secret};
+use wxgate::config::{JwtConfig, RouteAuth, RouteConfig};
 use wxgate::proxy::gateway::check_headers;
 use wxgate::proxy::headers::IdentityHeaders;
 use wxgate::proxy::route::{route_path, Route, RouteTable};
 
 fn tokens() -> Tokens {
     Tokens::new(
-        &JwtConfig {
-            algorithm: JwtAlgorithm::HS256,
-            secret: Secret::new("bench-key-bench-key-bench-key-bench-key"),
-            ttl: Duration::from_secs(7200),
-            leeway: Duration::ZERO,
-            issuer: "wxgate".into(),
-        },
+        &JwtConfig::hs256("bench-key-bench-key-bench-key-bench-key"),
         &["wxbench"],
     )
 }

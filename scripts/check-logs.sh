@@ -11,7 +11,8 @@ fi
 n=$(echo "$logs" | wc -l)
 bytes=$(cat $logs | wc -c)
 # The secrets of tests/common/mod.rs, WeChat's sample session_key (the fixedkey- logins), any
-# JWT (ours start with eyJ0eXAi or eyJhbGci), WeChat URLs with credentials, session keys.
+# JWT (ours start with eyJ0eXAi or eyJhbGci), WeChat URLs with credentials, session keys; from
+# tests/keys.rs: the tutorial backend's secret and session_key, any PEM private key.
 patterns=(
   'test-appsecret-do-not-log'
   'test-jwt-secret-0123456789abcdef-0123456789'
@@ -23,6 +24,9 @@ patterns=(
   'js_code='
   'session_key'
   'refresh_token'
+  'tutorial-session-key-AAAA'
+  'bj2304'
+  'PRIVATE KEY'
 )
 status=0
 for p in "${patterns[@]}"; do

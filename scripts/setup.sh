@@ -7,6 +7,8 @@
 #   chromium      tests/browser opens the admin status page in a real browser (/usr/bin/chromium)
 #   nodejs, npm   tests/browser drives Chromium with playwright-core (installed from its package-lock.json)
 #   wrk           scripts/zero-downtime.sh keeps 64 connections busy across a reload and an upgrade
+#   python3-jwcrypto  tests/keys.rs checks wxgate's JWKS and tokens with an independent library
+#                 (and tests/browser's jsonwebtoken mints tokens as the tutorial's backend does)
 # With WXGATE_SETUP_BENCH=1 (make bench) also:
 #   wrk, nginx    the side-by-side benchmark (openssl: its HTTPS rows' certificate)
 set -euo pipefail
@@ -20,6 +22,7 @@ if [ "${WXGATE_SETUP_TEST:-0}" = 1 ]; then
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  /usr/bin/python3 -c 'import jwcrypto' >/dev/null 2>&1 || need+=(python3-jwcrypto)
 fi
 if [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -38,7 +41,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 browser="$(dirname "$0")/../tests/browser"
-if [ "${WXGATE_SETUP_TEST:-0}" = 1 ] && [ ! -d "$browser/node_modules/playwright-core" ]; then
+if [ "${WXGATE_SETUP_TEST:-0}" = 1 ] && { [ ! -d "$browser/node_modules/playwright-core" ] ||
+  [ ! -d "$browser/node_modules/jsonwebtoken" ]; }; then
   echo "setup: installing tests/browser's npm packages"
   npm ci --prefix "$browser" --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -165,6 +165,10 @@ impl AdminApp {
             ("wxgate_logins_total", "Logins, by result"),
             ("wxgate_wechat_requests_total", "WeChat API calls"),
             ("wxgate_session_store_errors_total", "Session store errors"),
+            (
+                "wxgate_auth_legacy_total",
+                "Requests with another backend's token ([[jwt.accept]])",
+            ),
             ("wxgate_config_reloads_total", "Configuration reloads"),
             (
                 "wxgate_rate_limited_total",

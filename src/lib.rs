@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 #[cfg(feature = "stand-ins")]
 pub mod demo;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 #[cfg(feature = "stand-ins")]

@@ -87,6 +87,19 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9001")]
         listen: SocketAddr,
     },
+    /// Generate a token signing key pair: DIR/<kid>.pem (PKCS#8 private key, mode 0600) and
+    /// DIR/<kid>.pub.pem (public key); prints the [jwt] lines to paste.
+    Keygen {
+        /// ES256 or EdDSA.
+        #[arg(long, value_parser = parse_key_algorithm)]
+        algorithm: wxgate::keys::JwtAlgorithm,
+        /// The key id written into token headers, e.g. "2026-11".
+        #[arg(long)]
+        kid: String,
+        /// The directory to write the two files into (it must exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Mint a token with the configured key (for load tests and debugging).
     Token {
         #[arg(long)]
@@ -171,6 +184,11 @@ fn main() -> ExitCode {
             ttl,
             config,
         } => token(&config, openid, unionid, appid, ttl),
+        Command::Keygen {
+            algorithm,
+            kid,
+            out,
+        } => keygen(algorithm, &kid, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -363,6 +381,62 @@ fn app_of<'a>(c: &'a config::Config, appid: Option<&str>) -> Result<&'a str, Str
                 )
             }),
     }
+}
+
+fn parse_key_algorithm(text: &str) -> Result<wxgate::keys::JwtAlgorithm, String> {
+    use wxgate::keys::JwtAlgorithm;
+    match JwtAlgorithm::parse(text) {
+        Some(a @ (JwtAlgorithm::ES256 | JwtAlgorithm::EdDSA)) => Ok(a),
+        _ => Err("ES256 or EdDSA (HS256 uses a secret: `openssl rand -base64 48`)".into()),
+    }
+}
+
+fn keygen(
+    algorithm: wxgate::keys::JwtAlgorithm,
+    kid: &str,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if kid.is_empty()
+        || !kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || kid.starts_with('.')
+    {
+        return Err(format!(
+            "--kid {kid:?}: use letters, digits, '-', '_' or '.' (it names the files)"
+        ));
+    }
+    let (private, public) = wxgate::keys::generate(algorithm)?;
+    let private_path = out.join(format!("{kid}.pem"));
+    let public_path = out.join(format!("{kid}.pub.pem"));
+    for path in [&private_path, &public_path] {
+        if path.exists() {
+            return Err(format!("{} exists; not overwriting it", path.display()));
+        }
+    }
+    let write = |path: &std::path::Path, text: &str, mode: u32| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(&private_path, &private, 0o600)?;
+    write(&public_path, &public, 0o644)?;
+    println!(
+        "# wrote {} (private, mode 0600) and {}",
+        private_path.display(),
+        public_path.display()
+    );
+    println!("[jwt]");
+    println!("algorithm = {:?}", algorithm.name());
+    println!("private_key = {:?}", private_path.display().to_string());
+    println!("kid = {kid:?}");
+    Ok(())
 }
 
 /// Serve a stand-in on `listen`, printing its address first (tests read it to learn the port).

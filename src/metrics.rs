@@ -19,6 +19,7 @@ pub struct Metrics {
     pub wechat_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub store_errors: IntCounter,
+    pub auth_legacy: IntCounter,
     pub user_revocations: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
@@ -115,6 +116,13 @@ impl Metrics {
                 IntCounter::new(
                     "wxgate_session_store_errors_total",
                     "Session store operations that failed (unreachable, timed out, refused).",
+                ),
+            ),
+            auth_legacy: register(
+                r,
+                IntCounter::new(
+                    "wxgate_auth_legacy_total",
+                    "Requests authenticated by another backend's token ([[jwt.accept]]), cached or not.",
                 ),
             ),
             user_revocations: counter_vec(

@@ -21,6 +21,8 @@ pub enum TokenProblem {
     MissingClaim,
     WrongAudience,
     Revoked,
+    /// The header's `kid` names no configured key (removed by a rotation, or never ours).
+    UnknownKey,
 }
 
 impl TokenProblem {
@@ -34,6 +36,7 @@ impl TokenProblem {
             TokenProblem::MissingClaim => "missing_claim",
             TokenProblem::WrongAudience => "wrong_audience",
             TokenProblem::Revoked => "revoked",
+            TokenProblem::UnknownKey => "unknown_key",
         }
     }
 }

@@ -6,27 +6,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use std::time::Duration;
 use wxgate::auth::extract::{self, Presented};
 use wxgate::auth::jwt::Tokens;
-use wxgate::config::{JwtAlgorithm, JwtConfig, Secret};
+use wxgate::config::JwtConfig;
 
 const KEY: &str = "fuzz-key-fuzz-key-fuzz-key-fuzz-key!";
 
 fn tokens() -> &'static Tokens {
     static T: OnceLock<Tokens> = OnceLock::new();
-    T.get_or_init(|| {
-        Tokens::new(
-            &JwtConfig {
-                algorithm: JwtAlgorithm::HS256,
-                secret: Secret::new(KEY),
-                ttl: Duration::from_secs(7200),
-                leeway: Duration::ZERO,
-                issuer: "wxgate".into(),
-            },
-            "wxfuzz",
-        )
-    })
+    T.get_or_init(|| Tokens::new(&JwtConfig::hs256(KEY), &["wxfuzz"]))
 }
 
 fuzz_target!(|data: &[u8]| {

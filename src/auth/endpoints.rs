@@ -17,6 +17,8 @@ pub enum Endpoint {
     Logout,
     Phone,
     Decrypt,
+    /// The JWK Set of the token keys' public halves.
+    Jwks,
 }
 
 impl Endpoint {
@@ -24,6 +26,7 @@ impl Endpoint {
     pub fn allow(self) -> &'static str {
         match self {
             Endpoint::Login | Endpoint::Verify => "GET, POST",
+            Endpoint::Jwks => "GET, HEAD",
             _ => "POST",
         }
     }
@@ -37,6 +40,16 @@ impl Endpoint {
             Endpoint::Logout => "endpoint:logout",
             Endpoint::Phone => "endpoint:phone",
             Endpoint::Decrypt => "endpoint:decrypt",
+            Endpoint::Jwks => "endpoint:jwks",
+        }
+    }
+
+    /// Its `Cache-Control` when it answers: public keys may be cached (verifiers refetch on an
+    /// unknown `kid`); everything else about a user never is.
+    pub fn cache_control(self) -> &'static str {
+        match self {
+            Endpoint::Jwks => "public, max-age=300",
+            _ => "no-store",
         }
     }
 }
@@ -71,14 +84,16 @@ pub async fn answer(
         Endpoint::Logout => {
             let json = post_body(request)?;
             let presented = verify_token(Some(&json), headers);
-            apps.owner(presented)?.logout(presented).await?;
+            let login = apps.owner(presented)?;
+            with_session(login.verify(presented)?)?;
+            login.logout(presented).await?;
             Ok(reply::success("已退出登录", serde_json::json!({})))
         }
         Endpoint::Phone => {
             let json = post_body(request)?;
             let presented = verify_token(Some(&json), headers);
             let login = apps.owner(presented)?;
-            let identity = login.verify(presented)?;
+            let identity = with_session(login.verify(presented)?)?;
             let code = string_field(&json, "code", Reject::LoginCodeMissing)?;
             Ok(reply::success(
                 "获取手机号成功",
@@ -89,7 +104,7 @@ pub async fn answer(
             let json = post_body(request)?;
             let presented = verify_token(Some(&json), headers);
             let login = apps.owner(presented)?;
-            let identity = login.verify(presented)?;
+            let identity = with_session(login.verify(presented)?)?;
             let data = string_field(&json, "encryptedData", Reject::DecryptFieldsMissing)?;
             let iv = string_field(&json, "iv", Reject::DecryptFieldsMissing)?;
             Ok(reply::success(
@@ -97,6 +112,12 @@ pub async fn answer(
                 login.decrypt(&identity, &data, &iv).await?,
             ))
         }
+        Endpoint::Jwks => match *request.method {
+            Method::GET | Method::HEAD => {
+                apps.first().tokens().jwks().cloned().ok_or(Reject::NoRoute)
+            }
+            _ => Err(Reject::MethodNotAllowed),
+        },
     }
 }
 
@@ -119,6 +140,16 @@ async fn refresh(
         }
     }
     outcome
+}
+
+/// An identity with a wxgate session. Another backend's token (`[[jwt.accept]]`) has none: its
+/// holder must log in through wxgate before logout, phone or decrypt (and an empty sid must
+/// never reach a revocation).
+fn with_session(identity: crate::auth::Identity) -> Result<crate::auth::Identity, Reject> {
+    if identity.sid.is_empty() {
+        return Err(Reject::Token(crate::reply::TokenProblem::MissingClaim));
+    }
+    Ok(identity)
 }
 
 /// The parts of a request the gateway endpoints look at.

@@ -1,16 +1,21 @@
-//! Our tokens: HS256 JWTs with the algorithm pinned from config (the token header is never
-//! trusted), `exp` required and numeric, `aud` = the app's appid, `iss` = the configured issuer.
-//! The claims carry who the user is and which session, never the session_key.
-//! Keys, header and validation are built once at start-up.
+//! Our tokens: JWTs signed with the configured key (HS256 secret, ES256 or EdDSA private key).
+//! The algorithm is pinned by the key, never taken from the token header: a header `kid` picks
+//! the key (the current one or a verify-only one), and its `alg` must be that key's. `exp` is
+//! required and numeric, `aud` = the app's appid, `iss` = the configured issuer. The claims carry
+//! who the user is and which session, never the session_key.
+//! Tokens another backend issued (`[[jwt.accept]]`) are tried only when ours refuse a token.
+//! Keys, headers, validations and the JWKS document are built once per `[jwt]` configuration.
 
 use super::Identity;
-use crate::config::{JwtAlgorithm, JwtConfig};
+use crate::config::{AcceptConfig, JwtAlgorithm, JwtConfig, KeyMaterial};
+use crate::metrics::METRICS;
 use crate::reply::TokenProblem;
+use bytes::Bytes;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What we sign.
@@ -51,35 +56,66 @@ const CACHE_ENTRIES: usize = 4096;
 /// very same token can hit). A hit still checks `exp`; revocation is checked by the caller on
 /// every request. Negative results are not kept.
 struct VerifiedCache {
-    entries: RwLock<HashMap<Box<str>, (Identity, u64)>>,
+    entries: RwLock<HashMap<Box<str>, Passed>>,
+}
+
+/// What a full verification established.
+#[derive(Clone)]
+struct Passed {
+    identity: Identity,
+    exp: u64,
+    /// Another backend's token (`[[jwt.accept]]`): refused after this instant.
+    until: Option<u64>,
 }
 
 impl VerifiedCache {
-    fn get(&self, token: &str) -> Option<(Identity, u64)> {
+    fn get(&self, token: &str) -> Option<Passed> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries.get(token).cloned()
     }
 
-    fn insert(&self, token: &str, identity: &Identity, exp: u64) {
+    fn insert(&self, token: &str, passed: &Passed) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= CACHE_ENTRIES {
             // Crude but bounded: start over (a miss only costs one full verification).
             entries.clear();
         }
-        entries.insert(token.into(), (identity.clone(), exp));
+        entries.insert(token.into(), passed.clone());
     }
+}
+
+/// One key tokens are verified with, its algorithm pinned.
+struct Key {
+    algorithm: Algorithm,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+/// One `[[jwt.accept]]` entry, ready to verify.
+struct Legacy {
+    decoding: DecodingKey,
+    validation: Validation,
+    openid_claim: String,
+    until: u64,
+    /// Its app (`appid`), if the entry names one.
+    appid: Option<String>,
 }
 
 pub struct Tokens {
     encoding: EncodingKey,
-    decoding: DecodingKey,
     header: Header,
-    validation: Validation,
+    /// The signing key's public half (or secret): tokens without a `kid`.
+    current: Key,
+    /// Every key with a kid: the current one (when it has a kid) and the verify-only ones.
+    by_kid: Vec<(String, Key)>,
+    legacy: Vec<Legacy>,
+    /// The JWK Set of the public keys; `None` with HS256 (a secret is never published).
+    jwks: Option<Bytes>,
     ttl: Duration,
     leeway: Duration,
     issuer: String,
     /// The appids a token's `aud` may name (one per mini program).
-    audiences: Vec<std::sync::Arc<str>>,
+    audiences: Vec<Arc<str>>,
     verified: VerifiedCache,
 }
 
@@ -96,34 +132,100 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn algorithm_of(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+        JwtAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+/// The verifying key for material validation loaded (a private key verifies with its public
+/// half). Material that does not fit (validation refuses it first) yields a key nothing
+/// verifies with, never a panic.
+fn decoding_key(algorithm: JwtAlgorithm, key: &KeyMaterial) -> DecodingKey {
+    let raw = match key {
+        KeyMaterial::Secret(s) => return DecodingKey::from_secret(s.expose().as_bytes()),
+        KeyMaterial::Private(der) => {
+            crate::keys::public_of_private(algorithm, der).unwrap_or_default()
+        }
+        KeyMaterial::Public(raw) => raw.clone(),
+    };
+    match algorithm {
+        JwtAlgorithm::ES256 => DecodingKey::from_ec_der(&raw),
+        _ => DecodingKey::from_ed_der(&raw),
+    }
+}
+
+/// The raw public key of `key`, if it has one to publish.
+fn public_raw(algorithm: JwtAlgorithm, key: &KeyMaterial) -> Option<Vec<u8>> {
+    match key {
+        KeyMaterial::Secret(_) => None,
+        KeyMaterial::Private(der) => crate::keys::public_of_private(algorithm, der).ok(),
+        KeyMaterial::Public(raw) => Some(raw.clone()),
+    }
+}
+
 impl Tokens {
     /// Keys for `config`, accepting tokens of any of `appids` (each token names one in `aud`).
     pub fn new(config: &JwtConfig, appids: &[&str]) -> Self {
-        let algorithm = match config.algorithm {
-            JwtAlgorithm::HS256 => Algorithm::HS256,
+        let algorithm = algorithm_of(config.algorithm);
+        let encoding = match (&config.key, config.algorithm) {
+            (KeyMaterial::Private(der), JwtAlgorithm::ES256) => EncodingKey::from_ec_der(der),
+            (KeyMaterial::Private(der), _) => EncodingKey::from_ed_der(der),
+            (KeyMaterial::Secret(s), _) => EncodingKey::from_secret(s.expose().as_bytes()),
+            // Validation never lets a public key sign; if it did, signing fails, nothing panics.
+            (KeyMaterial::Public(_), _) => EncodingKey::from_ed_der(&[]),
         };
-        let secret = config.secret.expose().as_bytes();
-        let mut validation = Validation::new(algorithm);
-        validation.algorithms = vec![algorithm];
-        validation.leeway = config.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
-        validation.set_audience(appids);
-        validation.set_issuer(&[config.issuer.as_str()]);
+        let key = |alg: JwtAlgorithm, material: &KeyMaterial| {
+            let algorithm = algorithm_of(alg);
+            let mut validation = Validation::new(algorithm);
+            validation.algorithms = vec![algorithm];
+            validation.leeway = config.leeway.as_secs();
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
+            validation.set_audience(appids);
+            validation.set_issuer(&[config.issuer.as_str()]);
+            Key {
+                algorithm,
+                decoding: decoding_key(alg, material),
+                validation,
+            }
+        };
+        let mut by_kid = Vec::new();
+        if let Some(kid) = &config.kid {
+            by_kid.push((kid.clone(), key(config.algorithm, &config.key)));
+        }
+        for vk in &config.verify_keys {
+            by_kid.push((vk.kid.clone(), key(vk.algorithm, &vk.key)));
+        }
+        let mut header = Header::new(algorithm);
+        header.kid = config.kid.clone();
         Tokens {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            header: Header::new(algorithm),
-            validation,
+            encoding,
+            header,
+            current: key(config.algorithm, &config.key),
+            by_kid,
+            legacy: config
+                .accept
+                .iter()
+                .map(|a| legacy(a, config.leeway))
+                .collect(),
+            jwks: jwks(config),
             ttl: config.ttl,
             leeway: config.leeway,
             issuer: config.issuer.clone(),
-            audiences: appids.iter().map(|a| std::sync::Arc::from(*a)).collect(),
+            audiences: appids.iter().map(|a| Arc::from(*a)).collect(),
             verified: VerifiedCache {
                 entries: RwLock::new(HashMap::new()),
             },
         }
+    }
+
+    /// The JWK Set document (`GET /.well-known/jwks.json`); `None` with HS256.
+    pub fn jwks(&self) -> Option<&Bytes> {
+        self.jwks.as_ref()
     }
 
     pub fn ttl(&self) -> Duration {
@@ -168,30 +270,75 @@ impl Tokens {
             // Ours are a few hundred bytes: do not spend hashing, base64 or JSON on a giant.
             return Err(TokenProblem::Malformed);
         }
-        if let Some((identity, exp)) = self.verified.get(token) {
-            // jsonwebtoken's rule: expired when exp < now - leeway.
-            return if exp.saturating_add(self.leeway.as_secs()) < now {
-                Err(TokenProblem::Expired)
-            } else {
-                Ok(identity)
-            };
+        if let Some(passed) = self.verified.get(token) {
+            return self.still_valid(passed, now);
         }
-        let (identity, exp) = self.verify_fully(token)?;
-        self.verified.insert(token, &identity, exp);
-        Ok(identity)
+        let passed = self.verify_fully(token, now)?;
+        self.verified.insert(token, &passed);
+        self.still_valid(passed, now)
+    }
+
+    /// What a cache hit (and a fresh verification) checks again: `exp`, and a migration
+    /// window's end.
+    fn still_valid(&self, passed: Passed, now: u64) -> Result<Identity, TokenProblem> {
+        // jsonwebtoken's rule: expired when exp < now - leeway.
+        if passed.exp.saturating_add(self.leeway.as_secs()) < now {
+            return Err(TokenProblem::Expired);
+        }
+        if let Some(until) = passed.until {
+            if now > until {
+                return Err(TokenProblem::Expired);
+            }
+            METRICS.auth_legacy.inc();
+        }
+        Ok(passed.identity)
     }
 
     /// The full check, without the cache (benchmarks compare the two).
     pub fn verify_uncached(&self, token: &str) -> Result<Identity, TokenProblem> {
-        self.verify_fully(token).map(|(identity, _)| identity)
+        let now = unix_now();
+        self.verify_fully(token, now)
+            .and_then(|passed| self.still_valid(passed, now))
     }
 
-    fn verify_fully(&self, token: &str) -> Result<(Identity, u64), TokenProblem> {
+    fn verify_fully(&self, token: &str, now: u64) -> Result<Passed, TokenProblem> {
         if token.len() > MAX_TOKEN_BYTES {
             // Ours are a few hundred bytes: do not spend base64 and JSON work on a giant.
             return Err(TokenProblem::Malformed);
         }
-        let data = jsonwebtoken::decode::<Verified>(token, &self.decoding, &self.validation)
+        match self.verify_ours(token) {
+            Ok((identity, exp)) => Ok(Passed {
+                identity,
+                exp,
+                until: None,
+            }),
+            Err(ours) if self.legacy.is_empty() => Err(ours),
+            Err(ours) => self.verify_legacy(token, now, ours),
+        }
+    }
+
+    /// The key the header names (never its algorithm alone): a `kid` picks the key, no `kid`
+    /// means the current key; the header's `alg` must then be that key's.
+    fn key_for(&self, token: &str) -> Result<&Key, TokenProblem> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| problem(e.kind()))?;
+        let key = match &header.kid {
+            None => &self.current,
+            Some(kid) => self
+                .by_kid
+                .iter()
+                .find(|(k, _)| k == kid)
+                .map(|(_, key)| key)
+                .ok_or(TokenProblem::UnknownKey)?,
+        };
+        if header.alg != key.algorithm {
+            return Err(TokenProblem::WrongAlgorithm);
+        }
+        Ok(key)
+    }
+
+    fn verify_ours(&self, token: &str) -> Result<(Identity, u64), TokenProblem> {
+        let key = self.key_for(token)?;
+        let data = jsonwebtoken::decode::<Verified>(token, &key.decoding, &key.validation)
             .map_err(|e| problem(e.kind()))?;
         let c = data.claims;
         if c.sub.is_empty() || c.sid.is_empty() {
@@ -215,6 +362,117 @@ impl Tokens {
             exp,
         ))
     }
+
+    /// Another backend's token: each `[[jwt.accept]]` entry in turn. When none recognises
+    /// the signature, the answer is `ours` (why our keys refused it).
+    fn verify_legacy(
+        &self,
+        token: &str,
+        now: u64,
+        ours: TokenProblem,
+    ) -> Result<Passed, TokenProblem> {
+        let mut answer = ours;
+        for entry in &self.legacy {
+            match self.verify_with(entry, token, now) {
+                Ok(passed) => return Ok(passed),
+                Err(TokenProblem::BadSignature | TokenProblem::WrongAlgorithm) => {}
+                Err(TokenProblem::Malformed) if answer != TokenProblem::Malformed => {}
+                // Signed by that backend, but refused (expired, window over, no openid).
+                Err(p) => answer = p,
+            }
+        }
+        Err(answer)
+    }
+
+    fn verify_with(&self, entry: &Legacy, token: &str, now: u64) -> Result<Passed, TokenProblem> {
+        // The claims are read into a map that is dropped here: a `session_key` in it is never
+        // kept, forwarded or logged.
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &entry.decoding,
+            &entry.validation,
+        )
+        .map_err(|e| problem(e.kind()))?;
+        if now > entry.until {
+            return Err(TokenProblem::Expired);
+        }
+        let claims = data.claims;
+        // Numeric and integral, as ours.
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or(TokenProblem::MissingClaim)?;
+        let text = |name: &str| {
+            claims
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let openid = text(&entry.openid_claim).ok_or(TokenProblem::MissingClaim)?;
+        Ok(Passed {
+            identity: Identity {
+                openid,
+                unionid: text("unionid"),
+                // No wxgate session: refresh, logout, phone and decrypt want a real login.
+                sid: String::new(),
+                // The entry's app, else the first (the one-app case).
+                appid: self
+                    .audiences
+                    .iter()
+                    .find(|a| entry.appid.as_deref().is_none_or(|want| ***a == *want))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from("")),
+            },
+            exp,
+            until: Some(entry.until),
+        })
+    }
+}
+
+/// A `[[jwt.accept]]` entry: algorithm pinned, `exp` required, no `aud`/`iss` (a hand-written
+/// backend rarely sets them).
+fn legacy(entry: &AcceptConfig, leeway: Duration) -> Legacy {
+    let algorithm = algorithm_of(entry.algorithm);
+    let mut validation = Validation::new(algorithm);
+    validation.algorithms = vec![algorithm];
+    validation.leeway = leeway.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.validate_aud = false;
+    validation.set_required_spec_claims(&["exp"]);
+    Legacy {
+        decoding: decoding_key(entry.algorithm, &entry.key),
+        validation,
+        openid_claim: entry.openid_claim.clone(),
+        until: entry.until,
+        appid: entry.appid.clone(),
+    }
+}
+
+/// The JWK Set of the signing key's public half and every verify-only public key.
+fn jwks(config: &JwtConfig) -> Option<Bytes> {
+    if config.algorithm == JwtAlgorithm::HS256 {
+        return None;
+    }
+    let current = config
+        .kid
+        .as_deref()
+        .map(|kid| (kid, config.algorithm, &config.key));
+    let verify = config
+        .verify_keys
+        .iter()
+        .map(|vk| (vk.kid.as_str(), vk.algorithm, &vk.key));
+    let keys: Vec<serde_json::Value> = current
+        .into_iter()
+        .chain(verify)
+        .filter_map(|(kid, alg, key)| {
+            public_raw(alg, key).map(|raw| crate::keys::jwk(alg, kid, &raw))
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "keys": keys }))
+        .ok()
+        .map(Bytes::from)
 }
 
 fn problem(kind: &ErrorKind) -> TokenProblem {
@@ -235,7 +493,6 @@ fn problem(kind: &ErrorKind) -> TokenProblem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use base64::Engine;
     use hmac_sign::sign_raw;
@@ -243,16 +500,7 @@ mod tests {
     const KEY: &str = "0123456789abcdef0123456789abcdef-test";
 
     fn tokens() -> Tokens {
-        Tokens::new(
-            &JwtConfig {
-                algorithm: JwtAlgorithm::HS256,
-                secret: Secret::new(KEY),
-                ttl: Duration::from_secs(7200),
-                leeway: Duration::ZERO,
-                issuer: "wxgate".into(),
-            },
-            &["wxapp"],
-        )
+        Tokens::new(&JwtConfig::hs256(KEY), &["wxapp"])
     }
 
     fn alice() -> Identity {
@@ -430,5 +678,181 @@ mod tests {
         assert!(t.verify(&format!("{good}x")).is_err());
         assert!(t.verify(&format!("{good}.x")).is_err());
         assert!(t.verify(&good[..good.len() - 3]).is_err());
+    }
+
+    /// A gateway with a fresh `alg` key pair as its current key (kid "new"), plus the public
+    /// PEM (for the algorithm-confusion test).
+    fn asymmetric(
+        alg: JwtAlgorithm,
+        verify_keys: Vec<crate::config::VerifyKey>,
+    ) -> (Tokens, String) {
+        let (private, public) = crate::keys::generate(alg).unwrap();
+        let mut c = JwtConfig::hs256(KEY);
+        c.algorithm = alg;
+        c.key = KeyMaterial::Private(crate::keys::private_key(&private, alg).unwrap());
+        c.kid = Some("new".into());
+        c.verify_keys = verify_keys;
+        (Tokens::new(&c, &["wxapp"]), public)
+    }
+
+    fn header_of(token: &str) -> serde_json::Value {
+        let h = token.split('.').next().unwrap();
+        serde_json::from_slice(&B64.decode(h).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn es256_and_eddsa_round_trip_with_kid_and_jwks() {
+        for alg in [JwtAlgorithm::ES256, JwtAlgorithm::EdDSA] {
+            let (t, _) = asymmetric(alg, vec![]);
+            let signed = t.sign(&alice(), unix_now()).unwrap();
+            let h = header_of(&signed.token);
+            assert_eq!(h["alg"], alg.name());
+            assert_eq!(h["kid"], "new");
+            assert_eq!(t.verify_uncached(&signed.token).unwrap(), alice());
+            let jwks: serde_json::Value = serde_json::from_slice(t.jwks().unwrap()).unwrap();
+            assert_eq!(jwks["keys"][0]["kid"], "new");
+            assert_eq!(jwks["keys"][0]["alg"], alg.name());
+            assert!(tokens().jwks().is_none(), "HS256 publishes nothing");
+        }
+    }
+
+    #[test]
+    fn kid_picks_the_key_and_unknown_kids_are_refused() {
+        let (old, old_public) = asymmetric(JwtAlgorithm::EdDSA, vec![]);
+        let old_token = old.sign(&alice(), unix_now()).unwrap().token;
+        // Rotate: the old key's public half becomes a verify-only key under its kid ("new").
+        let (_, raw) = crate::keys::public_key(&old_public).unwrap();
+        let verify = crate::config::VerifyKey {
+            kid: "new".into(),
+            algorithm: JwtAlgorithm::EdDSA,
+            key: KeyMaterial::Public(raw),
+        };
+        // A gateway whose current key is ES256 "cur" and which still accepts the old EdDSA key.
+        let (private, _) = crate::keys::generate(JwtAlgorithm::ES256).unwrap();
+        let mut c = JwtConfig::hs256(KEY);
+        c.algorithm = JwtAlgorithm::ES256;
+        c.key =
+            KeyMaterial::Private(crate::keys::private_key(&private, JwtAlgorithm::ES256).unwrap());
+        c.kid = Some("cur".into());
+        c.verify_keys = vec![verify];
+        let rotated = Tokens::new(&c, &["wxapp"]);
+        assert_eq!(rotated.verify(&old_token), Ok(alice()), "verify-only key");
+        let fresh = rotated.sign(&alice(), unix_now()).unwrap().token;
+        assert_eq!(rotated.verify(&fresh), Ok(alice()));
+        assert_eq!(
+            rotated.jwks().map(
+                |j| serde_json::from_slice::<serde_json::Value>(j).unwrap()["keys"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            ),
+            Some(2)
+        );
+        // The old key removed: its tokens name a kid nobody has.
+        c.verify_keys.clear();
+        let removed = Tokens::new(&c, &["wxapp"]);
+        assert_eq!(removed.verify(&old_token), Err(TokenProblem::UnknownKey));
+        // Same kid, other key: the signature fails.
+        let (impostor, _) = asymmetric(JwtAlgorithm::ES256, vec![]);
+        let mut forged = impostor.header.clone();
+        forged.kid = Some("cur".into());
+        let claims = Claims {
+            sub: "o1".into(),
+            unionid: None,
+            sid: "s1".into(),
+            iat: 1,
+            exp: unix_now() + 60,
+            iss: "wxgate".into(),
+            aud: "wxapp".into(),
+        };
+        let token = jsonwebtoken::encode(&forged, &claims, &impostor.encoding).unwrap();
+        assert_eq!(removed.verify(&token), Err(TokenProblem::BadSignature));
+    }
+
+    #[test]
+    fn hs256_with_the_public_key_as_secret_is_refused() {
+        let (t, public) = asymmetric(JwtAlgorithm::ES256, vec![]);
+        let far = claims(&(unix_now() + 3600).to_string());
+        let no_kid = sign_raw(HS256, &far, &public);
+        assert_eq!(t.verify(&no_kid), Err(TokenProblem::WrongAlgorithm));
+        let with_kid = sign_raw(r#"{"alg":"HS256","kid":"new"}"#, &far, &public);
+        assert_eq!(t.verify(&with_kid), Err(TokenProblem::WrongAlgorithm));
+        let unknown = sign_raw(r#"{"alg":"ES256","kid":"nope"}"#, &far, &public);
+        assert_eq!(t.verify(&unknown), Err(TokenProblem::UnknownKey));
+    }
+
+    const OLD_SECRET: &str = "old-backend-secret-old-backend-secret";
+
+    fn migrating(until: u64) -> Tokens {
+        let mut c = JwtConfig::hs256(KEY);
+        c.accept = vec![crate::config::AcceptConfig {
+            algorithm: JwtAlgorithm::HS256,
+            key: KeyMaterial::Secret(crate::secret::Secret::new(OLD_SECRET)),
+            openid_claim: "openid".into(),
+            until,
+            appid: None,
+        }];
+        Tokens::new(&c, &["wxapp", "wxother"])
+    }
+
+    #[test]
+    fn another_backends_tokens_until_the_window_ends() {
+        let now = unix_now();
+        let old = format!(
+            r#"{{"openid":"o-old","session_key":"SK","iat":1,"exp":{}}}"#,
+            now + 3600
+        );
+        let token = sign_raw(HS256, &old, OLD_SECRET);
+        let t = migrating(now + 100);
+        let id = t.verify_at(&token, now).unwrap();
+        assert_eq!(id.openid, "o-old");
+        assert_eq!(id.sid, "");
+        assert_eq!(&*id.appid, "wxapp", "the first app by default");
+        assert_eq!(t.verify_at(&token, now + 50), Ok(id), "from the cache");
+        // An entry naming its app gives its tokens that app.
+        let mut c = JwtConfig::hs256(KEY);
+        c.accept = vec![crate::config::AcceptConfig {
+            algorithm: JwtAlgorithm::HS256,
+            key: KeyMaterial::Secret(crate::secret::Secret::new(OLD_SECRET)),
+            openid_claim: "openid".into(),
+            until: now + 100,
+            appid: Some("wxother".into()),
+        }];
+        let other = Tokens::new(&c, &["wxapp", "wxother"]);
+        assert_eq!(&*other.verify_at(&token, now).unwrap().appid, "wxother");
+        assert_eq!(
+            t.verify_at(&token, now + 101),
+            Err(TokenProblem::Expired),
+            "cached, window over"
+        );
+        assert_eq!(
+            migrating(now - 1).verify_at(&token, now),
+            Err(TokenProblem::Expired)
+        );
+        // Ours still pass; a stranger's token answers as before.
+        assert_eq!(t.verify(&t.sign(&alice(), now).unwrap().token), Ok(alice()));
+        let stranger = sign_raw(HS256, &old, "yet-another-secret-yet-another-secret");
+        assert_eq!(t.verify(&stranger), Err(TokenProblem::BadSignature));
+        // exp required and numeric; the openid claim required.
+        let no_exp = sign_raw(HS256, r#"{"openid":"o"}"#, OLD_SECRET);
+        assert!(t.verify(&no_exp).is_err());
+        let float_exp = sign_raw(
+            HS256,
+            &format!(r#"{{"openid":"o","exp":{}.5}}"#, now + 60),
+            OLD_SECRET,
+        );
+        assert!(t.verify(&float_exp).is_err());
+        let no_openid = sign_raw(
+            HS256,
+            &format!(r#"{{"sub":"o","exp":{}}}"#, now + 60),
+            OLD_SECRET,
+        );
+        assert_eq!(t.verify(&no_openid), Err(TokenProblem::MissingClaim));
+        let expired = sign_raw(
+            HS256,
+            &format!(r#"{{"openid":"o","exp":{}}}"#, now - 60),
+            OLD_SECRET,
+        );
+        assert_eq!(t.verify(&expired), Err(TokenProblem::Expired));
     }
 }

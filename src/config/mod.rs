@@ -178,6 +178,9 @@ pub fn parse_with(
     if let (Some(routes), Some(apps)) = (&routes, &apps) {
         v.route_apps(routes, apps);
     }
+    if let (Some(jwt), Some(apps)) = (&jwt, &apps) {
+        v.accept_apps(jwt, apps);
+    }
     let rate_limit = rate_limit.unwrap_or_default();
     let rate_limit = RateLimitConfig {
         login_per_minute: rate_limit.login_per_minute.unwrap_or(30),

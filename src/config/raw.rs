@@ -112,6 +112,29 @@ pub struct RawJwt {
     pub ttl: Option<DurationText>,
     pub leeway: Option<DurationText>,
     pub issuer: Option<String>,
+    pub private_key: Option<String>,
+    pub kid: Option<String>,
+    pub verify_keys: Option<Vec<RawVerifyKey>>,
+    pub accept: Option<Vec<RawAccept>>,
+}
+
+/// `verify_keys = [{ kid = "2026-05", public_key = "...pub.pem" }]` (or `secret` for HS256).
+#[derive(Debug, Default, Deserialize)]
+pub struct RawVerifyKey {
+    pub kid: Option<String>,
+    pub public_key: Option<String>,
+    pub secret: Option<String>,
+}
+
+/// `[[jwt.accept]]`: another backend's tokens, verify-only.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAccept {
+    pub algorithm: Option<String>,
+    pub secret: Option<String>,
+    pub public_key: Option<String>,
+    pub openid_claim: Option<String>,
+    pub until: Option<String>,
+    pub appid: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +145,7 @@ pub struct RawAuth {
     pub logout_path: Option<String>,
     pub phone_path: Option<String>,
     pub decrypt_path: Option<String>,
+    pub jwks_path: Option<String>,
     pub phone_header: Option<String>,
     pub identity_header: Option<String>,
     pub unionid_header: Option<String>,

@@ -516,3 +516,112 @@ fn several_mini_programs() {
     let p = problems(&TWO_APPS.replace("appid = \"wx2222222222222222\"\n", ""));
     assert!(has(&p, "apps[1].appid", "required"), "{p:?}");
 }
+
+/// A config whose `[jwt]` section is `jwt` (the rest as MINIMAL).
+fn with_jwt(jwt: &str) -> String {
+    format!(
+        "[wechat]\nappid = \"wx123\"\nsecret = \"x\"\n\n[jwt]\n{jwt}\n\n[[routes]]\nprefix = \"/api/\"\nupstreams = [\"127.0.0.1:9001\"]\n"
+    )
+}
+
+/// A fresh key pair written under a temporary directory: (private path, public path).
+fn key_files(alg: JwtAlgorithm, name: &str) -> (String, String) {
+    let dir = std::env::temp_dir().join(format!("wxgate-config-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (private, public) = crate::keys::generate(alg).unwrap();
+    let p = dir.join(format!("{name}.pem"));
+    let q = dir.join(format!("{name}.pub.pem"));
+    std::fs::write(&p, private).unwrap();
+    std::fs::write(&q, public).unwrap();
+    (p.display().to_string(), q.display().to_string())
+}
+
+#[test]
+fn asymmetric_keys_load_and_every_problem_is_named() {
+    let (es_private, es_public) = key_files(JwtAlgorithm::ES256, "es");
+    let (ed_private, ed_public) = key_files(JwtAlgorithm::EdDSA, "ed");
+    let c = parse_ok(&with_jwt(&format!(
+        "algorithm = \"ES256\"\nprivate_key = {es_private:?}\nkid = \"k2\"\n\
+         verify_keys = [{{ kid = \"k1\", public_key = {ed_public:?} }}, {{ kid = \"h\", secret = \"{SECRET}\" }}]"
+    )));
+    assert_eq!(c.jwt.algorithm, JwtAlgorithm::ES256);
+    assert_eq!(c.jwt.kid.as_deref(), Some("k2"));
+    assert_eq!(c.jwt.verify_keys[0].algorithm, JwtAlgorithm::EdDSA);
+    assert_eq!(c.jwt.verify_keys[1].algorithm, JwtAlgorithm::HS256);
+    assert!(matches!(c.jwt.key, KeyMaterial::Private(_)));
+    assert!(
+        !format!("{:?}", c.jwt).contains(SECRET),
+        "secrets stay redacted"
+    );
+
+    let p = problems(&with_jwt(&format!(
+        "algorithm = \"EdDSA\"\nprivate_key = {es_private:?}\nsecret = \"{SECRET}\"\n\
+         verify_keys = [{{ kid = \"a\", public_key = \"/nonexistent/k.pem\" }}, \
+         {{ kid = \"a\", public_key = {ed_private:?} }}, {{ kid = \"b\", public_key = {es_public:?}, secret = \"{SECRET}\" }}]"
+    )));
+    let all: Vec<String> = p
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
+    let all = all.join("\n");
+    assert!(has(&p, "jwt.private_key", "P-256"), "{all}");
+    assert!(has(&p, "jwt.secret", "is for HS256"), "{all}");
+    assert!(has(&p, "jwt.kid", "required with EdDSA"), "{all}");
+    assert!(
+        has(&p, "jwt.verify_keys[0].public_key", "cannot read"),
+        "{all}"
+    );
+    assert!(has(&p, "jwt.verify_keys[1].kid", "already"), "{all}");
+    assert!(
+        has(&p, "jwt.verify_keys[1].public_key", "PRIVATE KEY"),
+        "{all}"
+    );
+    assert!(has(&p, "jwt.verify_keys[2].secret", "either"), "{all}");
+
+    let p = problems(&with_jwt(&format!(
+        "private_key = {es_private:?}\nsecret = \"{SECRET}\"\nalgorithm = \"RS256\""
+    )));
+    assert!(has(&p, "jwt.algorithm", "\"EdDSA\""));
+}
+
+#[test]
+fn private_key_from_the_environment_and_accept_entries() {
+    let (private, _) = crate::keys::generate(JwtAlgorithm::EdDSA).unwrap();
+    let lookup = |name: &str| match name {
+        "WXGATE_JWT_KEY" => Some(private.clone()),
+        "OLD" => Some(SECRET.to_string()),
+        _ => None,
+    };
+    let text = with_jwt(
+        "algorithm = \"EdDSA\"\nprivate_key = \"${WXGATE_JWT_KEY}\"\nkid = \"e1\"\n\n\
+         [[jwt.accept]]\nalgorithm = \"HS256\"\nsecret = \"${OLD}\"\nopenid_claim = \"openid\"\n\
+         until = \"2027-01-31T00:00:00Z\"\n",
+    );
+    let c = parse(&text, "t.toml", &lookup).unwrap();
+    assert_eq!(c.jwt.accept[0].until, 1_801_353_600);
+    assert_eq!(c.jwt.accept[0].openid_claim, "openid");
+    let bad = with_jwt(&format!(
+        "secret = \"{SECRET}\"\n\n[[jwt.accept]]\nalgorithm = \"ES256\"\nsecret = \"{SECRET}\"\nuntil = \"soon\"\n"
+    ));
+    let p = parse(&bad, "t.toml", &lookup).unwrap_err().problems;
+    assert!(
+        has(&p, "jwt.accept[0]", "the key is for \"HS256\""),
+        "{p:?}"
+    );
+    assert!(has(&p, "jwt.accept[0].until", "not an instant"), "{p:?}");
+}
+
+#[test]
+fn a_key_file_replaced_in_place_changes_the_config() {
+    // app::build_snapshot rebuilds the token keys when `jwt` differs: the loaded key counts,
+    // not only its path.
+    let (private, _) = key_files(JwtAlgorithm::EdDSA, "in-place");
+    let text = with_jwt(&format!(
+        "algorithm = \"EdDSA\"\nprivate_key = {private:?}\nkid = \"k\""
+    ));
+    let before = parse_ok(&text);
+    assert_eq!(parse_ok(&text).jwt, before.jwt);
+    let (other, _) = crate::keys::generate(JwtAlgorithm::EdDSA).unwrap();
+    std::fs::write(&private, other).unwrap();
+    assert_ne!(parse_ok(&text).jwt, before.jwt);
+}

@@ -158,18 +158,62 @@ pub struct WechatConfig {
     pub access_token_api: AccessTokenApi,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtAlgorithm {
-    HS256,
-}
+pub use crate::keys::{JwtAlgorithm, KeyMaterial};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     pub algorithm: JwtAlgorithm,
-    pub secret: Secret,
+    /// The signing key: the secret for HS256, the PKCS#8 private key for ES256/EdDSA. Loaded
+    /// from its file by validation, so comparing configs compares key contents.
+    pub key: KeyMaterial,
+    /// Written into every token header; required with ES256/EdDSA.
+    pub kid: Option<String>,
+    /// Keys still accepted (by `kid`), never used to sign.
+    pub verify_keys: Vec<VerifyKey>,
+    /// Tokens another backend issued, accepted during a migration (`[[jwt.accept]]`).
+    pub accept: Vec<AcceptConfig>,
     pub ttl: Duration,
     pub leeway: Duration,
     pub issuer: String,
+}
+
+impl JwtConfig {
+    /// HS256 with `secret` and the defaults (tests, benchmarks, fuzzing).
+    pub fn hs256(secret: &str) -> Self {
+        JwtConfig {
+            algorithm: JwtAlgorithm::HS256,
+            key: KeyMaterial::Secret(Secret::new(secret)),
+            kid: None,
+            verify_keys: Vec::new(),
+            accept: Vec::new(),
+            ttl: Duration::from_secs(7200),
+            leeway: Duration::ZERO,
+            issuer: "wxgate".into(),
+        }
+    }
+}
+
+/// A verify-only key of `[jwt].verify_keys`; its algorithm follows from its key type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyKey {
+    pub kid: String,
+    pub algorithm: JwtAlgorithm,
+    /// `Secret` (HS256) or `Public`.
+    pub key: KeyMaterial,
+}
+
+/// One `[[jwt.accept]]` entry: tokens another backend signed, verify-only, until a deadline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptConfig {
+    pub algorithm: JwtAlgorithm,
+    /// `Secret` (HS256) or `Public`.
+    pub key: KeyMaterial,
+    /// The claim holding the openid (default "sub").
+    pub openid_claim: String,
+    /// Unix seconds after which these tokens are refused, whatever their `exp`.
+    pub until: u64,
+    /// The mini program these tokens are for (with several `[[apps]]`); default: the first.
+    pub appid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -180,6 +224,8 @@ pub struct AuthConfig {
     pub logout_path: String,
     pub phone_path: String,
     pub decrypt_path: String,
+    /// The JWK Set of the token keys (answered 404 with HS256).
+    pub jwks_path: String,
     pub identity_header: HeaderName,
     pub unionid_header: HeaderName,
     /// Carries the caller's appid (the token's `aud`).

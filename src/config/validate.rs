@@ -2,8 +2,8 @@
 //! Each method returns `None` for a section (or key) with a problem, having recorded it.
 
 use super::raw::{
-    DurationText, RawAdmin, RawApp, RawAuth, RawHealthCheck, RawJwt, RawLog, RawRoute, RawServer,
-    RawSession, RawWechat,
+    DurationText, RawAccept, RawAdmin, RawApp, RawAuth, RawHealthCheck, RawJwt, RawLog, RawRoute,
+    RawServer, RawSession, RawWechat,
 };
 use super::types::*;
 use super::Problem;
@@ -508,40 +508,255 @@ impl Validator {
         let algorithm = self.or_default(raw.algorithm, "jwt.algorithm", "HS256");
         let algorithm = match algorithm.as_deref() {
             None => None,
-            Some("HS256") => Some(JwtAlgorithm::HS256),
-            Some(other) => {
+            Some(text) => JwtAlgorithm::parse(text).or_else(|| {
                 self.problem(
                     "jwt.algorithm",
-                    format!("{other:?} is not supported (supported: \"HS256\")"),
-                );
-                None
-            }
-        };
-        let secret = self.required(raw.secret, "jwt.secret");
-        if let Some(s) = &secret {
-            if s.len() < MIN_SECRET_BYTES {
-                self.problem(
-                    "jwt.secret",
                     format!(
-                        "is {} bytes; an HS256 key must be at least {MIN_SECRET_BYTES} bytes \
-                         (e.g. `openssl rand -base64 48`)",
-                        s.len()
+                        "{text:?} is not supported (supported: \"HS256\", \"ES256\", \"EdDSA\")"
                     ),
                 );
+                None
+            }),
+        };
+        let key = match algorithm {
+            None => None,
+            Some(JwtAlgorithm::HS256) => {
+                if raw.private_key.is_some() {
+                    self.problem(
+                        "jwt.private_key",
+                        "is for ES256/EdDSA; HS256 signs with jwt.secret".into(),
+                    );
+                }
+                let secret = self.required(raw.secret, "jwt.secret");
+                self.hs256_secret(secret, "jwt.secret")
+            }
+            Some(alg) => {
+                if raw.secret.is_some() {
+                    self.problem(
+                        "jwt.secret",
+                        format!(
+                            "is for HS256; {} signs with jwt.private_key (a shared secret would let \
+                             anyone who verifies also sign)",
+                            alg.name()
+                        ),
+                    );
+                }
+                if raw.kid.is_none() && !self.is_invalid("jwt.kid") {
+                    self.problem(
+                        "jwt.kid",
+                        format!(
+                            "required with {}: it names the key in every token and in the JWKS",
+                            alg.name()
+                        ),
+                    );
+                }
+                let pem = self.required(raw.private_key, "jwt.private_key");
+                pem.and_then(|pem| {
+                    let loaded = crate::keys::read_pem(&pem)
+                        .and_then(|text| crate::keys::private_key(&text, alg));
+                    loaded
+                        .map(KeyMaterial::Private)
+                        .map_err(|e| self.problem("jwt.private_key", e))
+                        .ok()
+                })
+            }
+        };
+        let kid = raw.kid;
+        if let Some(k) = &kid {
+            if k.is_empty() {
+                self.problem("jwt.kid", "must not be empty".into());
+            }
+        }
+        let mut verify_keys = Vec::new();
+        let mut kids: Vec<String> = kid.iter().cloned().collect();
+        for (i, vk) in raw.verify_keys.unwrap_or_default().into_iter().enumerate() {
+            let at = format!("jwt.verify_keys[{i}]");
+            let Some(vkid) = self.required(vk.kid, &format!("{at}.kid")) else {
+                continue;
+            };
+            if kids.contains(&vkid) {
+                self.problem(
+                    &format!("{at}.kid"),
+                    format!("{vkid:?} is already the kid of another key"),
+                );
+            } else if vkid.is_empty() {
+                self.problem(&format!("{at}.kid"), "must not be empty".into());
+            }
+            kids.push(vkid.clone());
+            if let Some((algorithm, key)) = self.verify_key(vk.public_key, vk.secret, &at, false) {
+                verify_keys.push(VerifyKey {
+                    kid: vkid,
+                    algorithm,
+                    key,
+                });
+            }
+        }
+        let mut accept = Vec::new();
+        for (i, a) in raw.accept.unwrap_or_default().into_iter().enumerate() {
+            let at = format!("jwt.accept[{i}]");
+            if let Some(entry) = self.accept(a, &at) {
+                accept.push(entry);
             }
         }
         let ttl = self.positive_duration(raw.ttl, "jwt.ttl", "2h");
         self.jwt_ttl = ttl;
         let leeway = self.duration(raw.leeway, "jwt.leeway", "0s");
         let issuer = raw.issuer.unwrap_or_else(|| "wxgate".to_string());
-        let secret_ok = secret.as_ref().is_some_and(|s| s.len() >= MIN_SECRET_BYTES);
         Some(JwtConfig {
             algorithm: algorithm?,
-            secret: Secret::new(secret.filter(|_| secret_ok)?),
+            key: key?,
+            kid,
+            verify_keys,
+            accept,
             ttl: ttl?,
             leeway: leeway?,
             issuer,
         })
+    }
+
+    /// An HS256 secret, refused when too short to be a key.
+    fn hs256_secret(&mut self, secret: Option<String>, path: &str) -> Option<KeyMaterial> {
+        let s = secret?;
+        if s.len() < MIN_SECRET_BYTES {
+            self.problem(
+                path,
+                format!(
+                    "is {} bytes; an HS256 key must be at least {MIN_SECRET_BYTES} bytes \
+                     (e.g. `openssl rand -base64 48`)",
+                    s.len()
+                ),
+            );
+            return None;
+        }
+        Some(KeyMaterial::Secret(Secret::new(s)))
+    }
+
+    /// A verify-only key: `public_key` (its type gives the algorithm) or an HS256 `secret`.
+    fn verify_key(
+        &mut self,
+        public_key: Option<String>,
+        secret: Option<String>,
+        at: &str,
+        accept: bool,
+    ) -> Option<(JwtAlgorithm, KeyMaterial)> {
+        match (public_key, secret) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    &format!("{at}.secret"),
+                    "give either public_key or secret, not both".into(),
+                );
+                None
+            }
+            (Some(pem), None) => {
+                let path = format!("{at}.public_key");
+                match crate::keys::read_pem(&pem).and_then(|t| crate::keys::public_key(&t)) {
+                    Ok((alg, raw)) => Some((alg, KeyMaterial::Public(raw))),
+                    Err(e) => {
+                        self.problem(&path, e);
+                        None
+                    }
+                }
+            }
+            (None, Some(secret)) if accept => {
+                // Another backend's secret is what it is (the tutorial's is 6 bytes): refusing
+                // it would log everyone out. It only verifies, and only until `until`.
+                if secret.is_empty() {
+                    self.problem(&format!("{at}.secret"), "must not be empty".into());
+                    return None;
+                }
+                Some((
+                    JwtAlgorithm::HS256,
+                    KeyMaterial::Secret(Secret::new(secret)),
+                ))
+            }
+            (None, Some(secret)) => self
+                .hs256_secret(Some(secret), &format!("{at}.secret"))
+                .map(|k| (JwtAlgorithm::HS256, k)),
+            (None, None) => {
+                if !self.is_invalid(&format!("{at}.public_key"))
+                    && !self.is_invalid(&format!("{at}.secret"))
+                {
+                    self.problem(
+                        &format!("{at}.public_key"),
+                        "required key is missing (or `secret` for an HS256 key)".into(),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// One `[[jwt.accept]]` entry.
+    fn accept(&mut self, raw: RawAccept, at: &str) -> Option<AcceptConfig> {
+        let alg_path = format!("{at}.algorithm");
+        let algorithm = self.required(raw.algorithm, &alg_path).and_then(|text| {
+            JwtAlgorithm::parse(&text).or_else(|| {
+                self.problem(
+                    &alg_path,
+                    format!(
+                        "{text:?} is not supported (supported: \"HS256\", \"ES256\", \"EdDSA\")"
+                    ),
+                );
+                None
+            })
+        });
+        let mut key = self.verify_key(raw.public_key, raw.secret, at, true);
+        if let (Some(alg), Some((key_alg, _))) = (algorithm, &key) {
+            if alg != *key_alg {
+                self.problem(
+                    at,
+                    format!(
+                        "algorithm is {:?} but the key is for {:?}",
+                        alg.name(),
+                        key_alg.name()
+                    ),
+                );
+                key = None;
+            }
+        }
+        let openid_claim = raw.openid_claim.unwrap_or_else(|| "sub".into());
+        if openid_claim.is_empty() {
+            self.problem(&format!("{at}.openid_claim"), "must not be empty".into());
+        }
+        let until_path = format!("{at}.until");
+        let until = self.required(raw.until, &until_path).and_then(|text| {
+            match humantime::parse_rfc3339_weak(text.trim()) {
+                Ok(t) => Some(
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                ),
+                Err(e) => {
+                    self.problem(
+                        &until_path,
+                        format!(
+                            "{text:?} is not an instant ({e}); write e.g. \"2027-01-31T00:00:00Z\""
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        Some(AcceptConfig {
+            algorithm: algorithm?,
+            key: key?.1,
+            openid_claim,
+            until: until?,
+            appid: raw.appid,
+        })
+    }
+
+    /// Every `[[jwt.accept]]` `appid` names a configured app.
+    pub(super) fn accept_apps(&mut self, jwt: &JwtConfig, apps: &[AppConfig]) {
+        for (i, entry) in jwt.accept.iter().enumerate() {
+            if let Some(appid) = &entry.appid {
+                if !apps.iter().any(|a| a.wechat.appid == *appid) {
+                    self.problem(
+                        &format!("jwt.accept[{i}].appid"),
+                        format!("{appid:?} is not the appid of any app"),
+                    );
+                }
+            }
+        }
     }
 
     fn path(&mut self, value: Option<String>, path: &str, default: &str) -> Option<String> {
@@ -587,6 +802,7 @@ impl Validator {
         let logout_path = self.path(raw.logout_path, "auth.logout_path", "/auth/logout");
         let phone_path = self.path(raw.phone_path, "auth.phone_path", "/auth/phone");
         let decrypt_path = self.path(raw.decrypt_path, "auth.decrypt_path", "/auth/decrypt");
+        let jwks_path = self.path(raw.jwks_path, "auth.jwks_path", "/.well-known/jwks.json");
         let paths = [
             ("auth.login_path", &login_path),
             ("auth.verify_path", &verify_path),
@@ -594,6 +810,7 @@ impl Validator {
             ("auth.logout_path", &logout_path),
             ("auth.phone_path", &phone_path),
             ("auth.decrypt_path", &decrypt_path),
+            ("auth.jwks_path", &jwks_path),
         ];
         self.distinct(&paths);
         let identity_header =
@@ -615,6 +832,7 @@ impl Validator {
             logout_path: logout_path?,
             phone_path: phone_path?,
             decrypt_path: decrypt_path?,
+            jwks_path: jwks_path?,
             identity_header: identity_header?,
             unionid_header: unionid_header?,
             phone_header: phone_header?,

@@ -220,7 +220,11 @@ pub async fn write_answer(
     let mut head = ResponseHeader::build(status, Some(6))?;
     head.insert_header(header::CONTENT_TYPE, "application/json; charset=utf-8")?;
     head.insert_header(header::CONTENT_LENGTH, body.len())?;
-    head.insert_header(header::CACHE_CONTROL, "no-store")?;
+    let cache_control = match (ctx.endpoint, &ctx.rejection) {
+        (Some(endpoint), None) => endpoint.cache_control(),
+        _ => "no-store",
+    };
+    head.insert_header(header::CACHE_CONTROL, cache_control)?;
     head.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     if let Some(r) = &ctx.rejection {
         for (name, value) in r.headers(ctx.endpoint.map(Endpoint::allow)) {

@@ -76,6 +76,12 @@ impl IdentityHeaders {
         if let Some(unionid) = &identity.unionid {
             let _ = req.insert_header(self.unionid.clone(), unionid.as_str());
         }
+        if identity.sid.is_empty() {
+            // Another backend's token ([[jwt.accept]]): its claims may hold the session_key,
+            // which must not reach the upstream inside the token either.
+            req.remove_header(&http::header::AUTHORIZATION);
+            req.remove_header("token");
+        }
     }
 }
 

@@ -51,6 +51,7 @@ impl Snapshot {
             (&a.logout_path, Endpoint::Logout),
             (&a.phone_path, Endpoint::Phone),
             (&a.decrypt_path, Endpoint::Decrypt),
+            (&a.jwks_path, Endpoint::Jwks),
         ]
         .into_iter()
         .map(|(path, e)| (path.clone(), e))
