@@ -5,10 +5,11 @@
 //! code written for WeChat Cloud Hosting's open API service runs unchanged with `HTTP_PROXY`.
 //!
 //! A Pingora listening service with a `ServeHttp` app (like the admin listener): the answer is
-//! buffered (WeChat's are small; a wxacode PNG is tens of KiB), which lets a call refused for its
-//! token (40001/42001) be retried once with a new token. Bodies are kept whole for that retry and
-//! bounded by [`MAX_BODY`]; larger ones are refused with 413. The token and the query string are
-//! never logged; the path is logged only once it is in `relay.allow`.
+//! buffered (WeChat's are small; a wxacode PNG is tens of KiB). A call refused for its token
+//! (40001/42001) is retried once with a new token when its body was kept whole (up to
+//! [`MAX_KEPT_BODY`]); a larger body is streamed to WeChat as it arrives (up to [`MAX_BODY`],
+//! 413 beyond) and its call is not retried. The token and the query string are never logged;
+//! the path is logged only once it is in `relay.allow`.
 
 use crate::auth::Login;
 use crate::config::RelayConfig;
@@ -17,9 +18,10 @@ use crate::proxy::request_id::{self, request_id};
 use crate::proxy::{Live, Snapshot};
 use crate::reply::Reject;
 use crate::secret::Secret;
-use crate::wechat::{Relayed, WechatError};
+use crate::wechat::{RelayBody, Relayed, WechatError};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use pingora::apps::http_app::ServeHttp;
@@ -35,9 +37,12 @@ pub const WECHAT_HOST: &str = "api.weixin.qq.com";
 pub const SEQID_HEADER: &str = "x-openapi-seqid";
 /// Picks the mini program when several are configured (default: the first).
 pub const APPID_HEADER: &str = "x-wx-appid";
-/// The largest request body relayed. Every relayed body is kept whole, so a call refused for its
-/// token can always be sent again; WeChat's JSON APIs take far less.
-pub const MAX_BODY: usize = 1024 * 1024;
+/// The largest request body kept whole, so that a call refused for its token can be sent again;
+/// WeChat's JSON APIs take far less.
+pub const MAX_KEPT_BODY: usize = 1024 * 1024;
+/// The largest request body relayed at all (streamed past [`MAX_KEPT_BODY`]): WeChat's media
+/// uploads take up to 10 MB.
+pub const MAX_BODY: u64 = 16 * 1024 * 1024;
 /// How long the relay waits for a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Query parameters the app may have sent that carry a token of its own: removed.
@@ -188,33 +193,65 @@ impl RelayApp {
         let method = req.method.clone();
         let query = without_tokens(req.uri.query());
         let content_type = req.headers.get(http::header::CONTENT_TYPE).cloned();
-        let body = read_body(session).await?;
+        let declared = declared_length(session);
+        let read = read_body(session, declared).await?;
         let tokens = login.access_tokens();
         let call = Call {
             method,
             path,
             query: &query,
             content_type: content_type.as_ref(),
-            body: &body,
             timeout: relay.timeout,
         };
         let token = tokens.get().await.map_err(|e| outcome.failed(e))?;
-        let mut answer = call
-            .send(&login, &token)
-            .await
-            .map_err(|e| outcome.failed(e))?;
-        if matches!(errcode_of(&answer.body), Some(40001 | 42001)) {
-            // Refused for the token: drop it everywhere, fetch one (single-flight, shared
-            // through the store) and send once more. The body was kept whole.
-            tracing::info!("relay: access token refused by WeChat; fetching a new one");
-            tokens.invalidate(&token).await;
-            outcome.retried = true;
-            let token = tokens.get().await.map_err(|e| outcome.failed(e))?;
-            answer = call
-                .send(&login, &token)
-                .await
-                .map_err(|e| outcome.failed(e))?;
-        }
+        let answer = match read {
+            Read::Whole(body) => {
+                let kept = RelayBody::Kept(body.clone());
+                let mut answer = call
+                    .send(&login, &token, kept)
+                    .await
+                    .map_err(|e| outcome.failed(e))?;
+                if matches!(errcode_of(&answer.body), Some(40001 | 42001)) {
+                    // Refused for the token: drop it everywhere, fetch one (single-flight,
+                    // shared through the store) and send once more. The body was kept whole.
+                    tracing::info!("relay: access token refused by WeChat; fetching a new one");
+                    tokens.invalidate(&token).await;
+                    outcome.retried = true;
+                    let token = tokens.get().await.map_err(|e| outcome.failed(e))?;
+                    answer = call
+                        .send(&login, &token, RelayBody::Kept(body))
+                        .await
+                        .map_err(|e| outcome.failed(e))?;
+                }
+                answer
+            }
+            Read::Started(first) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let rest = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                });
+                let first_len = first.len() as u64;
+                let body = futures::stream::once(async move { Ok(first) }).chain(rest);
+                let streamed = RelayBody::Streamed {
+                    body: reqwest::Body::wrap_stream(body),
+                    length: declared,
+                };
+                let (answer, pumped) = tokio::join!(
+                    call.send(&login, &token, streamed),
+                    pump(session, first_len, tx)
+                );
+                pumped?;
+                let answer = answer.map_err(|e| outcome.failed(e))?;
+                if matches!(errcode_of(&answer.body), Some(40001 | 42001)) {
+                    // The body is gone: the answer passes on, the next call gets a new token.
+                    tracing::info!(
+                        "relay: access token refused by WeChat; not retried (body streamed)"
+                    );
+                    tokens.invalidate(&token).await;
+                }
+                answer
+            }
+        };
         outcome.errcode = errcode_of(&answer.body).unwrap_or(0).to_string();
         Ok(answer)
     }
@@ -226,12 +263,16 @@ struct Call<'a> {
     path: &'a str,
     query: &'a str,
     content_type: Option<&'a HeaderValue>,
-    body: &'a Bytes,
     timeout: Duration,
 }
 
 impl Call<'_> {
-    async fn send(&self, login: &Login, token: &Secret) -> Result<Relayed, WechatError> {
+    async fn send(
+        &self,
+        login: &Login,
+        token: &Secret,
+        body: RelayBody,
+    ) -> Result<Relayed, WechatError> {
         let target = with_token(self.path, self.query, token);
         login
             .wechat()
@@ -239,22 +280,61 @@ impl Call<'_> {
                 self.method.clone(),
                 target,
                 self.content_type,
-                self.body.clone(),
+                body,
                 self.timeout,
             )
             .await
     }
 }
 
-/// Read the whole body, at most [`MAX_BODY`] bytes.
-async fn read_body(session: &mut ServerSession) -> Result<Bytes, Reject> {
-    let declared = session
+/// What was read of a request body: all of it, or its first part with more to come.
+enum Read {
+    Whole(Bytes),
+    Started(Bytes),
+}
+
+fn declared_length(session: &ServerSession) -> Option<u64> {
+    session
         .req_header()
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Pass the rest of a body on as it arrives, [`MAX_BODY`] in all at most. WeChat answering
+/// before reading it all (the receiver dropped) ends it quietly.
+async fn pump(
+    session: &mut ServerSession,
+    mut read: u64,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), Reject> {
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                read += chunk.len() as u64;
+                if read > MAX_BODY {
+                    let _ = tx.send(Err(std::io::Error::other("body too large"))).await;
+                    return Err(Reject::BodyTooLarge);
+                }
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::debug!("relay: reading a request body failed: {e}");
+                let _ = tx.send(Err(std::io::Error::other("body failed"))).await;
+                return Err(Reject::BadRequest { status: 400 });
+            }
+        }
+    }
+}
+
+/// Read the body until it ends, or until more than [`MAX_KEPT_BODY`] bytes came (the rest is
+/// then streamed); a declared length over [`MAX_BODY`] is refused before anything is read.
+async fn read_body(session: &mut ServerSession, declared: Option<u64>) -> Result<Read, Reject> {
+    if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(Reject::BodyTooLarge);
     }
     session.set_read_timeout(Some(BODY_TIMEOUT));
@@ -262,12 +342,12 @@ async fn read_body(session: &mut ServerSession) -> Result<Bytes, Reject> {
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(Reject::BodyTooLarge);
-                }
                 body.extend_from_slice(&chunk);
+                if body.len() > MAX_KEPT_BODY {
+                    return Ok(Read::Started(body.freeze()));
+                }
             }
-            Ok(None) => return Ok(body.freeze()),
+            Ok(None) => return Ok(Read::Whole(body.freeze())),
             Err(e) => {
                 tracing::debug!("relay: reading a request body failed: {e}");
                 return Err(Reject::BadRequest { status: 400 });

@@ -367,3 +367,47 @@ async fn the_log_holds_neither_the_token_nor_query_strings() {
         assert!(!log.contains(secret), "{secret:?} in the log:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn bodies_over_1_mib_are_streamed_and_not_retried() {
+    let s = RelayStack::start("");
+    let big = |content: &str| {
+        json!({ "content": format!("{content}{}", "x".repeat(1536 * 1024)) }).to_string()
+    };
+    let send = |body: String| {
+        client()
+            .post(s.url("/wxa/msg_sec_check"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let (status, v) = json(send(big("hello")).await.unwrap()).await;
+    assert_eq!((status, &v["errcode"]), (200, &json!(0)), "{v}");
+    assert_eq!(v["result"]["suggest"], "pass");
+    let (status, v) = json(send(big("risky")).await.unwrap()).await;
+    assert_eq!(
+        (status, &v["result"]["suggest"]),
+        (200, &json!("risky")),
+        "{v}"
+    );
+
+    // Refused for its token: the streamed body cannot be sent again, WeChat's answer passes on,
+    // and the next call fetches a new token.
+    s.mock("/__mock/refuse_token_once").await;
+    let (status, v) = json(send(big("again")).await.unwrap()).await;
+    assert_eq!((status, &v["errcode"]), (200, &json!(40001)), "{v}");
+    assert_eq!(s.stat("msg_sec_check").await, 3);
+    assert_eq!(s.stat("stable_token").await, 1);
+    let (status, v, _) = msg_sec_check(s.relay, "").await;
+    assert_eq!((status, &v["errcode"]), (200, &json!(0)), "{v}");
+    assert_eq!(s.stat("stable_token").await, 2);
+
+    // Over 16 MiB declared: refused before anything is read or sent.
+    let resp = raw_request(
+        s.relay,
+        b"POST /wxa/msg_sec_check HTTP/1.1\r\nHost: x\r\nContent-Length: 16777217\r\nConnection: close\r\n\r\n{",
+    );
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains(r#""code":"10413""#), "{resp}");
+    assert_eq!(s.stat("msg_sec_check").await, 4);
+}

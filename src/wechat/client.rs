@@ -99,6 +99,16 @@ pub struct Relayed {
     pub body: bytes::Bytes,
 }
 
+/// A relayed request's body: kept whole (it can be sent again), or streamed as it arrives.
+pub enum RelayBody {
+    Kept(bytes::Bytes),
+    Streamed {
+        body: reqwest::Body,
+        /// The app's `Content-Length`, when it sent one.
+        length: Option<u64>,
+    },
+}
+
 /// The largest answer the relay passes on (a wxacode PNG is tens of KiB).
 pub const MAX_RELAYED_ANSWER: usize = 8 * 1024 * 1024;
 
@@ -285,7 +295,7 @@ impl WechatClient {
         method: http::Method,
         path_and_query: String,
         content_type: Option<&http::HeaderValue>,
-        body: bytes::Bytes,
+        body: RelayBody,
         timeout: Duration,
     ) -> Result<Relayed, WechatError> {
         let mut request = self
@@ -295,8 +305,15 @@ impl WechatClient {
         if let Some(ct) = content_type {
             request = request.header(http::header::CONTENT_TYPE, ct.clone());
         }
-        if !body.is_empty() {
-            request = request.body(body);
+        match body {
+            RelayBody::Kept(body) if body.is_empty() => {}
+            RelayBody::Kept(body) => request = request.body(body),
+            RelayBody::Streamed { body, length } => {
+                if let Some(length) = length {
+                    request = request.header(http::header::CONTENT_LENGTH, length);
+                }
+                request = request.body(body);
+            }
         }
         let fut = async {
             let mut resp = request.send().await.map_err(|e| classify(e, "relay"))?;
