@@ -411,3 +411,53 @@ async fn bodies_over_1_mib_are_streamed_and_not_retried() {
     assert!(resp.contains(r#""code":"10413""#), "{resp}");
     assert_eq!(s.stat("msg_sec_check").await, 4);
 }
+
+#[tokio::test]
+async fn x_wx_appid_picks_the_app() {
+    const STAFF: &str = "wx2222222222222222";
+    let wechat = mock_wechat_any_app();
+    let echo = echo();
+    let base = config(wechat.addr, echo.addr);
+    let wechat_table = format!(
+        "[wechat]\nappid = \"{APPID}\"\nsecret = \"${{WECHAT_APPSECRET}}\"\napi_base = \"http://{}\"\ntimeout = \"1s\"\n",
+        wechat.addr
+    );
+    assert!(base.contains(&wechat_table), "{base}");
+    let apps = format!(
+        "[[apps]]\nname = \"shop\"\nappid = \"{APPID}\"\nsecret = \"${{WECHAT_APPSECRET}}\"\napi_base = \"http://{w}\"\n\n\
+         [[apps]]\nname = \"staff\"\nappid = \"{STAFF}\"\nsecret = \"${{WECHAT_APPSECRET}}\"\napi_base = \"http://{w}\"\n",
+        w = wechat.addr
+    );
+    let (_gw, relay) = gateway_with_relay(base.replace(&wechat_table, &apps), "");
+    let call = |appid: Option<&'static str>| async move {
+        let mut req = client()
+            .post(format!("http://{relay}/wxa/msg_sec_check"))
+            .json(&json!({"content": "x"}));
+        if let Some(appid) = appid {
+            req = req.header("X-WX-APPID", appid);
+        }
+        json(req.send().await.unwrap()).await
+    };
+    let (status, v) = call(None).await;
+    assert_eq!(
+        (status, v["mock_appid"].as_str()),
+        (200, Some(APPID)),
+        "{v}"
+    );
+    let (status, v) = call(Some(STAFF)).await;
+    assert_eq!(
+        (status, v["mock_appid"].as_str()),
+        (200, Some(STAFF)),
+        "{v}"
+    );
+    let (status, v) = call(Some(APPID)).await;
+    assert_eq!(
+        (status, v["mock_appid"].as_str()),
+        (200, Some(APPID)),
+        "{v}"
+    );
+    let (status, v) = call(Some("wx-unknown")).await;
+    assert_eq!((status, v["code"].as_str()), (400, Some("10123")), "{v}");
+    // One token per app.
+    assert_eq!(wechat_stats(&wechat).await["stable_token"], 2);
+}

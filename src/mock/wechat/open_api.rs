@@ -35,8 +35,9 @@ fn param_names(query: &Option<String>) -> Vec<String> {
         .collect()
 }
 
-/// The access token check of every API that takes one: the errcode and message to answer.
-fn check_token(state: &MockState, query: &Option<String>) -> Result<(), (i64, &'static str)> {
+/// The access token check of every API that takes one: the token's appid, or the errcode and
+/// message to answer.
+fn check_token(state: &MockState, query: &Option<String>) -> Result<String, (i64, &'static str)> {
     let tokens: Vec<String> = query
         .as_deref()
         .unwrap_or_default()
@@ -60,7 +61,7 @@ fn check_token(state: &MockState, query: &Option<String>) -> Result<(), (i64, &'
         return Err((40001, INVALID));
     }
     match lock(&state.tokens).check(token, Instant::now()) {
-        Ok(_) => Ok(()),
+        Ok(appid) => Ok(appid),
         Err(40001) => Err((40001, INVALID)),
         Err(errcode) => Err((errcode, "access_token expired")),
     }
@@ -72,9 +73,10 @@ pub(super) async fn msg_sec_check(
     body: Bytes,
 ) -> Response {
     count(&state.counters.msg_sec_check);
-    if let Err((errcode, msg)) = check_token(&state, &query) {
-        return error_as(PHONE_JSON, errcode, msg);
-    }
+    let appid = match check_token(&state, &query) {
+        Ok(appid) => appid,
+        Err((errcode, msg)) => return error_as(PHONE_JSON, errcode, msg),
+    };
     let request = serde_json::from_slice::<Value>(&body).ok();
     let Some(content) = request.as_ref().and_then(|r| r.get("content")?.as_str()) else {
         return error_as(PHONE_JSON, 47001, "data format error");
@@ -90,6 +92,7 @@ pub(super) async fn msg_sec_check(
         "result": { "suggest": suggest, "label": label },
         "trace_id": format!("mock-{:016x}", rand::random::<u64>()),
         "mock_params": param_names(&query),
+        "mock_appid": appid,
     });
     reply_as(PHONE_JSON, StatusCode::OK, body.to_string())
 }
