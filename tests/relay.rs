@@ -223,6 +223,18 @@ async fn refuses_paths_hosts_and_addresses_outside_the_lists() {
     );
     assert!(metrics.contains("wxgate_relay_request_duration_seconds"));
     assert!(!metrics.contains("/cgi-bin/token"), "{metrics}");
+    let page = client()
+        .get(format!("http://127.0.0.1:{}/", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(r#"data-metric="wxgate_relay_requests_total""#),
+        "{page}"
+    );
 }
 
 #[tokio::test]
