@@ -4,7 +4,9 @@
 //! `http://api.weixin.qq.com/...` (absolute-form targets, or `Host: api.weixin.qq.com`), so
 //! code written for WeChat Cloud Hosting's open API service runs unchanged with `HTTP_PROXY`.
 //!
-//! A Pingora listening service with a `ServeHttp` app (like the admin listener): the answer is
+//! A Pingora listening service (like the admin listener, but implementing `HttpServerApp` itself:
+//! Pingora's `ServeHttp` glue logs the request target, query included, when an answer cannot be
+//! written, and the relay never logs query strings). The answer is
 //! buffered (WeChat's are small; a wxacode PNG is tens of KiB). A call refused for its token
 //! (40001/42001) is retried once with a new token when its body was kept whole (up to
 //! [`MAX_KEPT_BODY`]); a larger body is streamed to WeChat as it arrives (up to [`MAX_BODY`],
@@ -24,8 +26,10 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -370,8 +374,47 @@ impl Outcome {
 }
 
 #[async_trait]
-impl ServeHttp for RelayApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+impl HttpServerApp for RelayApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!("relay: cannot read a request: {e}");
+                return None;
+            }
+        }
+        http.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let (parts, body) = self.answer(&mut http).await.into_parts();
+        let head: ResponseHeader = parts.into();
+        if let Err(e) = http.write_response_header(Box::new(head)).await {
+            tracing::debug!("relay: cannot write an answer: {e}");
+            return None;
+        }
+        if !body.is_empty() {
+            if let Err(e) = http.write_response_body(body.into(), true).await {
+                tracing::debug!("relay: cannot write an answer: {e}");
+                return None;
+            }
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(e) => {
+                tracing::debug!("relay: cannot finish an answer: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl RelayApp {
+    /// The answer to one request, logged and counted.
+    async fn answer(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let started = Instant::now();
         let id = request_id(None);
         let snap = self.live.load_full();
