@@ -4,14 +4,14 @@
 //! `http://api.weixin.qq.com/...` (absolute-form targets, or `Host: api.weixin.qq.com`), so
 //! code written for WeChat Cloud Hosting's open API service runs unchanged with `HTTP_PROXY`.
 //!
-//! A Pingora listening service (like the admin listener, but implementing `HttpServerApp` itself:
-//! Pingora's `ServeHttp` glue logs the request target, query included, when an answer cannot be
-//! written, and the relay never logs query strings). The answer is
-//! buffered (WeChat's are small; a wxacode PNG is tens of KiB). A call refused for its token
-//! (40001/42001) is retried once with a new token when its body was kept whole (up to
-//! [`MAX_KEPT_BODY`]); a larger body is streamed to WeChat as it arrives (up to [`MAX_BODY`],
-//! 413 beyond) and its call is not retried. The token and the query string are never logged;
-//! the path is logged only once it is in `relay.allow`.
+//! A Pingora listening service, like the admin listener, but implementing `HttpServerApp`
+//! itself: Pingora's `ServeHttp` glue logs the request target, query included, when an answer
+//! cannot be written, and the relay never logs query strings. WeChat's answer is buffered (they
+//! are small; a wxacode PNG is tens of KiB). A call refused for its token (40001/42001) is
+//! retried once with a new token when its body was kept whole (up to [`MAX_KEPT_BODY`]); a larger
+//! body is streamed to WeChat as it arrives (up to [`MAX_BODY`], 413 beyond) and its call is not
+//! retried. The token and the query string are never logged; the path is logged only once it is
+//! in `relay.allow`.
 
 use crate::auth::Login;
 use crate::config::RelayConfig;
