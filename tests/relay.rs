@@ -238,7 +238,7 @@ async fn refuses_paths_hosts_and_addresses_outside_the_lists() {
 }
 
 #[tokio::test]
-async fn wechat_unreachable_is_the_usual_envelope() {
+async fn wechat_unreachable_or_slow_is_the_usual_envelope() {
     let dead = free_port();
     let echo = echo();
     let base = config(format!("127.0.0.1:{dead}").parse().unwrap(), echo.addr);
@@ -246,6 +246,32 @@ async fn wechat_unreachable_is_the_usual_envelope() {
     let (status, v, headers) = msg_sec_check(relay, "").await;
     assert_eq!((status, v["code"].as_str()), (502, Some("10501")), "{v}");
     assert!(headers.contains_key("x-openapi-seqid"));
+
+    let s = RelayStack::start("timeout = \"300ms\"");
+    let started = Instant::now();
+    let resp = client()
+        .post(s.url("/wxa/msg_sec_check"))
+        .json(&json!({"content": "slow2000-x"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json(resp).await;
+    assert_eq!((status, v["code"].as_str()), (504, Some("10504")), "{v}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{}/metrics", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"wxgate_relay_requests_total{errcode="timeout",path="/wxa/msg_sec_check"} 1"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

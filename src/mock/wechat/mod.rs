@@ -33,7 +33,7 @@
 //! - `POST /wxa/msg_sec_check?access_token` (JSON `content`): `result.suggest` is `risky` when
 //!   the content contains "risky", else `pass`; the answer adds `mock_params`, the names of the
 //!   query parameters received, in order (so a test sees which tokens arrived), and
-//!   `mock_appid`, the appid of the token;
+//!   `mock_appid`, the appid of the token; content `slow<ms>-...` waits `ms` (at most 60 s) first;
 //! - `POST /wxa/getwxacodeunlimit?access_token` (JSON `scene`): a 1x1 PNG, `image/png`;
 //!   both check the token as the phone API does (41001 when missing or sent twice, 40001, 42001)
 //!   and answer 47001 for a body without the field.

@@ -81,6 +81,12 @@ pub(super) async fn msg_sec_check(
     let Some(content) = request.as_ref().and_then(|r| r.get("content")?.as_str()) else {
         return error_as(PHONE_JSON, 47001, "data format error");
     };
+    let slow = content
+        .strip_prefix("slow")
+        .and_then(|rest| rest.split('-').next()?.parse::<u64>().ok());
+    if let Some(ms) = slow {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+    }
     let (suggest, label) = if content.contains("risky") {
         ("risky", 20001)
     } else {
