@@ -9,6 +9,7 @@
 #   wrk           scripts/zero-downtime.sh keeps 64 connections busy across a reload and an upgrade
 #   python3-jwcrypto  tests/keys.rs checks wxgate's JWKS and tokens with an independent library
 #                 (and tests/browser's jsonwebtoken mints tokens as the tutorial's backend does)
+#                 (tests/browser's express runs an app written for WeChat Cloud Hosting, tests/cloudhosting.rs)
 # With WXGATE_SETUP_BENCH=1 (make bench) also:
 #   wrk, nginx    the side-by-side benchmark (openssl: its HTTPS rows' certificate)
 set -euo pipefail
@@ -42,7 +43,7 @@ fi
 
 browser="$(dirname "$0")/../tests/browser"
 if [ "${WXGATE_SETUP_TEST:-0}" = 1 ] && { [ ! -d "$browser/node_modules/playwright-core" ] ||
-  [ ! -d "$browser/node_modules/jsonwebtoken" ]; }; then
+  [ ! -d "$browser/node_modules/jsonwebtoken" ] || [ ! -d "$browser/node_modules/express" ]; }; then
   echo "setup: installing tests/browser's npm packages"
   npm ci --prefix "$browser" --no-audit --no-fund --loglevel=error >/dev/null
 fi

@@ -164,6 +164,10 @@ impl AdminApp {
             ("wxgate_auth_rejections_total", "Tokens refused, by reason"),
             ("wxgate_logins_total", "Logins, by result"),
             ("wxgate_wechat_requests_total", "WeChat API calls"),
+            (
+                "wxgate_relay_requests_total",
+                "Calls through the WeChat API relay",
+            ),
             ("wxgate_session_store_errors_total", "Session store errors"),
             (
                 "wxgate_auth_legacy_total",

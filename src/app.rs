@@ -160,6 +160,8 @@ pub fn build_snapshot(
                 before.map(|r| &**r),
                 config.server.resolve_interval,
             )?;
+            route.cloudhosting = c.identity_headers.unwrap_or(config.auth.identity_headers)
+                == config::IdentityMode::CloudHosting;
             // `apps` names apps; tokens name appids.
             route.apps = c.apps.as_ref().map(|names| {
                 names
@@ -291,6 +293,10 @@ fn warn_start_up_only(old: &Config, new: &Config) {
         ),
         ("admin.listen", old.admin.listen != new.admin.listen),
         (
+            "relay.listen",
+            old.relay.as_ref().map(|r| r.listen) != new.relay.as_ref().map(|r| r.listen),
+        ),
+        (
             "server.plain_listen",
             old.server.plain_listen != new.server.plain_listen,
         ),
@@ -355,6 +361,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
             .listen
             .into_iter()
             .chain(config.server.plain_listen)
+            .chain(config.relay.as_ref().map(|r| r.listen))
             .chain(config.server.also_listen.iter().copied());
         for addr in std::iter::once(listen).chain(extra) {
             std::net::TcpListener::bind(addr)
@@ -389,6 +396,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         }
     );
     let admin_listen = config.admin.listen;
+    let relay_listen = config.relay.as_ref().map(|r| r.listen);
     let plain_listen = config.server.plain_listen;
     let listeners: Vec<_> = std::iter::once(listen)
         .chain(config.server.also_listen.iter().copied())
@@ -461,6 +469,13 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         let mut admin = pingora::services::listening::Service::new("admin".to_string(), app);
         admin.add_tcp(&admin_listen.to_string());
         server.add_service(admin);
+    }
+    if let Some(relay_listen) = relay_listen {
+        let app = crate::relay::RelayApp::new(live.clone());
+        let mut relay = pingora::services::listening::Service::new("relay".to_string(), app);
+        relay.add_tcp(&relay_listen.to_string());
+        server.add_service(relay);
+        tracing::info!("WeChat API relay on http://{relay_listen}");
     }
     let sync_live = live.clone();
     server.add_service(background_service(

@@ -12,6 +12,7 @@ pub mod metrics;
 #[cfg(feature = "stand-ins")]
 pub mod mock;
 pub mod proxy;
+pub mod relay;
 pub mod reply;
 pub mod secret;
 pub mod session;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub upstream_healthy: IntGaugeVec,
     pub upstream_connect_failures: IntCounterVec,
+    pub relay_requests: IntCounterVec,
+    pub relay_duration: HistogramVec,
 }
 
 /// The process's metrics.
@@ -170,6 +172,18 @@ impl Metrics {
                 "wxgate_upstream_connect_failures_total",
                 "Connections to an upstream that failed (each takes it out of rotation for a few seconds), by route and upstream.",
                 &["route", "upstream"],
+            ),
+            relay_requests: counter_vec(
+                r,
+                "wxgate_relay_requests_total",
+                "Calls through the WeChat API relay, by allowed path (`other` for refused ones) and errcode (0: success; WeChat's errcode; unreachable, timeout, bad_response; refused).",
+                &["path", "errcode"],
+            ),
+            relay_duration: histogram_vec(
+                r,
+                "wxgate_relay_request_duration_seconds",
+                "Time a relayed call took, token fetch and retry included, by allowed path.",
+                &["path"],
             ),
             registry,
         }

@@ -115,6 +115,12 @@ pub enum Reject {
     UpstreamTimeout,
     /// A malformed request that the HTTP layer refused (status kept).
     BadRequest { status: u16 },
+    /// The relay was asked for a WeChat path outside `relay.allow`.
+    RelayPathNotAllowed,
+    /// The relay was asked, as a forward proxy, for a host other than `api.weixin.qq.com`.
+    RelayHostNotAllowed,
+    /// The relay was called from an address outside `relay.allow_from`.
+    RelayClientNotAllowed,
     /// Our own fault; detail goes to the log, never to the client.
     Internal,
 }
@@ -244,6 +250,24 @@ impl Reject {
             Reject::BadRequest { status } => {
                 p(*status, "10400", "请求格式错误", Some("bad_request"))
             }
+            Reject::RelayPathNotAllowed => p(
+                403,
+                "10408",
+                "该微信接口未开放转发",
+                Some("relay_path_not_allowed"),
+            ),
+            Reject::RelayHostNotAllowed => p(
+                403,
+                "10408",
+                "该微信接口未开放转发",
+                Some("relay_host_not_allowed"),
+            ),
+            Reject::RelayClientNotAllowed => p(
+                403,
+                "10409",
+                "该地址无权调用转发",
+                Some("relay_client_not_allowed"),
+            ),
             Reject::Internal => p(500, "10500", "网关内部错误", Some("internal")),
         }
     }
@@ -467,6 +491,14 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         (
             Reject::UpstreamTimeout,
             "upstream app slower than the route's timeout",
+        ),
+        (
+            Reject::RelayPathNotAllowed,
+            "the relay was asked for a path outside `relay.allow` (`reason`: `relay_path_not_allowed`), or, as a forward proxy, for a host other than `api.weixin.qq.com` (`relay_host_not_allowed`)",
+        ),
+        (
+            Reject::RelayClientNotAllowed,
+            "the relay was called from an address outside `relay.allow_from`",
         ),
         (Reject::Internal, "gateway bug (details in the log only)"),
     ];

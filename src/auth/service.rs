@@ -136,6 +136,11 @@ impl Login {
         }
     }
 
+    /// The app's WeChat client (the relay calls WeChat through it).
+    pub fn wechat(&self) -> &Arc<WechatClient> {
+        &self.wechat
+    }
+
     pub fn access_tokens(&self) -> &AccessTokens {
         &self.access_tokens
     }

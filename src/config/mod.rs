@@ -14,7 +14,7 @@ pub use types::*;
 pub use validate::{parse_host_port, parse_upstream};
 
 use order::FileOrder;
-use raw::{RawAdmin, RawLog, RawRateLimit, RawServer, RawSession, RawWechat};
+use raw::{RawAdmin, RawLog, RawRateLimit, RawRelay, RawServer, RawSession, RawWechat};
 use raw::{RawAuth, RawJwt};
 use std::fmt;
 use std::net::SocketAddr;
@@ -151,6 +151,7 @@ pub fn parse_with(
     let mut admin = None;
     let mut log = None;
     let mut routes = None;
+    let mut relay = None;
     for (key, value) in root {
         match key.as_str() {
             "server" => server = v.section::<RawServer>(value, &key),
@@ -163,6 +164,7 @@ pub fn parse_with(
             "admin" => admin = v.section::<RawAdmin>(value, &key),
             "log" => log = v.section::<RawLog>(value, &key),
             "routes" => routes = v.routes(value),
+            "relay" => relay = Some(v.section::<RawRelay>(value, &key)),
             _ => v.problem(&key, "unknown key".into()),
         }
     }
@@ -175,6 +177,11 @@ pub fn parse_with(
     let admin = v.admin(admin.unwrap_or_default());
     let log = v.log(log.unwrap_or_default());
     let routes = v.check_routes(routes);
+    let relay = match relay {
+        None => Some(None),
+        Some(None) => None,
+        Some(Some(raw)) => v.relay(raw, server.as_ref(), admin.as_ref()).map(Some),
+    };
     if let (Some(routes), Some(apps)) = (&routes, &apps) {
         v.route_apps(routes, apps);
     }
@@ -187,7 +194,7 @@ pub fn parse_with(
         phone_per_minute: rate_limit.phone_per_minute.unwrap_or(10),
     };
 
-    let sections = (server, apps, jwt, auth, session, admin, log, routes);
+    let sections = (server, apps, jwt, auth, session, admin, log, routes, relay);
     match sections {
         (
             Some(server),
@@ -198,7 +205,9 @@ pub fn parse_with(
             Some(admin),
             Some(log),
             Some(routes),
+            Some(relay),
         ) if v.problems.is_empty() => Ok(Config {
+            relay,
             server,
             apps,
             jwt,

@@ -150,6 +150,7 @@ pub struct RawAuth {
     pub identity_header: Option<String>,
     pub unionid_header: Option<String>,
     pub appid_header: Option<String>,
+    pub identity_headers: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +184,7 @@ pub struct RawRoute {
     pub rate_limit: Option<String>,
     pub rate_limit_burst: Option<u32>,
     pub apps: Option<Vec<String>>,
+    pub identity_headers: Option<String>,
 }
 
 /// `health_check = { path = "/healthz", interval = "2s", ... }`; without `path`, a TCP connect.
@@ -211,4 +213,13 @@ pub struct RawAdmin {
 pub struct RawLog {
     pub format: Option<String>,
     pub openid: Option<String>,
+}
+
+/// `[relay]`: the WeChat API relay for upstream apps.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRelay {
+    pub listen: Option<String>,
+    pub allow: Option<Vec<String>>,
+    pub allow_from: Option<Vec<String>>,
+    pub timeout: Option<DurationText>,
 }

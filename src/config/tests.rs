@@ -625,3 +625,82 @@ fn a_key_file_replaced_in_place_changes_the_config() {
     std::fs::write(&private, other).unwrap();
     assert_ne!(parse_ok(&text).jwt, before.jwt);
 }
+
+#[test]
+fn relay_section() {
+    assert_eq!(parse_ok(MINIMAL).relay, None);
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[relay]\nlisten = \"127.0.0.1:9902\"\nallow = [\"/wxa/msg_sec_check\"]\n"
+    ));
+    let relay = c.relay.expect("relay");
+    assert_eq!(relay.listen, "127.0.0.1:9902".parse().unwrap());
+    assert_eq!(relay.allow, vec!["/wxa/msg_sec_check".to_string()]);
+    assert_eq!(
+        relay.allow_from,
+        vec![
+            "127.0.0.1/32".parse::<ipnet::IpNet>().unwrap(),
+            "::1/128".parse().unwrap()
+        ]
+    );
+    assert_eq!(relay.timeout, Duration::from_secs(5));
+    let c = parse_ok(&format!(
+        "{MINIMAL}\n[relay]\nlisten = \"127.0.0.1:9902\"\nallow = [\"/a\"]\nallow_from = [\"10.0.0.0/8\", \"192.168.1.7\"]\ntimeout = \"2s\"\n"
+    ));
+    let relay = c.relay.expect("relay");
+    assert_eq!(
+        relay.allow_from[1],
+        "192.168.1.7/32".parse::<ipnet::IpNet>().unwrap()
+    );
+    assert_eq!(relay.timeout, Duration::from_secs(2));
+
+    let p = problems(&format!(
+        "[server]\nlisten = \"127.0.0.1:3000\"\n{MINIMAL}\n[relay]\nlisten = \"127.0.0.1:3000\"\nallow = [\"wxa/x\", \"/a?b\", \"/ok\", \"/ok\"]\nallow_from = [\"nope\"]\ntimeout = \"0s\"\n"
+    ));
+    assert!(
+        has(&p, "relay.listen", "must differ from server.listen"),
+        "{p:?}"
+    );
+    assert!(has(&p, "relay.allow[0]", "must be a path"), "{p:?}");
+    assert!(has(&p, "relay.allow[1]", "must be a path"), "{p:?}");
+    assert!(has(&p, "relay.allow[3]", "listed twice"), "{p:?}");
+    assert!(
+        has(&p, "relay.allow_from[0]", "not an address or CIDR"),
+        "{p:?}"
+    );
+    assert!(has(&p, "relay.timeout", "greater than zero"), "{p:?}");
+    let p = problems(&format!(
+        "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9901\"\n[relay]\nlisten = \"127.0.0.1:9901\"\n"
+    ));
+    assert!(
+        has(&p, "relay.listen", "must differ from admin.listen"),
+        "{p:?}"
+    );
+    assert!(has(&p, "relay.allow", "required key is missing"), "{p:?}");
+    let p = problems(&format!("{MINIMAL}\n[relay]\nallow = []\nport = 1\n"));
+    assert!(has(&p, "relay.listen", "required key is missing"), "{p:?}");
+    assert!(has(&p, "relay.allow", "at least one"), "{p:?}");
+    assert!(has(&p, "relay.port", "unknown key"), "{p:?}");
+}
+
+#[test]
+fn identity_headers_modes() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.auth.identity_headers, IdentityMode::Wxgate);
+    assert_eq!(c.routes[0].identity_headers, None);
+    let c = parse_ok(&format!(
+        "[auth]\nidentity_headers = \"cloudhosting\"\n{MINIMAL}identity_headers = \"wxgate\"\n"
+    ));
+    assert_eq!(c.auth.identity_headers, IdentityMode::CloudHosting);
+    assert_eq!(c.routes[0].identity_headers, Some(IdentityMode::Wxgate));
+    let p = problems(&format!(
+        "[auth]\nidentity_headers = \"cloud\"\n{MINIMAL}identity_headers = \"tcb\"\n"
+    ));
+    assert!(
+        has(&p, "auth.identity_headers", "\"cloud\" is not one of"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "routes[0].identity_headers", "\"tcb\" is not one of"),
+        "{p:?}"
+    );
+}

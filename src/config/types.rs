@@ -21,6 +21,30 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub routes: Vec<RouteConfig>,
+    /// `[relay]`: off when absent.
+    pub relay: Option<RelayConfig>,
+}
+
+/// The WeChat API relay (`[relay]`): apps call WeChat's paths on `listen` without a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub listen: SocketAddr,
+    /// WeChat API paths relayed, matched exactly.
+    pub allow: Vec<String>,
+    /// Peer addresses allowed to call the relay.
+    pub allow_from: Vec<ipnet::IpNet>,
+    /// For each call to WeChat (the whole exchange, the answer's body included).
+    pub timeout: Duration,
+}
+
+/// Which identity headers reach the upstream (`identity_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// The `[auth]` header names (`X-WX-OpenID`, ...).
+    Wxgate,
+    /// WeChat Cloud Hosting's set: `X-WX-OPENID`, `X-WX-APPID`, `X-WX-UNIONID`, `X-WX-SOURCE`,
+    /// `X-Original-Forwarded-For`, and `X-Forwarded-For` appended.
+    CloudHosting,
 }
 
 /// The operator's listener: metrics, health, the status page. Off when `listen` is `None`.
@@ -232,6 +256,8 @@ pub struct AuthConfig {
     pub appid_header: HeaderName,
     /// Carries the verified phone number to routes with `forward_phone = true`.
     pub phone_header: HeaderName,
+    /// The routes' default identity header set.
+    pub identity_headers: IdentityMode,
 }
 
 /// Where sessions live.
@@ -299,6 +325,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RouteRateLimit>,
     /// Only tokens of these apps (by name); `None`: every app's.
     pub apps: Option<Vec<String>>,
+    /// This route's identity header set; `None`: `auth.identity_headers`.
+    pub identity_headers: Option<IdentityMode>,
 }
 
 impl RouteConfig {
@@ -323,6 +351,7 @@ impl RouteConfig {
             retries: 1,
             rate_limit: None,
             apps: None,
+            identity_headers: None,
         }
     }
 }

@@ -2,8 +2,8 @@
 //! Each method returns `None` for a section (or key) with a problem, having recorded it.
 
 use super::raw::{
-    DurationText, RawAccept, RawAdmin, RawApp, RawAuth, RawHealthCheck, RawJwt, RawLog, RawRoute,
-    RawServer, RawSession, RawWechat,
+    DurationText, RawAccept, RawAdmin, RawApp, RawAuth, RawHealthCheck, RawJwt, RawLog, RawRelay,
+    RawRoute, RawServer, RawSession, RawWechat,
 };
 use super::types::*;
 use super::Problem;
@@ -238,12 +238,9 @@ impl Validator {
         let also_listen = addrs.get(1..).unwrap_or_default().to_vec();
         let mut trusted_proxies = Vec::new();
         for (i, net) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
-            let parsed = net
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(n) => trusted_proxies.push(n),
-                Err(_) => self.problem(
+            match parse_net(net) {
+                Some(n) => trusted_proxies.push(n),
+                None => self.problem(
                     &format!("server.trusted_proxies[{i}]"),
                     format!("{net:?} is not an address or CIDR (e.g. \"10.0.0.0/8\")"),
                 ),
@@ -825,7 +822,9 @@ impl Validator {
             ("auth.appid_header", &appid_header),
         ];
         self.distinct(&headers);
+        let identity_headers = self.identity_mode(raw.identity_headers, "auth.identity_headers");
         Some(AuthConfig {
+            identity_headers: identity_headers?.unwrap_or(IdentityMode::Wxgate),
             login_path: login_path?,
             verify_path: verify_path?,
             refresh_path: refresh_path?,
@@ -952,6 +951,110 @@ impl Validator {
         Some(AdminConfig {
             listen: Some(listen?),
             token: token?,
+        })
+    }
+
+    /// `identity_headers = "wxgate" | "cloudhosting"`; `Some(None)` when not written.
+    fn identity_mode(&mut self, value: Option<String>, path: &str) -> Option<Option<IdentityMode>> {
+        match value.as_deref() {
+            None if self.is_invalid(path) => None,
+            None => Some(None),
+            Some("wxgate") => Some(Some(IdentityMode::Wxgate)),
+            Some("cloudhosting") => Some(Some(IdentityMode::CloudHosting)),
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("{other:?} is not one of \"wxgate\", \"cloudhosting\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[relay]`: its listener must be none of the others (never the public one: the relay
+    /// spends the app's access token for whoever reaches it).
+    pub(super) fn relay(
+        &mut self,
+        raw: RawRelay,
+        server: Option<&ServerConfig>,
+        admin: Option<&AdminConfig>,
+    ) -> Option<RelayConfig> {
+        let mut listen = match self.required(raw.listen, "relay.listen") {
+            Some(text) => match resolve_host_port(&text, self.resolve_names) {
+                Ok(addrs) => addrs.into_iter().next(),
+                Err(message) => {
+                    self.problem("relay.listen", message);
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(addr) = listen {
+            let others = server
+                .map(|s| {
+                    let mut v = vec![("server.listen", s.listen)];
+                    v.extend(s.also_listen.iter().map(|a| ("server.listen", *a)));
+                    v.extend(s.plain_listen.map(|a| ("server.plain_listen", a)));
+                    v
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .chain(admin.and_then(|a| a.listen).map(|a| ("admin.listen", a)));
+            if let Some((key, other)) = others.into_iter().find(|(_, other)| *other == addr) {
+                self.problem(
+                    "relay.listen",
+                    format!("must differ from {key} ({other}): the relay spends the app's access token for whoever reaches it, so it never shares a listener"),
+                );
+                listen = None;
+            }
+        }
+        let mut allow = Vec::new();
+        match self.required(raw.allow, "relay.allow") {
+            Some(list) if list.is_empty() => {
+                self.problem(
+                    "relay.allow",
+                    "must list at least one WeChat API path (e.g. \"/wxa/msg_sec_check\")".into(),
+                );
+            }
+            Some(list) => {
+                for (i, p) in list.into_iter().enumerate() {
+                    let at = format!("relay.allow[{i}]");
+                    if !p.starts_with('/') || p.contains(['?', '#', ' ', '%']) || p.contains("/.") {
+                        self.problem(
+                            &at,
+                            format!("{p:?} must be a path starting with '/' (no query, no '.' segments)"),
+                        );
+                    } else if allow.contains(&p) {
+                        self.problem(&at, format!("{p:?} is listed twice"));
+                    } else {
+                        allow.push(p);
+                    }
+                }
+            }
+            None => {}
+        }
+        let mut allow_from = Vec::new();
+        let from = raw
+            .allow_from
+            .unwrap_or_else(|| vec!["127.0.0.1/32".into(), "::1/128".into()]);
+        for (i, net) in from.iter().enumerate() {
+            match parse_net(net) {
+                Some(n) => allow_from.push(n),
+                None => self.problem(
+                    &format!("relay.allow_from[{i}]"),
+                    format!("{net:?} is not an address or CIDR (e.g. \"10.0.0.0/8\")"),
+                ),
+            }
+        }
+        let timeout = self.positive_duration(raw.timeout, "relay.timeout", "5s");
+        if self.problems.iter().any(|p| p.path.starts_with("relay")) {
+            return None;
+        }
+        Some(RelayConfig {
+            listen: listen?,
+            allow,
+            allow_from,
+            timeout: timeout?,
         })
     }
 
@@ -1244,8 +1347,10 @@ impl Validator {
                 }
             },
         };
+        let identity_headers = self.identity_mode(raw.identity_headers, &at("identity_headers"));
         let prefix = prefix?;
         Some(RouteConfig {
+            identity_headers: identity_headers?,
             name: raw.name.unwrap_or_else(|| prefix.clone()),
             prefix,
             upstreams: upstreams_ok.then_some(parsed)?,
@@ -1317,6 +1422,13 @@ impl Validator {
 }
 
 /// A rate as `"20/s"`, `"600/m"` or `"1000/h"`: a count of at least 1 per second, minute or hour.
+/// An address or CIDR, as `server.trusted_proxies` and `relay.allow_from` write them.
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()
+}
+
 pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
     let bad = || format!("{text:?} is not a rate; write e.g. \"20/s\", \"600/m\" or \"1000/h\"");
     let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;

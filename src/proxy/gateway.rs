@@ -9,6 +9,7 @@
 
 use super::access::openid_for_log;
 use super::drain::{InFlight, InFlightGuard};
+use super::headers::CloudHosting;
 use super::limit::{client_ip, client_key, openid_key};
 use super::pool::InFlightUpstream;
 use super::request_id::{self, request_id};
@@ -531,14 +532,24 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         let identity_headers = &ctx.snap.identity;
-        identity_headers.strip(upstream_request);
-        if let Some(identity) = &ctx.identity {
-            identity_headers.inject(upstream_request, identity);
+        if ctx.route.as_ref().is_some_and(|r| r.cloudhosting) {
+            CloudHosting::strip(identity_headers, upstream_request);
+            let client = ctx.client.or_else(|| client_of(session, &ctx.snap));
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            CloudHosting::inject(upstream_request, ctx.identity.as_ref(), client, peer);
+        } else {
+            identity_headers.strip(upstream_request);
+            if let Some(identity) = &ctx.identity {
+                identity_headers.inject(upstream_request, identity);
+            }
         }
         if let Some(phone) = &ctx.phone {
             identity_headers.inject_phone(upstream_request, phone);

@@ -1,11 +1,13 @@
 //! What the upstream sees of identity: client-sent copies of identity headers removed (every
 //! case, every occurrence, `_` spelt for `-`, and the whole `X-WX-*` namespace, which belongs to
-//! the gateway), then the verified identity set.
+//! the gateway), then the verified identity set: the `[auth]` header names, or on a route with
+//! `identity_headers = "cloudhosting"` WeChat Cloud Hosting's own set (see [`CloudHosting`]).
 
 use crate::auth::Identity;
 use crate::session::Phone;
 use http::HeaderName;
 use pingora::http::RequestHeader;
+use std::net::IpAddr;
 
 /// The namespace the gateway owns (WeChat Cloud Hosting's `X-WX-OPENID`, `X-WX-APPID`, ...).
 const RESERVED_PREFIX: &str = "x-wx-";
@@ -93,6 +95,80 @@ impl IdentityHeaders {
     }
 }
 
+/// WeChat Cloud Hosting's request headers, as its documentation names them (header names are
+/// case-insensitive): what an app written for Cloud Hosting reads.
+pub struct CloudHosting;
+
+impl CloudHosting {
+    pub const OPENID: &'static str = "x-wx-openid";
+    pub const APPID: &'static str = "x-wx-appid";
+    pub const UNIONID: &'static str = "x-wx-unionid";
+    /// Cloud Hosting says what triggered the call (`wx_client`, ...) and tells apps to check that
+    /// it is present; wxgate sets it on requests whose caller it verified.
+    pub const SOURCE: &'static str = "x-wx-source";
+    pub const SOURCE_VALUE: &'static str = "wxgate";
+    /// The client's address (after `server.trusted_proxies`).
+    pub const ORIGINAL_FORWARDED_FOR: &'static str = "x-original-forwarded-for";
+
+    /// Remove every client-sent copy of the set (`X-WX-*` included, as in every mode), and
+    /// of `X-Original-Forwarded-For`, in any spelling.
+    pub fn strip(ids: &IdentityHeaders, req: &mut RequestHeader) {
+        let doomed: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|name| {
+                ids.is_reserved(name.as_str())
+                    || eq_normalized(name.as_str(), Self::ORIGINAL_FORWARDED_FOR)
+            })
+            .cloned()
+            .collect();
+        for name in doomed {
+            req.remove_header(&name);
+        }
+    }
+
+    /// Set Cloud Hosting's headers (after [`Self::strip`]): the identity when the caller was
+    /// verified, the client's address, and the peer appended to `X-Forwarded-For`.
+    pub fn inject(
+        req: &mut RequestHeader,
+        identity: Option<&Identity>,
+        client: Option<IpAddr>,
+        peer: Option<IpAddr>,
+    ) {
+        if let Some(identity) = identity {
+            let _ = req.insert_header(Self::OPENID, identity.openid.as_str());
+            let _ = req.insert_header(Self::APPID, &*identity.appid);
+            if let Some(unionid) = &identity.unionid {
+                let _ = req.insert_header(Self::UNIONID, unionid.as_str());
+            }
+            let _ = req.insert_header(Self::SOURCE, Self::SOURCE_VALUE);
+            if identity.sid.is_empty() {
+                // Another backend's token: as in the default mode, it does not go upstream.
+                req.remove_header(&http::header::AUTHORIZATION);
+                req.remove_header("token");
+            }
+        }
+        if let Some(client) = client {
+            let _ = req.insert_header(Self::ORIGINAL_FORWARDED_FOR, client.to_string());
+        }
+        if let Some(peer) = peer {
+            let before: Vec<String> = req
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .collect();
+            let value = if before.is_empty() {
+                peer.to_string()
+            } else {
+                format!("{}, {peer}", before.join(", "))
+            };
+            let _ = req.insert_header("x-forwarded-for", value);
+        }
+    }
+}
+
 fn normalize(b: u8) -> u8 {
     match b {
         b'_' => b'-',
@@ -165,6 +241,55 @@ mod tests {
         h.strip(&mut req);
         let left: Vec<_> = req.headers.keys().map(|k| k.as_str().to_string()).collect();
         assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn cloud_hosting_set_replaces_client_copies() {
+        let h = ids();
+        let mut req = request(&[
+            ("X-WX-OPENID", "evil1"),
+            ("x_wx_source", "evil2"),
+            ("X-Original-Forwarded-For", "6.6.6.6"),
+            ("x_original_forwarded_for", "6.6.6.7"),
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("Accept", "*/*"),
+        ]);
+        CloudHosting::strip(&h, &mut req);
+        let identity = Identity {
+            openid: "o1".into(),
+            unionid: None,
+            sid: "s".into(),
+            appid: "wx1".into(),
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        CloudHosting::inject(&mut req, Some(&identity), ip("203.0.113.7"), ip("10.0.0.2"));
+        let all = |name: &str| -> Vec<String> {
+            req.headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(all("x-wx-openid"), vec!["o1"]);
+        assert_eq!(all("x-wx-appid"), vec!["wx1"]);
+        assert!(all("x-wx-unionid").is_empty());
+        assert_eq!(all("x-wx-source"), vec!["wxgate"]);
+        assert!(all("x_wx_source").is_empty());
+        assert_eq!(all("x-original-forwarded-for"), vec!["203.0.113.7"]);
+        assert!(all("x_original_forwarded_for").is_empty());
+        assert_eq!(all("x-forwarded-for"), vec!["203.0.113.7, 10.0.0.2"]);
+        assert_eq!(all("accept"), vec!["*/*"]);
+
+        // A public route: no identity, no source; the address all the same.
+        let mut req = request(&[("X-WX-SOURCE", "wx_client")]);
+        CloudHosting::strip(&h, &mut req);
+        CloudHosting::inject(&mut req, None, ip("198.51.100.1"), ip("198.51.100.1"));
+        assert!(req.headers.get("x-wx-source").is_none());
+        assert_eq!(
+            req.headers.get("x-original-forwarded-for").unwrap(),
+            "198.51.100.1"
+        );
+        assert_eq!(req.headers.get("x-forwarded-for").unwrap(), "198.51.100.1");
     }
 
     #[test]

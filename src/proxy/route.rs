@@ -37,6 +37,9 @@ pub struct Route {
     pub limiter: Option<Arc<RouteLimiter>>,
     /// Only tokens of these appids (`apps`, resolved from names by the snapshot's builder).
     pub apps: Option<Vec<Arc<str>>>,
+    /// WeChat Cloud Hosting's identity headers instead of `[auth]`'s (`identity_headers`,
+    /// resolved against `auth.identity_headers` by the snapshot's builder).
+    pub cloudhosting: bool,
     /// Trust roots for them (`upstream_ca` and the system's); `None`: the system's.
     roots: Option<Arc<pingora::protocols::tls::CaType>>,
     /// The `Host` header the upstream gets instead of the client's.
@@ -91,6 +94,7 @@ impl Route {
             retries: c.retries,
             limiter,
             apps: None,
+            cloudhosting: false,
             roots,
             upstream_host: c.upstream_host.clone(),
             connect_timeout: c.connect_timeout,

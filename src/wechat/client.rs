@@ -91,6 +91,27 @@ struct Watermark {
     appid: Option<String>,
 }
 
+/// What WeChat answered to a relayed call, as it came (see `crate::relay`).
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub status: u16,
+    pub content_type: Option<http::HeaderValue>,
+    pub body: bytes::Bytes,
+}
+
+/// A relayed request's body: kept whole (it can be sent again), or streamed as it arrives.
+pub enum RelayBody {
+    Kept(bytes::Bytes),
+    Streamed {
+        body: reqwest::Body,
+        /// The app's `Content-Length`, when it sent one.
+        length: Option<u64>,
+    },
+}
+
+/// The largest answer the relay passes on (a wxacode PNG is tens of KiB).
+pub const MAX_RELAYED_ANSWER: usize = 8 * 1024 * 1024;
+
 pub struct WechatClient {
     http: reqwest::Client,
     api_base: String,
@@ -261,6 +282,62 @@ impl WechatClient {
             _ => {
                 tracing::warn!("jscode2session answered without openid or session_key");
                 Err(WechatError::BadResponse)
+            }
+        }
+    }
+
+    /// Relay a call for an upstream app: `path_and_query` (which carries the access token) with
+    /// the app's method, content type and body; WeChat's status, content type and body come
+    /// back untouched, at most [`MAX_RELAYED_ANSWER`] bytes of them, within `timeout`. The URL
+    /// is never logged.
+    pub async fn relay(
+        &self,
+        method: http::Method,
+        path_and_query: String,
+        content_type: Option<&http::HeaderValue>,
+        body: RelayBody,
+        timeout: Duration,
+    ) -> Result<Relayed, WechatError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.api_base))
+            .timeout(timeout);
+        if let Some(ct) = content_type {
+            request = request.header(http::header::CONTENT_TYPE, ct.clone());
+        }
+        match body {
+            RelayBody::Kept(body) if body.is_empty() => {}
+            RelayBody::Kept(body) => request = request.body(body),
+            RelayBody::Streamed { body, length } => {
+                if let Some(length) = length {
+                    request = request.header(http::header::CONTENT_LENGTH, length);
+                }
+                request = request.body(body);
+            }
+        }
+        let fut = async {
+            let mut resp = request.send().await.map_err(|e| classify(e, "relay"))?;
+            let status = resp.status().as_u16();
+            let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| classify(e, "relay"))? {
+                if body.len() + chunk.len() > MAX_RELAYED_ANSWER {
+                    tracing::warn!("relay: WeChat answer over {MAX_RELAYED_ANSWER} bytes");
+                    return Err(WechatError::BadResponse);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Relayed {
+                status,
+                content_type,
+                body: body.into(),
+            })
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("relay: WeChat did not answer within {timeout:?}");
+                Err(WechatError::Timeout)
             }
         }
     }

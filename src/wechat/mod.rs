@@ -5,4 +5,4 @@ mod client;
 pub mod crypto;
 
 pub use access_token::AccessTokens;
-pub use client::{AccessToken, Code2Session, WechatClient, WechatError};
+pub use client::{AccessToken, Code2Session, RelayBody, Relayed, WechatClient, WechatError};

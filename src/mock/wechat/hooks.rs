@@ -28,6 +28,14 @@ pub(super) async fn invalidate_tokens(State(state): State<Arc<MockState>>) -> Js
     Json(json!({ "ok": true }))
 }
 
+/// The next call of an open API (`msg_sec_check`, `getwxacodeunlimit`) answers 40001.
+pub(super) async fn refuse_token_once(State(state): State<Arc<MockState>>) -> Json<Value> {
+    state
+        .refuse_token
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    Json(json!({ "ok": true }))
+}
+
 /// An answer of a `/__mock/` endpoint that is not a success.
 fn mock_error(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "errcode": -1, "errmsg": msg }))).into_response()
@@ -91,6 +99,8 @@ mod tests {
             "stable_token_forced": 0,
             "token": 0,
             "getuserphonenumber": 0,
+            "msg_sec_check": 0,
+            "getwxacodeunlimit": 0,
         })
     }
 
@@ -248,6 +258,8 @@ mod tests {
                 "stable_token_forced": 1,
                 "token": 2,
                 "getuserphonenumber": 2,
+                "msg_sec_check": 0,
+                "getwxacodeunlimit": 0,
             })
         );
         post(addr, "/__mock/reset", "").await?;

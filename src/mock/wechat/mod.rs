@@ -30,9 +30,19 @@
 //! Any other code succeeds once; the user is the part before the first `.`, so `alice.1` and
 //! `alice.2` are two codes of one user, with one `openid` (per appid) and one phone number.
 //!
+//! - `POST /wxa/msg_sec_check?access_token` (JSON `content`): `result.suggest` is `risky` when
+//!   the content contains "risky", else `pass`; the answer adds `mock_params`, the names of the
+//!   query parameters received, in order (so a test sees which tokens arrived), and
+//!   `mock_appid`, the appid of the token; content `slow<ms>-...` waits `ms` (at most 60 s) first;
+//! - `POST /wxa/getwxacodeunlimit?access_token` (JSON `scene`): a 1x1 PNG, `image/png`;
+//!   both check the token as the phone API does (41001 when missing or sent twice, 40001, 42001)
+//!   and answer 47001 for a body without the field.
+//!
 //! Test endpoints (`application/json`):
 //! - `GET /__mock/stats` and `POST /__mock/reset`: count the calls the gateway made, per API;
 //! - `POST /__mock/invalidate_tokens`: every access token issued so far becomes invalid (40001);
+//! - `POST /__mock/refuse_token_once`: the next call of `msg_sec_check` or `getwxacodeunlimit`
+//!   answers 40001 whatever its token (the token itself stays valid);
 //! - `POST /__mock/encrypt` with `{"openid", "data": {...}, "appid"?}`: plays the WeChat client
 //!   in the legacy encrypted-data flow: `data` with a `watermark` added, encrypted with the
 //!   latest session_key of that openid; answers `{"encryptedData", "iv"}` (404: no such login).
@@ -45,6 +55,7 @@
 mod answers;
 mod hooks;
 mod login;
+mod open_api;
 mod phone;
 mod plan;
 #[cfg(test)]
@@ -107,6 +118,7 @@ pub fn wechat_router(opts: MockWechatOptions) -> Router {
         used_phone_codes: Mutex::new(HashSet::new()),
         sessions: Mutex::new(HashMap::new()),
         tokens: Mutex::new(TokenBook::default()),
+        refuse_token: AtomicU64::new(0),
     });
     Router::new()
         .route("/sns/jscode2session", get(login::jscode2session))
@@ -116,7 +128,10 @@ pub fn wechat_router(opts: MockWechatOptions) -> Router {
             "/wxa/business/getuserphonenumber",
             post(phone::getuserphonenumber),
         )
+        .route("/wxa/msg_sec_check", post(open_api::msg_sec_check))
+        .route("/wxa/getwxacodeunlimit", post(open_api::getwxacodeunlimit))
         .route("/__mock/stats", get(hooks::stats))
+        .route("/__mock/refuse_token_once", post(hooks::refuse_token_once))
         .route("/__mock/reset", post(hooks::reset))
         .route("/__mock/invalidate_tokens", post(hooks::invalidate_tokens))
         .route("/__mock/encrypt", post(hooks::encrypt))
@@ -135,6 +150,8 @@ struct MockState {
     /// The latest login of each openid, for `/__mock/encrypt`.
     sessions: Mutex<HashMap<String, Session>>,
     tokens: Mutex<TokenBook>,
+    /// Calls of the open APIs still to answer 40001 (`/__mock/refuse_token_once`).
+    refuse_token: AtomicU64,
 }
 
 /// What a login left behind: the key WeChat would encrypt that user's data with.
@@ -186,6 +203,8 @@ struct Counters {
     stable_token_forced: AtomicU64,
     token: AtomicU64,
     getuserphonenumber: AtomicU64,
+    msg_sec_check: AtomicU64,
+    getwxacodeunlimit: AtomicU64,
 }
 
 /// The JSON shape of `GET /__mock/stats`.
@@ -196,6 +215,8 @@ struct Stats {
     stable_token_forced: u64,
     token: u64,
     getuserphonenumber: u64,
+    msg_sec_check: u64,
+    getwxacodeunlimit: u64,
 }
 
 /// Counts one more call in `counter`, a field of [`Counters`].
@@ -211,6 +232,8 @@ impl Counters {
             stable_token_forced: self.stable_token_forced.load(Ordering::Relaxed),
             token: self.token.load(Ordering::Relaxed),
             getuserphonenumber: self.getuserphonenumber.load(Ordering::Relaxed),
+            msg_sec_check: self.msg_sec_check.load(Ordering::Relaxed),
+            getwxacodeunlimit: self.getwxacodeunlimit.load(Ordering::Relaxed),
         }
     }
 
@@ -221,6 +244,8 @@ impl Counters {
             &self.stable_token_forced,
             &self.token,
             &self.getuserphonenumber,
+            &self.msg_sec_check,
+            &self.getwxacodeunlimit,
         ] {
             counter.store(0, Ordering::Relaxed);
         }
