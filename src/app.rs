@@ -34,8 +34,9 @@ pub fn build_store(
 ) -> Result<Arc<dyn SessionStore>, String> {
     Ok(match &config.session.store {
         StoreKind::Memory { capacity } => Arc::new(MemoryStore::with_clock(*capacity, clock)),
-        StoreKind::Redis { url } => Arc::new(
-            RedisStore::new(url, appid, config.session.timeout).map_err(|e| e.to_string())?,
+        StoreKind::Redis(target) => Arc::new(
+            RedisStore::for_target(target, appid, config.session.timeout)
+                .map_err(|e| e.to_string())?,
         ),
     })
 }
@@ -392,7 +393,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         config.appids().join(", "),
         match config.session.store {
             StoreKind::Memory { .. } => "memory",
-            StoreKind::Redis { .. } => "redis",
+            StoreKind::Redis(_) => "redis",
         }
     );
     let admin_listen = config.admin.listen;

@@ -247,7 +247,7 @@ fn revoke(
             block,
             appid,
         )),
-        (None, config::StoreKind::Redis { .. }) => {
+        (None, config::StoreKind::Redis(_)) => {
             rt.block_on(revoke_in_redis(&c, openid, block, appid))
         }
         (None, config::StoreKind::Memory { .. }) => {

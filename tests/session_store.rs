@@ -7,6 +7,7 @@ use common::*;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wxgate::config::RedisTarget;
 use wxgate::secret::Secret;
 use wxgate::session::{
     Clock, Created, ManualClock, MemoryStore, Phone, RedisStore, Rotation, Session, SessionStore,
@@ -409,4 +410,47 @@ async fn redis_outage_fails_fast_and_recovers_without_a_restart() {
     // The new server starts empty: a cursor from before must not hide its revocations.
     store.revoke("s3", now_s() + 60).await.unwrap();
     assert_eq!(store.revocations_since(99).await.unwrap().revoked.len(), 1);
+}
+
+#[tokio::test]
+async fn redis_sentinel_store_conforms() {
+    let set = SentinelSet::start();
+    let target = RedisTarget::Sentinel {
+        sentinels: vec![Secret::new(format!("redis://{}/", set.sentinel.addr))],
+        primary: Secret::new(SENTINEL_PRIMARY.to_string()),
+    };
+    let store = Arc::new(
+        RedisStore::for_target(&target, "wxsentinel", Duration::from_millis(500)).unwrap(),
+    );
+    assert!(store.is_shared());
+    conformance(Harness {
+        store,
+        short_ttl: Duration::from_millis(300),
+        pass: Box::new(|| Box::pin(tokio::time::sleep(Duration::from_millis(450)))),
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_cluster_store_conforms() {
+    let cluster = Cluster::start();
+    let target = RedisTarget::Cluster {
+        nodes: vec![Secret::new(cluster.urls()[2].clone())],
+    };
+    let store =
+        Arc::new(RedisStore::for_target(&target, "wxcluster", Duration::from_millis(500)).unwrap());
+    conformance(Harness {
+        store: store.clone(),
+        short_ttl: Duration::from_millis(300),
+        pass: Box::new(|| Box::pin(tokio::time::sleep(Duration::from_millis(450)))),
+    })
+    .await;
+    // Every key the suite left shares the app's slot, on the one primary that serves it.
+    let port = cluster.primary_of("wxgate:{wxcluster}:revoked");
+    let keys = redis_cli(port, &["KEYS", "wxgate:*"]);
+    assert!(keys.lines().count() >= 3, "{keys}");
+    let slot = redis_cli(port, &["CLUSTER", "KEYSLOT", "wxgate:{wxcluster}:revoked"]);
+    for key in keys.lines() {
+        assert_eq!(redis_cli(port, &["CLUSTER", "KEYSLOT", key]), slot, "{key}");
+    }
 }

@@ -157,6 +157,9 @@ pub struct RawAuth {
 pub struct RawSession {
     pub store: Option<String>,
     pub redis_url: Option<String>,
+    pub redis_sentinels: Option<Vec<String>>,
+    pub redis_sentinel_primary: Option<String>,
+    pub redis_cluster: Option<Vec<String>>,
     pub ttl: Option<DurationText>,
     pub timeout: Option<DurationText>,
     pub fail_mode: Option<String>,

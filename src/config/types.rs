@@ -265,8 +265,25 @@ pub struct AuthConfig {
 pub enum StoreKind {
     /// In this process: one instance only.
     Memory { capacity: usize },
-    /// Shared by every instance pointed at it. The URL may carry a password.
-    Redis { url: Secret },
+    /// Shared by every instance pointed at it.
+    Redis(RedisTarget),
+}
+
+/// Which Redis: one server, a primary found through Sentinel, or a Cluster. Every URL may carry
+/// a password, so each is a [`Secret`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `session.redis_url`.
+    Server { url: Secret },
+    /// `session.redis_sentinels` and `session.redis_sentinel_primary`: the primary's name, or a
+    /// URL whose host is that name and which carries the primary's password, database and
+    /// `rediss://` (the sentinels' URLs carry the sentinels' own).
+    Sentinel {
+        sentinels: Vec<Secret>,
+        primary: Secret,
+    },
+    /// `session.redis_cluster`: any subset of the nodes (database 0 only).
+    Cluster { nodes: Vec<Secret> },
 }
 
 /// What a protected route does with a token whose signature is valid while the session store

@@ -839,16 +839,155 @@ impl Validator {
         })
     }
 
+    /// Exactly one of the three forms of `[session]` Redis: one server, Sentinel, Cluster.
+    fn redis_target(&mut self, raw: &RawSession) -> Option<RedisTarget> {
+        let sentinel_given = raw.redis_sentinels.is_some() || raw.redis_sentinel_primary.is_some();
+        let forms: Vec<&str> = [
+            (raw.redis_url.is_some(), "session.redis_url"),
+            (sentinel_given, "session.redis_sentinels"),
+            (raw.redis_cluster.is_some(), "session.redis_cluster"),
+        ]
+        .into_iter()
+        .filter_map(|(given, key)| given.then_some(key))
+        .collect();
+        if forms.len() > 1 {
+            self.problem(
+                forms[1],
+                format!(
+                    "conflicts with {}: give one of redis_url, redis_sentinels (with \
+                     redis_sentinel_primary) or redis_cluster",
+                    forms[0]
+                ),
+            );
+            return None;
+        }
+        if let Some(url) = &raw.redis_url {
+            // The message never repeats the URL: it may carry a password.
+            return match redis_url_problem(url) {
+                Some(message) => {
+                    self.problem("session.redis_url", message);
+                    None
+                }
+                None => Some(RedisTarget::Server {
+                    url: Secret::new(url.clone()),
+                }),
+            };
+        }
+        if sentinel_given {
+            let sentinels = self.redis_urls(
+                raw.redis_sentinels.as_deref(),
+                "session.redis_sentinels",
+                "required with redis_sentinel_primary (the sentinels' redis:// URLs)",
+            );
+            let primary = match raw.redis_sentinel_primary.as_deref() {
+                None => {
+                    self.problem(
+                        "session.redis_sentinel_primary",
+                        "required with redis_sentinels (the name the sentinels know the primary by)"
+                            .into(),
+                    );
+                    None
+                }
+                Some(primary) => match sentinel_primary_problem(primary) {
+                    Some(message) => {
+                        self.problem("session.redis_sentinel_primary", message);
+                        None
+                    }
+                    None => Some(Secret::new(primary.to_string())),
+                },
+            };
+            return Some(RedisTarget::Sentinel {
+                sentinels: sentinels?,
+                primary: primary?,
+            });
+        }
+        if raw.redis_cluster.is_some() {
+            let nodes = self.redis_urls(
+                raw.redis_cluster.as_deref(),
+                "session.redis_cluster",
+                "must list at least one node",
+            )?;
+            let mut ok = true;
+            for (i, node) in nodes.iter().enumerate() {
+                let db = redis::IntoConnectionInfo::into_connection_info(node.expose())
+                    .map(|info| info.redis_settings().db())
+                    .unwrap_or(0);
+                if db != 0 {
+                    self.problem(
+                        &format!("session.redis_cluster[{i}]"),
+                        format!("names database {db}: a Redis Cluster has database 0 only"),
+                    );
+                    ok = false;
+                }
+            }
+            if ok {
+                if let Err(e) = redis::cluster::ClusterClient::new(
+                    nodes
+                        .iter()
+                        .map(|n| n.expose().to_string())
+                        .collect::<Vec<_>>(),
+                ) {
+                    self.problem(
+                        "session.redis_cluster",
+                        format!("the nodes cannot be used together ({:?}): they must agree on user, password and scheme", e.kind()),
+                    );
+                    ok = false;
+                }
+            }
+            return ok.then_some(RedisTarget::Cluster { nodes });
+        }
+        if !self.is_invalid("session.redis_url") {
+            self.problem(
+                "session.redis_url",
+                "required with store = \"redis\" (redis://host:6379 or rediss://...), or \
+                 redis_sentinels with redis_sentinel_primary, or redis_cluster"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    /// A non-empty list of usable Redis URLs, each problem named by its index.
+    fn redis_urls(
+        &mut self,
+        urls: Option<&[String]>,
+        key: &str,
+        when_missing: &str,
+    ) -> Option<Vec<Secret>> {
+        let urls = match urls {
+            Some(urls) if !urls.is_empty() => urls,
+            _ => {
+                self.problem(key, when_missing.into());
+                return None;
+            }
+        };
+        let mut ok = true;
+        for (i, url) in urls.iter().enumerate() {
+            if let Some(message) = redis_url_problem(url) {
+                self.problem(&format!("{key}[{i}]"), message);
+                ok = false;
+            }
+        }
+        ok.then(|| urls.iter().map(|u| Secret::new(u.clone())).collect())
+    }
+
     pub(super) fn session(&mut self, raw: RawSession) -> Option<SessionConfig> {
-        let store = self.or_default(raw.store, "session.store", "memory");
+        let store = self.or_default(raw.store.clone(), "session.store", "memory");
         let store = match store.as_deref() {
             None => None,
             Some("memory") => {
-                if raw.redis_url.is_some() {
-                    self.problem(
-                        "session.redis_url",
-                        "is only used with store = \"redis\"".into(),
-                    );
+                for (given, key) in [
+                    (raw.redis_url.is_some(), "session.redis_url"),
+                    (raw.redis_sentinels.is_some(), "session.redis_sentinels"),
+                    (
+                        raw.redis_sentinel_primary.is_some(),
+                        "session.redis_sentinel_primary",
+                    ),
+                    (raw.redis_cluster.is_some(), "session.redis_cluster"),
+                ] {
+                    if given {
+                        self.problem(key, "is only used with store = \"redis\"".into());
+                    }
                 }
                 match raw.memory_capacity {
                     Some(0) => {
@@ -860,27 +999,7 @@ impl Validator {
                     }),
                 }
             }
-            Some("redis") => match raw.redis_url {
-                None if self.is_invalid("session.redis_url") => None,
-                None => {
-                    self.problem(
-                        "session.redis_url",
-                        "required with store = \"redis\" (redis://host:6379 or rediss://...)"
-                            .into(),
-                    );
-                    None
-                }
-                Some(url) => match redis_url_problem(&url) {
-                    // The message never repeats the URL: it may carry a password.
-                    Some(message) => {
-                        self.problem("session.redis_url", message);
-                        None
-                    }
-                    None => Some(StoreKind::Redis {
-                        url: Secret::new(url),
-                    }),
-                },
-            },
+            Some("redis") => self.redis_target(&raw).map(StoreKind::Redis),
             Some(other) => {
                 self.problem(
                     "session.store",
@@ -1577,6 +1696,22 @@ fn redis_url_problem(url: &str) -> Option<String> {
         Ok(_) => None,
         Err(e) => Some(format!("is not a usable Redis URL ({:?})", e.kind())),
     }
+}
+
+/// Why `redis_sentinel_primary` cannot be used: a bare name, or a URL whose host is the name.
+fn sentinel_primary_problem(primary: &str) -> Option<String> {
+    if primary.contains("://") {
+        return redis_url_problem(primary);
+    }
+    let fine = !primary.is_empty()
+        && primary
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (!fine).then(|| {
+        "must be the primary's name as the sentinels know it (letters, digits, - _ .), or a \
+         redis:// URL whose host is that name"
+            .into()
+    })
 }
 
 /// `"16KiB"`, `"1MiB"`, `"512"` (bytes).

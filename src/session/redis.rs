@@ -6,21 +6,38 @@
 //! `wxgate:{APPID}:revoked:seq` (the sequence), `wxgate:{APPID}:user:OPENID` (the set of a user's
 //! sids, living at least as long as the newest of them) and `wxgate:{APPID}:block:OPENID` (the
 //! unix ms until which the user's logins are refused, expiring then). Multi-key changes are Lua
-//! scripts, so they are atomic. Every operation is bounded by `session.timeout`; the connection is re-established by
-//! the connection manager when Redis comes back.
+//! scripts, so they are atomic. Every operation is bounded by `session.timeout`.
+//!
+//! Three ways to reach Redis ([`Link`]), sharing every script and command: one server (a
+//! connection manager that reconnects when it comes back), a primary found through Sentinel
+//! (asked again after a connection error, so a promoted replica is followed without a restart)
+//! and a Cluster (redis-rs's cluster client follows `MOVED`/`ASK` and failovers).
+//!
+//! On a Cluster, every key one operation touches must share a hash slot. Every key is
+//! `wxgate:{APPID}:...`, and a key's slot is that of the text between its first `{` and the next
+//! `}`: the appid, for every key, since the prefix holds that `}` (the appid is never empty).
+//! Scripts declare their keys, except the session keys `REVOKE_USER` finds in a user's index
+//! and the index key `ROTATE` finds in a session: built inside Lua from the declared prefix,
+//! they share the same tag, so the same slot (`keys_of_an_app_share_one_slot` below checks it).
 
 use super::{
     millis, new_lock_token, unix_secs, Clock, Created, Phone, Revocation, RevocationBatch,
     Rotation, Session, SessionStore, SharedValue, StoreError, SystemClock,
 };
+use crate::config::RedisTarget;
 use crate::secret::Secret;
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Script, Value};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 
 /// `revoke(session key, sid, till, now)` deletes the session and records its revocation (`till`:
 /// until; a Lua keyword), pruning revocations past their `until`; answers whether the session
@@ -120,9 +137,83 @@ if cur == ARGV[2] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
 
+/// How this store reaches Redis.
+enum Link {
+    /// `session.redis_url`: today's connection manager.
+    Server {
+        client: redis::Client,
+        conn: OnceCell<ConnectionManager>,
+    },
+    /// A primary named by the sentinels. `current` is dropped on a connection error, and the
+    /// next operation asks the sentinels again (`lookup` lets one caller at a time do so).
+    Sentinel {
+        lookup: Mutex<SentinelClient>,
+        current: ArcSwapOption<MultiplexedConnection>,
+    },
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        conn: OnceCell<ClusterConnection>,
+    },
+}
+
+/// One connection of whichever [`Link`], so that every operation is written once.
+#[derive(Clone)]
+enum Conn {
+    Server(ConnectionManager),
+    Sentinel(Arc<MultiplexedConnection>),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => Arc::make_mut(c).req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => Arc::make_mut(c).req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Whether an error means the Sentinel-named primary is gone or no longer the primary (a
+/// demoted primary answers writes with `READONLY`), so the sentinels must be asked again.
+fn primary_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        )
+}
+
 pub struct RedisStore {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    link: Link,
+    /// Set when a Sentinel or Cluster operation failed: a failover may have lost the newest
+    /// revocations, so the next sync reads the feed from the start.
+    resync: AtomicBool,
     timeout: Duration,
     prefix: String,
     create: Script,
@@ -132,6 +223,30 @@ pub struct RedisStore {
     since: Script,
     set_phone: Script,
     compare_and_delete: Script,
+}
+
+/// The sentinels' name for the primary, and how to talk to it, from `redis_sentinel_primary`:
+/// a bare name, or a URL whose host is the name and which carries the primary's password,
+/// database and `rediss://`.
+fn sentinel_primary(primary: &str) -> redis::RedisResult<(String, SentinelNodeConnectionInfo)> {
+    if !primary.contains("://") {
+        return Ok((primary.to_string(), SentinelNodeConnectionInfo::default()));
+    }
+    let info = primary.into_connection_info()?;
+    let node = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(info.redis_settings().clone());
+    Ok(match info.addr() {
+        redis::ConnectionAddr::TcpTls { host, insecure, .. } => (
+            host.clone(),
+            node.set_tls_mode(if *insecure {
+                redis::TlsMode::Insecure
+            } else {
+                redis::TlsMode::Secure
+            }),
+        ),
+        redis::ConnectionAddr::Tcp(host, _) => (host.clone(), node),
+        other => (other.to_string(), node),
+    })
 }
 
 fn store_error(e: redis::RedisError) -> StoreError {
@@ -146,11 +261,53 @@ fn px(d: Duration) -> u64 {
 impl RedisStore {
     /// A store for `appid` at `url`. Connects lazily, on first use, inside the caller's runtime.
     pub fn new(url: &Secret, appid: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url.expose())
-            .map_err(|e| StoreError(format!("redis: unusable URL ({:?})", e.kind())))?;
+        Self::for_target(&RedisTarget::Server { url: url.clone() }, appid, timeout)
+    }
+
+    /// A store for `appid` on `target`. Connects lazily, on first use.
+    pub fn for_target(
+        target: &RedisTarget,
+        appid: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let unusable =
+            |e: redis::RedisError| StoreError(format!("redis: unusable URL ({:?})", e.kind()));
+        let link = match target {
+            RedisTarget::Server { url } => Link::Server {
+                client: redis::Client::open(url.expose()).map_err(unusable)?,
+                conn: OnceCell::new(),
+            },
+            RedisTarget::Sentinel { sentinels, primary } => {
+                let (name, node) = sentinel_primary(primary.expose()).map_err(unusable)?;
+                let sentinels: Vec<&str> = sentinels.iter().map(|s| s.expose()).collect();
+                Link::Sentinel {
+                    lookup: Mutex::new(
+                        SentinelClient::build(
+                            sentinels,
+                            name,
+                            Some(node),
+                            SentinelServerType::Master,
+                        )
+                        .map_err(unusable)?,
+                    ),
+                    current: ArcSwapOption::empty(),
+                }
+            }
+            RedisTarget::Cluster { nodes } => Link::Cluster {
+                client: redis::cluster::ClusterClient::builder(
+                    nodes.iter().map(|n| n.expose().to_string()),
+                )
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()
+                .map_err(unusable)?,
+                conn: OnceCell::new(),
+            },
+        };
         Ok(RedisStore {
-            client,
-            conn: OnceCell::new(),
+            link,
+            resync: AtomicBool::new(false),
             timeout,
             prefix: format!("wxgate:{{{appid}}}:"),
             create: Script::new(CREATE),
@@ -190,37 +347,97 @@ impl RedisStore {
             .key(self.key("revoked:seq"));
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        self.conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.link {
+            Link::Server { client, conn } => conn
+                .get_or_try_init(|| async {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1)
+                        .set_max_delay(Duration::from_millis(500));
+                    ConnectionManager::new_lazy_with_config(client.clone(), config)
+                        .map_err(store_error)
+                })
+                .await
+                .cloned()
+                .map(Conn::Server),
+            Link::Sentinel { lookup, current } => {
+                if let Some(c) = current.load_full() {
+                    return Ok(Conn::Sentinel(c));
+                }
+                let mut lookup = lookup.lock().await;
+                // Another caller may have found the primary while this one waited.
+                if let Some(c) = current.load_full() {
+                    return Ok(Conn::Sentinel(c));
+                }
+                let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-                    .map_err(store_error)
-            })
-            .await
-            .cloned()
+                    .set_response_timeout(Some(self.timeout));
+                let c = Arc::new(
+                    lookup
+                        .get_async_connection_with_config(&config)
+                        .await
+                        .map_err(store_error)?,
+                );
+                current.store(Some(c.clone()));
+                Ok(Conn::Sentinel(c))
+            }
+            Link::Cluster { client, conn } => conn
+                .get_or_try_init(|| async {
+                    client.get_async_connection().await.map_err(store_error)
+                })
+                .await
+                .cloned()
+                .map(Conn::Cluster),
+        }
+    }
+
+    /// After a failed operation on `used`: forget a Sentinel primary that is gone, and have the
+    /// next revocation sync start over (a failover may have lost the newest revocations).
+    fn failed(&self, used: Option<&Conn>, lost: bool) {
+        match (&self.link, used) {
+            (Link::Server { .. }, _) => {}
+            (Link::Sentinel { current, .. }, used) => {
+                self.resync.store(true, Ordering::Relaxed);
+                if let (true, Some(Conn::Sentinel(c))) = (lost, used) {
+                    current.compare_and_swap(c, None);
+                }
+            }
+            (Link::Cluster { .. }, _) => self.resync.store(true, Ordering::Relaxed),
+        }
     }
 
     /// Run one Redis operation within the store's timeout.
     async fn bounded<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        let used = std::sync::Mutex::new(None);
         let work = async {
-            let conn = self.conn().await?;
-            op(conn).await.map_err(store_error)
+            let conn = self.conn().await.map_err(|e| (e, false))?;
+            *used.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+            op(conn).await.map_err(|e| {
+                let lost = primary_lost(&e);
+                (store_error(e), lost)
+            })
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError(format!(
-                "redis: no answer within {:?}",
-                self.timeout
-            ))),
+        let outcome = tokio::time::timeout(self.timeout, work).await;
+        let used = used.into_inner().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err((e, lost))) => {
+                self.failed(used.as_ref(), lost);
+                Err(e)
+            }
+            Err(_) => {
+                self.failed(used.as_ref(), true);
+                Err(StoreError(format!(
+                    "redis: no answer within {:?}",
+                    self.timeout
+                )))
+            }
         }
     }
 
@@ -399,8 +616,22 @@ impl SessionStore for RedisStore {
             )
         };
         let number = |s: &str| s.parse::<f64>().ok().map(|f| f as u64);
-        let mut cursor = cursor;
-        let mut flat = fetch(cursor).await?;
+        // After a failover (Sentinel, Cluster) read from the start: the promoted replica may
+        // lack the newest revocations and then count on from a lower sequence number.
+        let mut cursor = if self.resync.swap(false, Ordering::Relaxed) {
+            0
+        } else {
+            cursor
+        };
+        let mut flat = match fetch(cursor).await {
+            Ok(flat) => flat,
+            Err(e) => {
+                if matches!(self.link, Link::Sentinel { .. } | Link::Cluster { .. }) {
+                    self.resync.store(true, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
         let current = flat.first().and_then(|s| number(s)).unwrap_or(0);
         if current < cursor {
             // Redis lost its data (flushed, restarted without persistence): start over.

@@ -359,6 +359,11 @@ pub async fn get_bearer(url: String, token: &str) -> (u16, serde_json::Value) {
 
 /// A real `redis-server` on `port` (no persistence), killed on drop.
 pub fn redis_on(port: u16) -> Proc {
+    redis_with(port, &[])
+}
+
+/// A real `redis-server` on `port` (no persistence) with `extra` arguments, killed on drop.
+pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -370,6 +375,7 @@ pub fn redis_on(port: u16) -> Proc {
             "--appendonly",
             "no",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -418,4 +424,202 @@ pub async fn get_with(
         req = req.header(*name, *value);
     }
     json(req.send().await.expect("request")).await
+}
+
+/// `redis-cli -p port args...`, its output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (comes with redis-server)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Wait (at most `limit`) until `check` holds; panics with `what` otherwise.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One primary, one replica and one sentinel (quorum 1) watching them as `mymaster`, quick to
+/// fail over: down after 1 s.
+pub struct SentinelSet {
+    pub primary: Option<Proc>,
+    pub replica: Proc,
+    pub sentinel: Proc,
+}
+
+pub const SENTINEL_PRIMARY: &str = "mymaster";
+
+impl SentinelSet {
+    pub fn start() -> SentinelSet {
+        let primary = redis_server();
+        let p = primary.addr.port();
+        let replica = redis_with(free_port(), &["--replicaof", "127.0.0.1", &p.to_string()]);
+        let r = replica.addr.port();
+        wait_until(Duration::from_secs(10), "replica in sync", || {
+            redis_cli(r, &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        let dir = scratch("sentinel");
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {SENTINEL_PRIMARY} 127.0.0.1 {p} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_PRIMARY} 1000\n\
+                 sentinel failover-timeout {SENTINEL_PRIMARY} 3000\n",
+                dir = dir.display()
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::fs::File::create(dir.join("sentinel.log")).expect("log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let sentinel = Proc {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+            log: Some(dir.join("sentinel.log")),
+        };
+        wait_until(
+            Duration::from_secs(15),
+            "the sentinel sees the replica",
+            || {
+                redis_cli(port, &["SENTINEL", "replicas", SENTINEL_PRIMARY])
+                    .contains(&format!("{r}"))
+            },
+        );
+        SentinelSet {
+            primary: Some(primary),
+            replica,
+            sentinel,
+        }
+    }
+
+    /// The `[session]` lines for this set.
+    pub fn session_section(&self, timeout: &str) -> String {
+        format!(
+            "\n[session]\nstore = \"redis\"\nredis_sentinels = [\"redis://{}/\"]\n\
+             redis_sentinel_primary = \"{SENTINEL_PRIMARY}\"\ntimeout = \"{timeout}\"\n",
+            self.sentinel.addr
+        )
+    }
+
+    /// The port of the server the sentinel names as primary now.
+    pub fn primary_port(&self) -> u16 {
+        let out = redis_cli(
+            self.sentinel.addr.port(),
+            &["SENTINEL", "get-master-addr-by-name", SENTINEL_PRIMARY],
+        );
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A Redis Cluster: three primaries with a replica each, quick to fail over (node timeout 1 s).
+pub struct Cluster {
+    pub nodes: Vec<Proc>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = scratch("cluster");
+        let nodes: Vec<Proc> = (0..6)
+            .map(|_| {
+                let port = free_port();
+                let conf = dir.join(format!("nodes-{port}.conf"));
+                redis_with(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        conf.to_str().expect("utf-8 path"),
+                        "--cluster-node-timeout",
+                        "1000",
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for n in &nodes {
+            wait_until(Duration::from_secs(20), "cluster_state:ok", || {
+                redis_cli(n.addr.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
+        }
+        Cluster { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://{}/", n.addr))
+            .collect()
+    }
+
+    /// The `[session]` lines for this cluster (two of its nodes, as a subset is enough).
+    pub fn session_section(&self, timeout: &str) -> String {
+        format!(
+            "\n[session]\nstore = \"redis\"\nredis_cluster = [\"redis://{}/\", \"redis://{}/\"]\n\
+             timeout = \"{timeout}\"\n",
+            self.nodes[0].addr, self.nodes[1].addr
+        )
+    }
+
+    /// The port of the primary serving `key`'s slot, as a live node sees it.
+    pub fn primary_of(&self, key: &str) -> u16 {
+        for n in &self.nodes {
+            let port = n.addr.port();
+            let slot: u16 = match redis_cli(port, &["CLUSTER", "KEYSLOT", key]).trim().parse() {
+                Ok(slot) => slot,
+                Err(_) => continue,
+            };
+            // CLUSTER SLOTS, raw: start, end, then the primary's ip and port first.
+            let slots = redis_cli(port, &["--raw", "CLUSTER", "SLOTS"]);
+            let lines: Vec<&str> = slots.lines().map(str::trim).collect();
+            let mut i = 0;
+            while i + 3 < lines.len() {
+                if let (Ok(start), Ok(end)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>())
+                {
+                    if lines[i + 2].contains('.') {
+                        if (start..=end).contains(&slot) {
+                            return lines[i + 3].parse().unwrap_or(0);
+                        }
+                        i += 4;
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+        }
+        0
+    }
+
+    /// Kill the node listening on `port`.
+    pub fn kill(&mut self, port: u16) {
+        self.nodes.retain(|n| n.addr.port() != port);
+    }
 }
