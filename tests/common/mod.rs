@@ -623,3 +623,26 @@ impl Cluster {
         self.nodes.retain(|n| n.addr.port() != port);
     }
 }
+
+/// Wait until the replica of the primary on `port` has acknowledged every write so far.
+pub fn wait_replicated(port: u16) {
+    wait_until(Duration::from_secs(10), "the replica caught up", || {
+        let info = redis_cli(port, &["INFO", "replication"]);
+        let field = |line: &str, name: &str| -> Option<u64> {
+            line.split([',', ':'])
+                .find_map(|kv| kv.trim().strip_prefix(name)?.parse().ok())
+        };
+        let primary = info.lines().find_map(|l| {
+            field(l, "master_repl_offset:").or(l
+                .trim()
+                .strip_prefix("master_repl_offset:")?
+                .parse()
+                .ok())
+        });
+        let replica = info
+            .lines()
+            .filter(|l| l.starts_with("slave0:") && l.contains("state=online"))
+            .find_map(|l| field(l, "offset="));
+        matches!((primary, replica), (Some(p), Some(r)) if p > 0 && r >= p)
+    });
+}
