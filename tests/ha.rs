@@ -134,7 +134,7 @@ async fn after_failover(a: &Proc, b: &Proc, kept: &Value, gone: &str, cfg: &str)
     assert_eq!(status, 200, "the session from before the failover: {v}");
     let fresh = gateway(cfg);
     refused_within(&fresh, gone, Duration::from_secs(5)).await;
-    let (status, v) = call(&fresh, &v["data"]["token"].as_str().unwrap().to_string()).await;
+    let (status, v) = call(&fresh, v["data"]["token"].as_str().unwrap()).await;
     assert_eq!(status, 200, "{v}");
 }
 
