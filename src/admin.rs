@@ -81,6 +81,28 @@ impl AdminApp {
         None
     }
 
+    /// Each app's session store: form, addresses (never a password) and whether it answers.
+    fn stores(&self) -> Vec<serde_json::Value> {
+        let snap = self.live.load();
+        snap.apps
+            .iter()
+            .map(|app| {
+                let location = app.login.sessions().store.location();
+                let reachable = !app.login.revocations().store_down(app.login.now_ms());
+                METRICS
+                    .session_store_up
+                    .with_label_values(&[location.form])
+                    .set(i64::from(reachable));
+                serde_json::json!({
+                    "appid": &**app.login.appid(),
+                    "form": location.form,
+                    "addresses": location.addresses,
+                    "reachable": reachable,
+                })
+            })
+            .collect()
+    }
+
     fn status_page(&self) -> String {
         let snap = self.live.load();
         let mut html = String::with_capacity(8 * 1024);
@@ -106,7 +128,8 @@ impl AdminApp {
              requests answered <span id=\"requests-total\">{total}</span> · in flight {in_flight}</p>\n\
              <p>configuration <code>{source}</code>, generation {generation}, \
              last (re)load {last_at}: <span id=\"last-reload\">{outcome}</span> · appid {appid} · \
-             {store} session store</p>\n",
+             <span id=\"session-store\">{store}</span> session store, \
+             <span id=\"session-store-reachable\">{reachable}</span></p>\n",
             version = env!("CARGO_PKG_VERSION"),
             uptime = humantime::format_duration(std::time::Duration::from_secs(uptime)),
             in_flight = self.in_flight.count(),
@@ -114,10 +137,11 @@ impl AdminApp {
             generation = snap.generation,
             outcome = escape(&last_outcome),
             appid = escape(&snap.config.appids().join(", ")),
-            store = if snap.login().sessions().store.is_shared() {
-                "redis"
+            store = escape(&snap.login().sessions().store.location().to_string()),
+            reachable = if snap.login().revocations().store_down(snap.login().now_ms()) {
+                "unreachable"
             } else {
-                "memory"
+                "reachable"
             },
         );
         html.push_str(
@@ -438,6 +462,7 @@ impl ServeHttp for AdminApp {
         match req.uri.path() {
             "/metrics" => {
                 METRICS.in_flight.set(self.in_flight.count() as i64);
+                self.stores();
                 refresh_upstream_health(&self.live.load());
                 response(
                     200,
@@ -450,20 +475,25 @@ impl ServeHttp for AdminApp {
                 JSON,
                 reply::success("ok", serde_json::json!({})).to_vec(),
             ),
-            "/readyz" => match self.not_ready() {
-                None => response(
-                    200,
-                    JSON,
-                    reply::success("ready", serde_json::json!({})).to_vec(),
-                ),
-                Some(reason) => response(
-                    503,
-                    JSON,
-                    serde_json::json!({"code": "10503", "message": "not ready", "reason": reason})
+            "/readyz" => {
+                let stores = self.stores();
+                match self.not_ready() {
+                    None => response(
+                        200,
+                        JSON,
+                        reply::success("ready", serde_json::json!({ "session_stores": stores }))
+                            .to_vec(),
+                    ),
+                    Some(reason) => response(
+                        503,
+                        JSON,
+                        serde_json::json!({"code": "10503", "message": "not ready",
+                            "reason": reason, "session_stores": stores})
                         .to_string()
                         .into_bytes(),
-                ),
-            },
+                    ),
+                }
+            }
             "/" => response(
                 200,
                 "text/html; charset=utf-8",

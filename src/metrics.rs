@@ -19,6 +19,7 @@ pub struct Metrics {
     pub wechat_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub store_errors: IntCounter,
+    pub session_store_up: IntGaugeVec,
     pub auth_legacy: IntCounter,
     pub user_revocations: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -118,6 +119,16 @@ impl Metrics {
                 IntCounter::new(
                     "wxgate_session_store_errors_total",
                     "Session store operations that failed (unreachable, timed out, refused).",
+                ),
+            ),
+            session_store_up: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wxgate_session_store_up",
+                        "1 while the session store answers (revocations in step), by form: memory, redis, redis-sentinel, redis-cluster.",
+                    ),
+                        &["form"],
                 ),
             ),
             auth_legacy: register(

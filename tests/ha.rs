@@ -145,8 +145,16 @@ async fn sentinel_failover_keeps_sessions_and_logouts() {
     let echo = echo();
     let cfg = config(wechat.addr, echo.addr) + &set.session_section("500ms");
     let a = gateway(&cfg);
-    let b = gateway(&cfg);
+    let admin = free_port();
+    let b = gateway(&format!("{cfg}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
     let (kept, gone) = share(&a, &b, "sam").await;
+    let (status, v) = get(&format!("http://127.0.0.1:{admin}/readyz")).await;
+    assert_eq!(status, 200, "{v}");
+    let store = &v["data"]["session_stores"][0];
+    assert_eq!(store["form"], "redis-sentinel", "{v}");
+    assert_eq!(store["reachable"], true, "{v}");
+    let addresses = store["addresses"].to_string();
+    assert!(addresses.contains(&set.sentinel.addr.to_string()), "{v}");
 
     let primary = set.primary.take().expect("primary");
     wait_replicated(primary.addr.port());

@@ -173,6 +173,34 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Whether the store shares state between gateway instances (then revocations must be
     /// fetched from it; an in-process store tells this instance directly).
     fn is_shared(&self) -> bool;
+
+    /// Which store this is, for the status page, `/readyz` and the metrics: the form
+    /// (`memory`, `redis`, `redis-sentinel`, `redis-cluster`) and the addresses it was given,
+    /// never a password.
+    fn location(&self) -> StoreLocation {
+        StoreLocation {
+            form: "memory",
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// What [`SessionStore::location`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreLocation {
+    pub form: &'static str,
+    /// `host:port` (with `/db` when not 0), and for Sentinel the primary's name first.
+    pub addresses: Vec<String>,
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.form)?;
+        if !self.addresses.is_empty() {
+            write!(f, " {}", self.addresses.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 /// A fresh session id: 128 random bits, URL-safe base64.

@@ -22,7 +22,7 @@
 
 use super::{
     millis, new_lock_token, unix_secs, Clock, Created, Phone, Revocation, RevocationBatch,
-    Rotation, Session, SessionStore, SharedValue, StoreError, SystemClock,
+    Rotation, Session, SessionStore, SharedValue, StoreError, StoreLocation, SystemClock,
 };
 use crate::config::RedisTarget;
 use crate::secret::Secret;
@@ -211,6 +211,7 @@ fn primary_lost(e: &redis::RedisError) -> bool {
 
 pub struct RedisStore {
     link: Link,
+    location: StoreLocation,
     /// Set when a Sentinel or Cluster operation failed: a failover may have lost the newest
     /// revocations, so the next sync reads the feed from the start.
     resync: AtomicBool,
@@ -247,6 +248,39 @@ fn sentinel_primary(primary: &str) -> redis::RedisResult<(String, SentinelNodeCo
         redis::ConnectionAddr::Tcp(host, _) => (host.clone(), node),
         other => (other.to_string(), node),
     })
+}
+
+/// Where `target` points, without a password: `host:port`, with `/db` when not 0.
+fn location_of(target: &RedisTarget) -> StoreLocation {
+    let address = |url: &Secret| match url.expose().into_connection_info() {
+        Ok(info) => match info.redis_settings().db() {
+            0 => info.addr().to_string(),
+            db => format!("{}/{db}", info.addr()),
+        },
+        Err(_) => "(unusable URL)".to_string(),
+    };
+    match target {
+        RedisTarget::Server { url } => StoreLocation {
+            form: "redis",
+            addresses: vec![address(url)],
+        },
+        RedisTarget::Sentinel { sentinels, primary } => {
+            let name = match sentinel_primary(primary.expose()) {
+                Ok((name, _)) => name,
+                Err(_) => "(unusable URL)".to_string(),
+            };
+            StoreLocation {
+                form: "redis-sentinel",
+                addresses: std::iter::once(format!("primary {name}"))
+                    .chain(sentinels.iter().map(address))
+                    .collect(),
+            }
+        }
+        RedisTarget::Cluster { nodes } => StoreLocation {
+            form: "redis-cluster",
+            addresses: nodes.iter().map(address).collect(),
+        },
+    }
 }
 
 fn store_error(e: redis::RedisError) -> StoreError {
@@ -307,6 +341,7 @@ impl RedisStore {
         };
         Ok(RedisStore {
             link,
+            location: location_of(target),
             resync: AtomicBool::new(false),
             timeout,
             prefix: format!("wxgate:{{{appid}}}:"),
@@ -762,5 +797,83 @@ impl SessionStore for RedisStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn location(&self) -> StoreLocation {
+        self.location.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag Redis Cluster hashes a key by: the text between the first `{` and the next
+    /// `}`, when not empty; otherwise the whole key.
+    fn hash_tag(key: &str) -> &str {
+        if let Some(open) = key.find('{') {
+            if let Some(len) = key[open + 1..].find('}') {
+                if len > 0 {
+                    return &key[open + 1..open + 1 + len];
+                }
+            }
+        }
+        key
+    }
+
+    #[test]
+    fn keys_of_an_app_share_one_slot() {
+        let url = Secret::new("redis://127.0.0.1:6379/".to_string());
+        for appid in ["wx0123456789abcdef", "wx}odd", "wx{odd"] {
+            let store = RedisStore::new(&url, appid, Duration::from_secs(1)).unwrap();
+            // Every key the store names, and the ones its scripts build from a declared prefix
+            // (a session key from "session:", a user index from "user:").
+            let keys = [
+                store.session_key("sid-1"),
+                store.user_key("o-user{x}"),
+                store.block_key("o-user"),
+                store.key("revoked"),
+                store.key("revoked:until"),
+                store.key("revoked:seq"),
+                store.key("login:probe"),
+                store.key("shared:access_token"),
+                store.key("lock:access_token"),
+                format!("{}{}", store.key("session:"), "sid-2"),
+                format!("{}{}", store.key("user:"), "o-{other}"),
+            ];
+            let tag = hash_tag(&keys[0]);
+            assert!(!tag.is_empty() && appid.starts_with(tag), "{appid}: {tag}");
+            for key in &keys {
+                assert_eq!(hash_tag(key), tag, "{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn locations_never_show_a_password() {
+        let secret = |s: &str| Secret::new(s.to_string());
+        let sentinel = RedisTarget::Sentinel {
+            sentinels: vec![
+                secret("redis://:pw1@10.0.0.11:26379"),
+                secret("redis://10.0.0.12:26379"),
+            ],
+            primary: secret("rediss://:pw2@mymaster/2"),
+        };
+        let text = location_of(&sentinel).to_string();
+        assert_eq!(
+            text,
+            "redis-sentinel primary mymaster, 10.0.0.11:26379, 10.0.0.12:26379"
+        );
+        let server = RedisTarget::Server {
+            url: secret("redis://user:pw3@10.0.0.7:6379/3"),
+        };
+        assert_eq!(location_of(&server).to_string(), "redis 10.0.0.7:6379/3");
+        let cluster = RedisTarget::Cluster {
+            nodes: vec![secret("redis://:pw4@10.0.0.21:6379")],
+        };
+        assert_eq!(
+            location_of(&cluster).to_string(),
+            "redis-cluster 10.0.0.21:6379"
+        );
     }
 }
