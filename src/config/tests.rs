@@ -704,3 +704,91 @@ fn identity_headers_modes() {
         "{p:?}"
     );
 }
+
+#[test]
+fn redis_is_one_server_or_sentinel_or_cluster() {
+    let session = |lines: &str| format!("{MINIMAL}\n[session]\nstore = \"redis\"\n{lines}\n");
+    let c = parse_ok(&session("redis_url = \"redis://:pw@10.0.0.7:6379/2\""));
+    assert!(matches!(
+        &c.session.store,
+        StoreKind::Redis(RedisTarget::Server { url }) if url.expose().ends_with("/2")
+    ));
+    let c = parse_ok(&session(
+        "redis_sentinels = [\"redis://10.0.0.11:26379\", \"redis://10.0.0.12:26379\"]\n\
+         redis_sentinel_primary = \"rediss://:pw@mymaster/1\"",
+    ));
+    match &c.session.store {
+        StoreKind::Redis(RedisTarget::Sentinel { sentinels, primary }) => {
+            assert_eq!(sentinels.len(), 2);
+            assert_eq!(primary.expose(), "rediss://:pw@mymaster/1");
+        }
+        other => panic!("{other:?}"),
+    }
+    parse_ok(&session(
+        "redis_sentinels = [\"redis://10.0.0.11:26379\"]\nredis_sentinel_primary = \"mymaster\"",
+    ));
+    let c = parse_ok(&session(
+        "redis_cluster = [\"rediss://:pw@10.0.0.21:6379\", \"rediss://:pw@10.0.0.22:6379/0\"]",
+    ));
+    assert!(matches!(
+        &c.session.store,
+        StoreKind::Redis(RedisTarget::Cluster { nodes }) if nodes.len() == 2
+    ));
+
+    // Two forms at once: the conflict is named.
+    let p = problems(&session(
+        "redis_url = \"redis://10.0.0.7:6379\"\nredis_cluster = [\"redis://10.0.0.21:6379\"]",
+    ));
+    assert!(
+        has(
+            &p,
+            "session.redis_cluster",
+            "conflicts with session.redis_url"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&session(
+        "redis_sentinel_primary = \"mymaster\"\nredis_cluster = [\"redis://10.0.0.21:6379\"]",
+    ));
+    assert!(
+        has(
+            &p,
+            "session.redis_cluster",
+            "conflicts with session.redis_sentinels"
+        ),
+        "{p:?}"
+    );
+
+    // Half a Sentinel form, bad entries, a Cluster database other than 0.
+    let p = problems(&session("redis_sentinel_primary = \"mymaster\""));
+    assert!(has(&p, "session.redis_sentinels", "required"), "{p:?}");
+    let p = problems(&session("redis_sentinels = [\"redis://10.0.0.11:26379\"]"));
+    assert!(
+        has(&p, "session.redis_sentinel_primary", "required"),
+        "{p:?}"
+    );
+    let p = problems(&session(
+        "redis_sentinels = [\"redis://10.0.0.11:26379\", \"http://x\"]\n\
+         redis_sentinel_primary = \"my master\"",
+    ));
+    assert!(has(&p, "session.redis_sentinels[1]", "redis://"), "{p:?}");
+    assert!(has(&p, "session.redis_sentinel_primary", "name"), "{p:?}");
+    let p = problems(&session("redis_cluster = []"));
+    assert!(has(&p, "session.redis_cluster", "at least one"), "{p:?}");
+    let p = problems(&session(
+        "redis_cluster = [\"redis://:secretpw@10.0.0.21:6379/3\"]",
+    ));
+    assert!(
+        has(&p, "session.redis_cluster[0]", "database 0 only"),
+        "{p:?}"
+    );
+    assert!(!format!("{p:?}").contains("secretpw"), "{p:?}");
+    let p = problems(&session(""));
+    assert!(has(&p, "session.redis_url", "redis_cluster"), "{p:?}");
+
+    // Only with store = "redis".
+    let p = problems(&format!(
+        "{MINIMAL}\n[session]\nredis_cluster = [\"redis://10.0.0.21:6379\"]\n"
+    ));
+    assert!(has(&p, "session.redis_cluster", "only used with"), "{p:?}");
+}
