@@ -155,6 +155,18 @@ async fn sentinel_failover_keeps_sessions_and_logouts() {
     assert_eq!(store["reachable"], true, "{v}");
     let addresses = store["addresses"].to_string();
     assert!(addresses.contains(&set.sentinel.addr.to_string()), "{v}");
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("wxgate_session_store_up{form=\"redis-sentinel\"} 1"),
+        "{metrics}"
+    );
 
     let primary = set.primary.take().expect("primary");
     wait_replicated(primary.addr.port());

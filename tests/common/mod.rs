@@ -363,7 +363,9 @@ pub fn redis_on(port: u16) -> Proc {
 }
 
 /// A real `redis-server` on `port` (no persistence) with `extra` arguments, killed on drop.
+/// It runs in a scratch directory: a replica writes the snapshot it receives to its directory.
 pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
+    let dir = scratch("redis");
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -374,6 +376,8 @@ pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
             "",
             "--appendonly",
             "no",
+            "--dir",
+            dir.to_str().expect("utf-8 path"),
         ])
         .args(extra)
         .stdout(Stdio::null())
