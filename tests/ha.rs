@@ -202,3 +202,125 @@ async fn cluster_failover_keeps_sessions_and_logouts() {
     assert!(promoted != 0 && promoted != primary, "{promoted}");
     after_failover(&a, &b, &kept, &gone, &cfg).await;
 }
+
+/// Move the app's slot to another primary while two instances keep logging in, calling,
+/// refreshing and logging out: redis-rs follows `ASK` and `MOVED`; every answer is 200 or
+/// 503 10503, and everything works on the new owner afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_resharding_under_load_is_followed() {
+    let cluster = Cluster::start();
+    let wechat = mock_wechat();
+    let echo = echo();
+    let cfg = config(wechat.addr, echo.addr) + &cluster.session_section("500ms");
+    let a = gateway(&cfg);
+    let b = gateway(&cfg);
+    let (kept, gone) = share(&a, &b, "rhea").await;
+
+    let slot_key = format!("wxgate:{{{APPID}}}:revoked");
+    let src = cluster.primary_of(&slot_key);
+    let slot = redis_cli(src, &["CLUSTER", "KEYSLOT", &slot_key])
+        .trim()
+        .to_string();
+    let primaries: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.addr.port())
+        .filter(|p| redis_cli(*p, &["ROLE"]).starts_with("master"))
+        .collect();
+    let dst = *primaries
+        .iter()
+        .find(|p| **p != src)
+        .expect("another primary");
+    let id = |port: u16| redis_cli(port, &["CLUSTER", "MYID"]).trim().to_string();
+    let (src_id, dst_id) = (id(src), id(dst));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let (a_url, b_url) = (a.url(""), b.url(""));
+        let kept = token(&kept);
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let (status, v) = get(&format!("{a_url}/auth?code=rhea.load{n}")).await;
+                answers.push(("login", status, v.clone()));
+                if status == 200 {
+                    let t = v["data"]["token"].as_str().unwrap_or_default().to_string();
+                    let rt = v["data"]["refresh_token"].as_str().unwrap_or_default();
+                    let (status, v) = post_body(
+                        format!("{b_url}/auth/refresh"),
+                        "application/json",
+                        json!({ "refresh_token": rt }).to_string(),
+                    )
+                    .await;
+                    answers.push(("refresh", status, v));
+                    let (status, v) = json(
+                        client()
+                            .post(format!("{b_url}/auth/logout"))
+                            .bearer_auth(&t)
+                            .send()
+                            .await
+                            .expect("logout"),
+                    )
+                    .await;
+                    answers.push(("logout", status, v));
+                }
+                let (status, v) = get_bearer(format!("{b_url}/api/x"), &kept).await;
+                answers.push(("call", status, v));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved = tokio::task::spawn_blocking(move || {
+        redis_cli(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]);
+        redis_cli(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]);
+        let mut migrated = 0;
+        loop {
+            let keys = redis_cli(src, &["CLUSTER", "GETKEYSINSLOT", &slot, "50"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            migrated += keys.len();
+            let port = dst.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            redis_cli(src, &args);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for port in [dst, src] {
+            redis_cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]);
+        }
+        migrated
+    })
+    .await
+    .expect("migration");
+    assert!(moved >= 3, "keys moved: {moved}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.expect("load");
+    let mut refused = 0;
+    for (what, status, v) in &answers {
+        match status {
+            200 => {}
+            503 => {
+                assert_eq!(v["code"], "10503", "{what}: {v}");
+                println!("resharding: {what} answered 503 10503");
+                refused += 1;
+            }
+            other => panic!("{what} answered {other} during the resharding: {v}"),
+        }
+    }
+    println!(
+        "resharding: {} answers, {refused} of them 503 10503, {moved} keys moved",
+        answers.len()
+    );
+    wait_until(Duration::from_secs(10), "the slot moved", || {
+        cluster.primary_of(&slot_key) == dst
+    });
+    after_failover(&a, &b, &kept, &gone, &cfg).await;
+}

@@ -333,7 +333,11 @@ impl RedisStore {
                 )
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(1)
+                // A slot in migration answers TRYAGAIN for a moment: retry soon, a few times;
+                // `bounded` still ends the operation at `session.timeout`.
+                .retries(3)
+                .min_retry_wait(10)
+                .max_retry_wait(100)
                 .build()
                 .map_err(unusable)?,
                 conn: OnceCell::new(),
