@@ -412,12 +412,16 @@ async fn redis_outage_fails_fast_and_recovers_without_a_restart() {
     assert_eq!(store.revocations_since(99).await.unwrap().revoked.len(), 1);
 }
 
+/// With passwords on the sentinel and the servers, and database 1 on the primary.
 #[tokio::test]
 async fn redis_sentinel_store_conforms() {
-    let set = SentinelSet::start();
+    let set = SentinelSet::start_with(Some("sentinel-pw"));
     let target = RedisTarget::Sentinel {
-        sentinels: vec![Secret::new(format!("redis://{}/", set.sentinel.addr))],
-        primary: Secret::new(SENTINEL_PRIMARY.to_string()),
+        sentinels: vec![Secret::new(format!(
+            "redis://:sentinel-pw@{}/",
+            set.sentinel.addr
+        ))],
+        primary: Secret::new(format!("redis://:sentinel-pw@{SENTINEL_PRIMARY}/1")),
     };
     let store = Arc::new(
         RedisStore::for_target(&target, "wxsentinel", Duration::from_millis(500)).unwrap(),
@@ -429,11 +433,18 @@ async fn redis_sentinel_store_conforms() {
         pass: Box::new(|| Box::pin(tokio::time::sleep(Duration::from_millis(450)))),
     })
     .await;
+    let primary = set.primary.as_ref().expect("primary").addr.port();
+    let pw = Some("sentinel-pw");
+    let in_db1 = redis_cli_as(primary, pw, &["-n", "1", "KEYS", "wxgate:*"]);
+    assert!(in_db1.lines().count() >= 3, "{in_db1}");
+    let in_db0 = redis_cli_as(primary, pw, &["KEYS", "wxgate:*"]);
+    assert_eq!(in_db0.trim(), "", "database 1 only");
 }
 
+/// With a password on every node.
 #[tokio::test]
 async fn redis_cluster_store_conforms() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_with(Some("cluster-pw"));
     let target = RedisTarget::Cluster {
         nodes: vec![Secret::new(cluster.urls()[2].clone())],
     };
@@ -446,11 +457,20 @@ async fn redis_cluster_store_conforms() {
     })
     .await;
     // Every key the suite left shares the app's slot, on the one primary that serves it.
+    let pw = Some("cluster-pw");
     let port = cluster.primary_of("wxgate:{wxcluster}:revoked");
-    let keys = redis_cli(port, &["KEYS", "wxgate:*"]);
+    let keys = redis_cli_as(port, pw, &["KEYS", "wxgate:*"]);
     assert!(keys.lines().count() >= 3, "{keys}");
-    let slot = redis_cli(port, &["CLUSTER", "KEYSLOT", "wxgate:{wxcluster}:revoked"]);
+    let slot = redis_cli_as(
+        port,
+        pw,
+        &["CLUSTER", "KEYSLOT", "wxgate:{wxcluster}:revoked"],
+    );
     for key in keys.lines() {
-        assert_eq!(redis_cli(port, &["CLUSTER", "KEYSLOT", key]), slot, "{key}");
+        assert_eq!(
+            redis_cli_as(port, pw, &["CLUSTER", "KEYSLOT", key]),
+            slot,
+            "{key}"
+        );
     }
 }

@@ -392,7 +392,8 @@ pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
             let mut buf = [0u8; 7];
             if s.write_all(b"PING\r\n").is_ok()
                 && s.read_exact(&mut buf).is_ok()
-                && &buf == b"+PONG\r\n"
+                // With requirepass, a PING before AUTH is refused: up all the same.
+                && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
             {
                 break;
             }
@@ -432,7 +433,16 @@ pub async fn get_with(
 
 /// `redis-cli -p port args...`, its output.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+    redis_cli_as(port, None, args)
+}
+
+/// `redis-cli -p port args...` with a password (`requirepass`), its output.
+pub fn redis_cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    if let Some(password) = password {
+        cmd.env("REDISCLI_AUTH", password);
+    }
+    let out = cmd
         .args(["-p", &port.to_string()])
         .args(args)
         .output()
@@ -455,19 +465,37 @@ pub struct SentinelSet {
     pub primary: Option<Proc>,
     pub replica: Proc,
     pub sentinel: Proc,
+    /// `requirepass` of every server and of the sentinel, when given.
+    pub password: Option<String>,
 }
 
 pub const SENTINEL_PRIMARY: &str = "mymaster";
 
 impl SentinelSet {
     pub fn start() -> SentinelSet {
-        let primary = redis_server();
+        Self::start_with(None)
+    }
+
+    /// With `password` as every server's and the sentinel's `requirepass`.
+    pub fn start_with(password: Option<&str>) -> SentinelSet {
+        let auth: Vec<&str> = match password {
+            Some(pw) => vec!["--requirepass", pw, "--masterauth", pw],
+            None => Vec::new(),
+        };
+        let primary = redis_with(free_port(), &auth);
         let p = primary.addr.port();
-        let replica = redis_with(free_port(), &["--replicaof", "127.0.0.1", &p.to_string()]);
+        let p_text = p.to_string();
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &p_text];
+        replica_args.extend(&auth);
+        let replica = redis_with(free_port(), &replica_args);
         let r = replica.addr.port();
         wait_until(Duration::from_secs(10), "replica in sync", || {
-            redis_cli(r, &["INFO", "replication"]).contains("master_link_status:up")
+            redis_cli_as(r, password, &["INFO", "replication"]).contains("master_link_status:up")
         });
+        let auth_lines = match password {
+            Some(pw) => format!("requirepass {pw}\nsentinel auth-pass {SENTINEL_PRIMARY} {pw}\n"),
+            None => String::new(),
+        };
         let dir = scratch("sentinel");
         let port = free_port();
         let conf = dir.join("sentinel.conf");
@@ -477,7 +505,7 @@ impl SentinelSet {
                 "port {port}\nbind 127.0.0.1\ndir {dir}\n\
                  sentinel monitor {SENTINEL_PRIMARY} 127.0.0.1 {p} 1\n\
                  sentinel down-after-milliseconds {SENTINEL_PRIMARY} 1000\n\
-                 sentinel failover-timeout {SENTINEL_PRIMARY} 3000\n",
+                 sentinel failover-timeout {SENTINEL_PRIMARY} 3000\n{auth_lines}",
                 dir = dir.display()
             ),
         )
@@ -498,7 +526,7 @@ impl SentinelSet {
             Duration::from_secs(15),
             "the sentinel sees the replica",
             || {
-                redis_cli(port, &["SENTINEL", "replicas", SENTINEL_PRIMARY])
+                redis_cli_as(port, password, &["SENTINEL", "replicas", SENTINEL_PRIMARY])
                     .contains(&format!("{r}"))
             },
         );
@@ -506,6 +534,7 @@ impl SentinelSet {
             primary: Some(primary),
             replica,
             sentinel,
+            password: password.map(str::to_string),
         }
     }
 
@@ -520,8 +549,9 @@ impl SentinelSet {
 
     /// The port of the server the sentinel names as primary now.
     pub fn primary_port(&self) -> u16 {
-        let out = redis_cli(
+        let out = redis_cli_as(
             self.sentinel.addr.port(),
+            self.password.as_deref(),
             &["SENTINEL", "get-master-addr-by-name", SENTINEL_PRIMARY],
         );
         out.lines()
@@ -534,30 +564,42 @@ impl SentinelSet {
 /// A Redis Cluster: three primaries with a replica each, quick to fail over (node timeout 1 s).
 pub struct Cluster {
     pub nodes: Vec<Proc>,
+    /// `requirepass` of every node, when given.
+    pub password: Option<String>,
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Self::start_with(None)
+    }
+
+    /// With `password` as every node's `requirepass`.
+    pub fn start_with(password: Option<&str>) -> Cluster {
         let dir = scratch("cluster");
         let nodes: Vec<Proc> = (0..6)
             .map(|_| {
                 let port = free_port();
                 let conf = dir.join(format!("nodes-{port}.conf"));
-                redis_with(
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        conf.to_str().expect("utf-8 path"),
-                        "--cluster-node-timeout",
-                        "1000",
-                    ],
-                )
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().expect("utf-8 path"),
+                    "--cluster-node-timeout",
+                    "1000",
+                ];
+                if let Some(pw) = password {
+                    args.extend(["--requirepass", pw, "--masterauth", pw]);
+                }
+                redis_with(port, &args)
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(pw) = password {
+            create.env("REDISCLI_AUTH", pw);
+        }
+        let out = create
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -571,16 +613,25 @@ impl Cluster {
         );
         for n in &nodes {
             wait_until(Duration::from_secs(20), "cluster_state:ok", || {
-                redis_cli(n.addr.port(), &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                redis_cli_as(n.addr.port(), password, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
             });
         }
-        Cluster { nodes }
+        Cluster {
+            nodes,
+            password: password.map(str::to_string),
+        }
     }
 
+    /// Each node's URL, with the password when there is one.
     pub fn urls(&self) -> Vec<String> {
+        let auth = self
+            .password
+            .as_ref()
+            .map_or_else(String::new, |pw| format!(":{pw}@"));
         self.nodes
             .iter()
-            .map(|n| format!("redis://{}/", n.addr))
+            .map(|n| format!("redis://{auth}{}/", n.addr))
             .collect()
     }
 
@@ -597,12 +648,16 @@ impl Cluster {
     pub fn primary_of(&self, key: &str) -> u16 {
         for n in &self.nodes {
             let port = n.addr.port();
-            let slot: u16 = match redis_cli(port, &["CLUSTER", "KEYSLOT", key]).trim().parse() {
+            let pw = self.password.as_deref();
+            let slot: u16 = match redis_cli_as(port, pw, &["CLUSTER", "KEYSLOT", key])
+                .trim()
+                .parse()
+            {
                 Ok(slot) => slot,
                 Err(_) => continue,
             };
             // CLUSTER SLOTS, raw: start, end, then the primary's ip and port first.
-            let slots = redis_cli(port, &["--raw", "CLUSTER", "SLOTS"]);
+            let slots = redis_cli_as(port, pw, &["--raw", "CLUSTER", "SLOTS"]);
             let lines: Vec<&str> = slots.lines().map(str::trim).collect();
             let mut i = 0;
             while i + 3 < lines.len() {
