@@ -15,7 +15,8 @@
 //!
 //! On a Cluster, every key one operation touches must share a hash slot. Every key is
 //! `wxgate:{APPID}:...`, and a key's slot is that of the text between its first `{` and the next
-//! `}`: the appid, for every key, since the prefix holds that `}` (the appid is never empty).
+//! `}`: the appid, for every key, since the prefix holds that `}` (the appid is never empty, and
+//! one starting with `}`, which would make the tag empty, is refused for a Cluster).
 //! Scripts declare their keys, except the session keys `REVOKE_USER` finds in a user's index
 //! and the index key `ROTATE` finds in a session: built inside Lua from the declared prefix,
 //! they share the same tag, so the same slot (`keys_of_an_app_share_one_slot` below checks it).
@@ -160,6 +161,9 @@ enum Link {
 #[derive(Clone)]
 enum Conn {
     Server(ConnectionManager),
+    /// The `Arc` is the identity of the connection `current` held when the operation began, so
+    /// a failure drops that one and not a newer one another caller found meanwhile. (Sending
+    /// clones the handle out of it: a `MultiplexedConnection` clone shares the socket.)
     Sentinel(Arc<MultiplexedConnection>),
     Cluster(ClusterConnection),
 }
