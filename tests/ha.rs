@@ -72,8 +72,9 @@ async fn share(a: &Proc, b: &Proc, name: &str) -> (Value, String) {
     (kept, gone)
 }
 
-/// Keep logging in on `a` and calling a protected route on `b` with `kept` until both have
-/// answered 200 for 2 s after the first failure (at most `limit`). Every answer must be 200 or
+/// Keep logging in (then refreshing and logging out) and calling a protected route with `kept`,
+/// across both instances, until all have answered 200 for 2 s after the first failure (at most
+/// `limit`). Every answer must be 200 or
 /// 503 10503, each within 2 s. Answers the gap: first failure to last failure.
 async fn through_failover(a: &Proc, b: &Proc, kept: &str, name: &str, limit: Duration) -> Duration {
     let killed = Instant::now();
@@ -91,12 +92,25 @@ async fn through_failover(a: &Proc, b: &Proc, kept: &str, name: &str, limit: Dur
             now < limit,
             "service did not resume within {limit:?} (first failure {first_failure:?})"
         );
-        for (what, request) in [("login", 0), ("call", 1)] {
+        // A login on `a`; when it worked, a refresh on `b` and a logout on `a`; a call on `b`.
+        let mut fresh: Option<Value> = None;
+        for what in ["login", "refresh", "logout", "call"] {
             let started = Instant::now();
-            let (status, v) = if request == 0 {
-                get(&a.url(&format!("/auth?code={name}.during{attempt}"))).await
-            } else {
-                call(b, kept).await
+            let (status, v) = match (what, &fresh) {
+                ("login", _) => get(&a.url(&format!("/auth?code={name}.during{attempt}"))).await,
+                ("refresh", Some(data)) => {
+                    refresh(b, data["refresh_token"].as_str().unwrap_or_default()).await
+                }
+                ("logout", Some(data)) => {
+                    logout(a, data["token"].as_str().unwrap_or_default()).await
+                }
+                ("call", _) => call(b, kept).await,
+                _ => continue,
+            };
+            fresh = match (what, status) {
+                ("login" | "refresh", 200) => Some(v["data"].clone()),
+                ("login" | "refresh", _) => None,
+                _ => fresh,
             };
             let took = started.elapsed();
             answers += 1;
