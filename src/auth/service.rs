@@ -326,8 +326,13 @@ impl Login {
         let Some(sid) = refresh_token_sid(refresh_token) else {
             return Err(Reject::RefreshTokenInvalid { reused: false });
         };
-        if self.revocations().check(sid, self.now_ms()).is_err() {
-            return Err(Reject::RefreshTokenInvalid { reused: false });
+        match self.revocations().check(sid, self.now_ms()) {
+            Ok(()) => {}
+            // The local list is stale (the store was down): the store decides, as a revoked
+            // session is gone from it. Down still, that is 503 10503; back (a failover just
+            // ended), the refresh works before this instance's next sync.
+            Err(Reject::StoreUnavailable) => {}
+            Err(_) => return Err(Reject::RefreshTokenInvalid { reused: false }),
         }
         let next = new_refresh_token(sid);
         let until = self.revoke_until();
