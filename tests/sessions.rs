@@ -196,10 +196,9 @@ async fn redis_outage_is_prompt_documented_and_recovers() {
     let base = config(wechat.addr, echo.addr);
     let closed = gateway(&(base.clone() + &redis_section(&redis, "closed")));
     let open = gateway(&(base + &redis_section(&redis, "open")));
-    let token = login_data(&closed, "rosa.1").await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let data = login_data(&closed, "rosa.1").await;
+    let token = data["token"].as_str().unwrap().to_string();
+    let refresh_token = data["refresh_token"].as_str().unwrap().to_string();
     assert_eq!(call(&open, &token).await.0, 200);
 
     drop(redis);
@@ -235,6 +234,9 @@ async fn redis_outage_is_prompt_documented_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(call(&open, &token).await.0, 200);
+    // A refresh on the stale list: 503 10503, not 401 (the refresh token stays good).
+    let (status, v) = refresh(&closed, &refresh_token).await;
+    assert_eq!((status, v["code"].as_str()), (503, Some("10503")), "{v}");
 
     // Redis returns: everything works again without a restart.
     let _redis = redis_on(port);
