@@ -539,11 +539,13 @@ impl SentinelSet {
         }
     }
 
-    /// The `[session]` lines for this set.
+    /// The `[session]` lines for this set; the first sentinel listed is one that is down.
     pub fn session_section(&self, timeout: &str) -> String {
         format!(
-            "\n[session]\nstore = \"redis\"\nredis_sentinels = [\"redis://{}/\"]\n\
+            "\n[session]\nstore = \"redis\"\n\
+             redis_sentinels = [\"redis://127.0.0.1:{}/\", \"redis://{}/\"]\n\
              redis_sentinel_primary = \"{SENTINEL_PRIMARY}\"\ntimeout = \"{timeout}\"\n",
+            free_port(),
             self.sentinel.addr
         )
     }
