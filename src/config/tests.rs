@@ -783,6 +783,11 @@ fn redis_is_one_server_or_sentinel_or_cluster() {
         "{p:?}"
     );
     assert!(!format!("{p:?}").contains("secretpw"), "{p:?}");
+    let p = problems(&session(
+        "redis_cluster = [\"redis://:pw-a@10.0.0.21:6379\", \"redis://:pw-b@10.0.0.22:6379\"]",
+    ));
+    assert!(has(&p, "session.redis_cluster", "must agree"), "{p:?}");
+    assert!(!format!("{p:?}").contains("pw-a"), "{p:?}");
     let p = problems(&session(""));
     assert!(has(&p, "session.redis_url", "redis_cluster"), "{p:?}");
 

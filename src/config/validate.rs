@@ -929,7 +929,11 @@ impl Validator {
                 ) {
                     self.problem(
                         "session.redis_cluster",
-                        format!("the nodes cannot be used together ({:?}): they must agree on user, password and scheme", e.kind()),
+                        format!(
+                            "the nodes cannot be used together ({:?}): they must agree on \
+                             user, password and scheme",
+                            e.kind()
+                        ),
                     );
                     ok = false;
                 }
