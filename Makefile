@@ -31,8 +31,9 @@ test:
 fuzz:
 	bash scripts/fuzz.sh
 
-## Side-by-side benchmark (nginx, wxgate, Node) on loopback: table, checks, bench/out/.
-## Knobs: DURATION=10s CONNECTIONS=32 SKIP_NODE=1 WXGATE=path (see bench/run.sh).
+## Side-by-side benchmark (nginx, HAProxy, nginx+njs, wxgate, Node) on loopback, every row run
+## ROUNDS times interleaved; medians and spread, checks, idle-connection RSS; bench/out/.
+## Knobs: DURATION=5s ROUNDS=3 CONNECTIONS=32 IDLE_CONNS=10000 SKIP_NODE=1 WXGATE=path (see bench/run.sh).
 .PHONY: bench soak
 bench:
 	bash bench/run.sh

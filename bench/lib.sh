@@ -104,7 +104,8 @@ rss_kb() {
 
 # nginx_conf DIR PORT [ORIGIN_PORT]: one worker, no access log, everything under DIR.
 # Without ORIGIN_PORT it is the origin (a fixed 60-byte JSON body); with it, a reverse proxy
-# to the origin with upstream keepalive.
+# to the origin with upstream keepalive. NGINX_WORKER_CONNECTIONS (4096) sets worker_connections:
+# nginx allocates that many connection slots up front, so only the idle row raises it.
 nginx_conf() {
   local dir=$1 port=$2 origin=${3:-} tls=${4:-} user="" location upstream="" listen
   listen="listen 127.0.0.1:$port;"
@@ -127,7 +128,7 @@ $user
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections ${NGINX_WORKER_CONNECTIONS:-4096}; }
 http {
   access_log off;
   client_body_temp_path $dir/tmp/body;
@@ -211,11 +212,100 @@ start_wxgate() {
   wait_port "$3" "$LAST_PID" "$1"
 }
 
-# expect_200 URL [CURL ARGS...]: one request must answer 200 before anything is measured.
-expect_200() {
-  local url=$1 code; shift
+# expect_status CODE URL [CURL ARGS...]: one request must answer CODE before anything is measured.
+expect_status() {
+  local want=$1 url=$2 code; shift 2
   code=$(curl -s -o "$OUT/last-body.txt" -w '%{http_code}' --max-time 5 "$@" "$url" || true)
-  [ "$code" = 200 ] || die "GET $url answered '$code', not 200: $(head -c 300 "$OUT/last-body.txt" 2>/dev/null)"
+  [ "$code" = "$want" ] ||
+    die "GET $url answered '$code', not $want: $(head -c 300 "$OUT/last-body.txt" 2>/dev/null)"
+}
+expect_200() { expect_status 200 "$@"; }
+
+# raise_fd_limit NEED: the soft open-files limit up to 65536 (else the hard limit); die unless it
+# reaches NEED. Every process started afterwards inherits it.
+raise_fd_limit() {
+  local need=$1 have
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  have=$(ulimit -n)
+  if [ "$have" != unlimited ] && [ "$have" -lt "$need" ]; then
+    die "the open files limit is $have (hard limit $(ulimit -Hn)) and this run needs $need; raise the hard limit (ulimit -Hn, LimitNOFILE, /etc/security/limits.conf) or lower IDLE_CONNS"
+  fi
+}
+
+# jwt_json TOKEN PART: the token's header (0) or claims (1) as JSON, not verified.
+jwt_json() {
+  python3 -c 'import base64, sys
+s = sys.argv[1].split(".")[int(sys.argv[2])]
+print(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)).decode())' "$1" "$2"
+}
+
+# hs256_variant TOKEN forged|expired: the token's claims signed with another secret (forged), or
+# with exp an hour ago and signed with the real secret (expired): both must be refused.
+hs256_variant() {
+  python3 -c 'import base64, hashlib, hmac, json, os, sys, time
+token, kind = sys.argv[1], sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head, claims, _ = token.split(".")
+secret = os.environ["WXGATE_JWT_SECRET"]
+if kind == "forged":
+    secret = "not-" + secret
+else:
+    c = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+    c["exp"] = int(time.time()) - 3600
+    claims = b64(json.dumps(c, separators=(",", ":")).encode())
+sig = hmac.new(secret.encode(), f"{head}.{claims}".encode(), hashlib.sha256).digest()
+print(f"{head}.{claims}.{b64(sig)}")' "$1" "$2"
+}
+
+# expect_openid URL TOKEN OPENID [CURL ARGS...]: through a gateway in front of `wxgate echo`, the
+# app must see exactly one X-WX-OpenID, OPENID, even when the client sends its own.
+expect_openid() {
+  local url=$1 token=$2 want=$3 got; shift 3
+  expect_200 "$url" -H "Authorization: Bearer $token" -H "X-WX-OpenID: spoofed" "$@"
+  got=$(python3 -c 'import json, sys
+h = json.load(open(sys.argv[1]))["headers"]
+print(",".join(v for k, v in h if k.lower() == "x-wx-openid"))' "$OUT/last-body.txt") ||
+    die "GET $url: the echo app's answer is not JSON: $(head -c 300 "$OUT/last-body.txt")"
+  [ "$got" = "$want" ] || die "GET $url: the app saw X-WX-OpenID '$got', not '$want'"
+}
+
+# The peers (bench/peers/*.tmpl) listen on fixed ports; render_* puts this run's ports in.
+PEERS="$BENCH/peers"
+
+# start_haproxy NAME PLAIN_PORT JWT_PORT ORIGIN_PORT MAXCONN: HAProxy from haproxy-jwt.cfg.tmpl,
+# frontend `plain` on PLAIN_PORT, `jwt` (native jwt_verify) on JWT_PORT; sets LAST_PID.
+start_haproxy() {
+  local name=$1 plain=$2 jwt=$3 origin=$4 maxconn=$5 dir="$OUT/$1" limits=""
+  mkdir -p "$dir"
+  # HAProxy reserves two descriptors per connection (client and server side) and by default
+  # (strict-limits) refuses to start when the open files limit is lower. Idle keep-alive clients
+  # hold one each and share the server connections (http-reuse always), so where the limit is
+  # below that reservation (the idle row), let it start and use what it has.
+  if [ "$(ulimit -n)" != unlimited ] && [ $((2 * maxconn + 100)) -gt "$(ulimit -n)" ]; then
+    limits="\n    no strict-limits"
+  fi
+  sed -e "s/19201/$origin/g; s/19204/$jwt/g; s/19205/$plain/g; s/@SECRET@/$WXGATE_JWT_SECRET/g" \
+    -e "s/^    maxconn 4096\$/    maxconn $maxconn$limits/" \
+    "$PEERS/haproxy-jwt.cfg.tmpl" >"$dir/haproxy.cfg"
+  haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 ||
+    { cat "$dir/check.log" >&2; die "haproxy rejected $dir/haproxy.cfg"; }
+  start "$name" haproxy -f "$dir/haproxy.cfg" -db
+  wait_port "$jwt" "$LAST_PID" "$name"
+  wait_port "$plain" "$LAST_PID" "$name"
+}
+
+# start_njs NAME PORT ORIGIN_PORT: nginx + njs from nginx-njs.conf.tmpl and njs-jwt.js.tmpl,
+# one worker; NGINX_WORKER_CONNECTIONS as for nginx_conf. Sets LAST_PID to the master.
+start_njs() {
+  local name=$1 port=$2 origin=$3 dir="$OUT/$1"
+  mkdir -p "$dir/tmp"
+  sed -e "s/@SECRET@/$WXGATE_JWT_SECRET/g" "$PEERS/njs-jwt.js.tmpl" >"$dir/jwt.js"
+  sed -e "s|@DIR@|$dir|g; s/19201/$origin/g; s/19206/$port/g" \
+    -e "s/worker_connections 4096;/worker_connections ${NGINX_WORKER_CONNECTIONS:-4096};/" \
+    "$PEERS/nginx-njs.conf.tmpl" >"$dir/nginx.conf"
+  # The template says `daemon off;` itself.
+  start "$name" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+  wait_port "$port" "$LAST_PID" "$name"
 }
 
 # to_seconds 10s|3m|1h|90 -> seconds (wrk's duration syntax).

@@ -1,38 +1,61 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: requests/s, p50/p99 latency, errors and peak RSS of
-#   1 the origin (nginx, static JSON)      2 nginx as a reverse proxy (no auth, keepalive)
-#   3 wxgate, public route                 4 wxgate, protected route, HS256 (memory store)
-#   2s/4s rows 2 and 4 over HTTPS       4j as 4 with the JSON access log on and /metrics scraped
-#   4b as 4 with the Redis store           4@256 as 4 at 256 connections (peak RSS target)
-#   4r/4p as 4, one upstream round robin / three upstreams, openid_hash, health checks (in turn)
-#   5e/5d as 4, ES256 / EdDSA tokens       6 Node: Express + jsonwebtoken + http-proxy-middleware
-#   7 wxgate logins (GET /auth?code=) against the stand-in WeChat
-# One origin, the same wrk settings for every row (wrk on CPU 0, every server on CPU 1), a
-# warm-up before each measured run, loopback only. Results: bench/out/{table.md,results.json,chart.svg}.
-# Knobs: DURATION (10s) CONNECTIONS (32) WARMUP (2s) SKIP_NODE=1 WXGATE=path BENCH_STRICT=1
-# (exit 1 when a target is missed) NODE_JWT_KEYOBJECT=1 (row 6 passes jsonwebtoken a KeyObject,
-# Node's best case, instead of the tutorial's string secret).
+#   1  the origin (nginx, static JSON)          2  nginx as a reverse proxy (no auth, keepalive)
+#   3  wxgate, public route                     4  wxgate, protected route, HS256 (memory store)
+#   hp HAProxy as a reverse proxy (no auth)     hj HAProxy checking the token (native jwt_verify)
+#   nj nginx + njs checking the token in JavaScript   (hj and nj do row 4's job: bench/peers/)
+#   2s/4s rows 2 and 4 over HTTPS               4j as 4 with the JSON access log on and /metrics scraped
+#   4b as 4 with the Redis store                5e/5d as 4, ES256 / EdDSA tokens
+#   4r/4p as 4, one upstream round robin / three upstreams, openid_hash, health checks
+#   2@256 hj@256 nj@256 4@256, 2@1024 hj@1024 4@1024: rows 2, hj, nj and 4 at 256 / 1024 connections
+#   6  Node: Express + jsonwebtoken + http-proxy-middleware
+#   7  wxgate logins (GET /auth?code=) against the stand-in WeChat
+#   idle-nginx idle-haproxy idle-wxgate: RSS of a fresh server of rows 2, hj and 4 before and while
+#      it holds IDLE_CONNS idle keep-alive client connections (bench/idle_conns.py), one at a time
+# Every server starts once, on its own port, is checked (200 with the token; rows 4, hj and nj also
+# 401 for a missing, a forged and an expired token, and the app sees the right X-WX-OpenID) and
+# warmed up once. Then ROUNDS rounds each run every row once, in the order above (1 2 ... 7, 1 2 ...
+# 7, ...): single runs on a small VM vary by +-20%, and interleaving spreads that drift over all
+# rows alike. report.py judges the median of the rounds and shows their spread. One origin, the
+# same wrk settings and headers for every row (wrk on CPU 0, every server on CPU 1), loopback only.
+# Results: bench/out/{table.md,results.json,chart.svg}; raw runs in bench/out/wrk-<row>-r<round>.txt.
+# Knobs: DURATION (5s per run) ROUNDS (3, at least 2) CONNECTIONS (32) WARMUP (2s, once per row)
+# IDLE_CONNS (10000) SKIP_NODE=1 WXGATE=path BENCH_STRICT=1 (exit 1 when a target is missed)
+# NODE_JWT_KEYOBJECT=1 (row 6 passes jsonwebtoken a KeyObject, Node's best case, instead of the
+# tutorial's string secret).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 WARMUP=${WARMUP:-2s}
-BIG_CONNECTIONS=256
+IDLE_CONNS=${IDLE_CONNS:-10000}
 RUN_ID="$(date +%s)-$$"
 
+[[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 2 ] ||
+  die "ROUNDS=$ROUNDS: at least 2 (the table reports the median and the spread of the rounds)"
+[[ "$IDLE_CONNS" =~ ^[0-9]+$ ]] && [ "$IDLE_CONNS" -ge 1 ] || die "IDLE_CONNS=$IDLE_CONNS is not a count"
+
 WXGATE_SETUP_BENCH=1 bash "$ROOT/scripts/setup.sh"
-for tool in wrk nginx redis-server redis-cli curl python3 taskset timeout pgrep; do
-  need_tool "$tool" "scripts/setup.sh installs wrk, nginx and redis-server on Debian/Ubuntu"
+for tool in wrk nginx haproxy redis-server redis-cli curl python3 openssl taskset timeout pgrep; do
+  need_tool "$tool" "scripts/setup.sh installs wrk, nginx, haproxy and redis-server on Debian/Ubuntu"
 done
+# jwt_verify and the jwt_*_query converters came with HAProxy 2.5.
+ha_version=$(haproxy -v | awk 'NR == 1 { print $3 }')
+awk -v v="$ha_version" 'BEGIN { split(v, p, /[.-]/); exit !(p[1] > 2 || (p[1] == 2 && p[2] >= 5)) }' ||
+  die "HAProxy $ha_version has no jwt_verify (2.5 or later is needed for rows hj)"
 if [ "${SKIP_NODE:-0}" != 1 ]; then
   need_tool node "install Node.js >= 18, or run with SKIP_NODE=1 to skip row 6"
   need_tool npm "install npm, or run with SKIP_NODE=1 to skip row 6"
 fi
 check_cpus
 find_wxgate
+# The idle rows hold IDLE_CONNS sockets in the client and as many in the server; 1024-connection
+# rows need about 2,100 in a proxy.
+raise_fd_limit $((IDLE_CONNS + 2048))
 
 mkdir -p "$OUT"
 find "$OUT" -mindepth 1 -maxdepth 1 ! -name soak -exec rm -rf {} + # the last soak's results stay
@@ -44,9 +67,14 @@ if [ "${SKIP_NODE:-0}" != 1 ] && [ ! -d "$BENCH/node/node_modules" ]; then
   (cd "$BENCH/node" && npm install --no-audit --no-fund --loglevel=error)
 fi
 
-mapfile -t ports < <(free_ports 20)
-read -r P_ORIGIN P_PROXY P_GW3 P_GW4 P_GW4B P_GW256 P_GW7 P_REDIS P_NODE P_MOCK P_GW4J P_ADMIN P_PROXYTLS P_GWTLS \
-  P_ORIGIN2 P_ORIGIN3 P_GW4R P_GW4P P_GW5E P_GW5D <<<"${ports[*]}"
+# One port per server, chosen by the kernel: P[NAME].
+declare -A P
+port_names=(ORIGIN ORIGIN2 ORIGIN3 MOCK ECHO REDIS ADMIN PROXY PROXY256 PROXY1024 PROXYTLS
+  GW3 GW4 GW4_256 GW4_1024 GW5E GW5D GW4R GW4P GWTLS GW4J GW4B GW7 NODE
+  HP HP_JWT HJ HJ_PLAIN HJ256 HJ256_PLAIN HJ1024 HJ1024_PLAIN NJ NJ256
+  CHK_HA CHK_HA_PLAIN CHK_NJ CHK_GW)
+mapfile -t ports < <(free_ports "${#port_names[@]}")
+for i in "${!port_names[@]}"; do P[${port_names[$i]}]=${ports[$i]}; done
 
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
@@ -58,24 +86,39 @@ wrk_run() {
   taskset -c "$WRK_CPU" timeout "$limit" wrk -t1 -c"$c" -d"$d" --latency "$@" "$url" -- "$arg" \
     >"$OUT/$file" 2>&1 || { cat "$OUT/$file" >&2; die "wrk failed against $url"; }
 }
-warm() { # warm NAME CONNS URL [wrk args]: not measured; script args get a run id of their own
-  local name=$1 c=$2 url=$3; shift 3
-  wrk_run "warmup-$name.txt" $((warm_s + 30)) "$WARMUP" "$c" "$url" "w$RUN_ID" "$@"
+
+# The rows, in the order each round runs them. R_*[ID]: URL, connections, target (the table's
+# label), the pid whose VmHWM is the row's peak RSS, the token (or "" for none), a wrk Lua script,
+# a note, and extras (k=v;k=v) for report.py.
+ROWS=()
+ORDER=() # ROWS and the skipped rows, in the table's order
+declare -A R_URL R_CONNS R_TARGET R_RSS_PID R_TOKEN R_SCRIPT R_NOTE R_EXTRAS
+# add_row ID CONNS URL TARGET RSS_PID TOKEN [SCRIPT]
+add_row() {
+  ROWS+=("$1"); ORDER+=("$1")
+  R_CONNS[$1]=$2; R_URL[$1]=$3; R_TARGET[$1]=$4; R_RSS_PID[$1]=$5; R_TOKEN[$1]=$6
+  R_SCRIPT[$1]=${7:-}; R_NOTE[$1]=""; R_EXTRAS[$1]=""
 }
-measure() { # measure NAME CONNS URL [wrk args] -> $OUT/wrk-NAME.txt
-  local name=$1 c=$2 url=$3; shift 3
-  wrk_run "wrk-$name.txt" $((dur_s + 30)) "$DURATION" "$c" "$url" "m$RUN_ID" "$@"
-  say "   $(grep -E '^Requests/sec' "$OUT/wrk-$name.txt" || echo 'no Requests/sec line')"
+# wrk_args ID: the row's headers or script, into the array WRK_ARGS.
+wrk_args() {
+  WRK_ARGS=()
+  if [ -n "${R_TOKEN[$1]}" ]; then WRK_ARGS+=(-H "Authorization: Bearer ${R_TOKEN[$1]}"); fi
+  if [ -n "${R_SCRIPT[$1]}" ]; then WRK_ARGS+=(-s "${R_SCRIPT[$1]}"); fi
+  return 0
 }
-best_of() { # best_of NAME RUN...: the run with the most requests/s becomes wrk-NAME.txt
-  local name=$1 best="" best_rps=-1 run rps; shift
-  for run in "$@"; do
-    rps=$(awk '/^Requests\/sec/ { print int($2) }' "$OUT/wrk-$run.txt")
-    if [ "${rps:-0}" -gt "$best_rps" ]; then best_rps=${rps:-0}; best=$run; fi
-  done
-  cp "$OUT/wrk-$best.txt" "$OUT/wrk-$name.txt"
+warm() { # warm ID: not measured; a Lua script gets a run id of its own
+  wrk_args "$1"
+  wrk_run "warmup-$1.txt" $((warm_s + 30)) "$WARMUP" "${R_CONNS[$1]}" "${R_URL[$1]}" "w$RUN_ID" \
+    "${WRK_ARGS[@]+"${WRK_ARGS[@]}"}"
 }
-# row ID TARGET WRKFILE RSS_KB CONNS NOTE EXTRAS: one line of rows.tsv for report.py
+measure() { # measure ID ROUND -> $OUT/wrk-ID-rROUND.txt
+  wrk_args "$1"
+  wrk_run "wrk-$1-r$2.txt" $((dur_s + 30)) "$DURATION" "${R_CONNS[$1]}" "${R_URL[$1]}" "m${RUN_ID}r$2" \
+    "${WRK_ARGS[@]+"${WRK_ARGS[@]}"}"
+  say "   round $2 $(printf '%-8s' "$1") $(grep -E '^Requests/sec' "$OUT/wrk-$1-r$2.txt" || echo 'no Requests/sec line')"
+}
+# row ID TARGET WRKFILES RSS_KB CONNS NOTE EXTRAS: one line of rows.tsv for report.py
+# (WRKFILES: the row's runs, comma-separated, or "-").
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$OUT/rows.tsv"; }
 
 : >"$OUT/rows.tsv"
@@ -86,219 +129,321 @@ if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
   say "warning: load average is $load before the run; other processes will make these numbers noisy"
 fi
 {
-  printf 'settings\twrk -t1 -c%s -d%s --latency after a %s warm-up per target; wrk on CPU %s, servers on CPU %s; %s; %s\n' \
-    "$CONNECTIONS" "$DURATION" "$WARMUP" "$WRK_CPU" "$SERVER_CPU" "${cpu_model:-unknown CPU}" "$(date -u +%Y-%m-%dT%H:%MZ)"
-  printf 'connections\t%s\nduration\t%s\nwarmup\t%s\n' "$CONNECTIONS" "$DURATION" "$WARMUP"
+  printf 'settings\twrk -t1 -c%s -d%s --latency (256/1024 for the @ rows), %s rounds interleaved, medians; a %s warm-up per row; wrk on CPU %s, servers on CPU %s; %s; %s; run %s\n' \
+    "$CONNECTIONS" "$DURATION" "$ROUNDS" "$WARMUP" "$WRK_CPU" "$SERVER_CPU" "${cpu_model:-unknown CPU}" \
+    "$(date -u +%Y-%m-%dT%H:%MZ)" "$RUN_ID"
+  printf 'connections\t%s\nduration\t%s\nwarmup\t%s\nrounds\t%s\nrun_id\t%s\n' \
+    "$CONNECTIONS" "$DURATION" "$WARMUP" "$ROUNDS" "$RUN_ID"
+  printf 'idle_connections\t%s\nopen_files_limit\t%s\n' "$IDLE_CONNS" "$(ulimit -n)"
   printf 'load_average_at_start\t%s\n' "$load"
   printf 'wxgate\t%s\n' "$("$WXGATE" --version 2>/dev/null || echo unknown)"
   printf 'git\t%s\n' "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
   printf 'nginx\t%s\n' "$(nginx -v 2>&1)"
+  printf 'njs\t%s\n' "$(dpkg-query -W -f '${Version}' libnginx-mod-http-js 2>/dev/null || echo unknown)"
+  printf 'haproxy\t%s\n' "$ha_version"
   printf 'wrk\t%s\n' "$(wrk --version 2>&1 | head -n 1 | awk '{ print $1, $2 }')"
   printf 'redis\t%s\n' "$(redis-server --version)"
   printf 'node\t%s\n' "$(node --version 2>/dev/null || echo none)"
 } >"$OUT/meta.tsv"
 
-# The fixed origin and the stand-in WeChat stay up for the whole run.
-say "== origin: nginx on 127.0.0.1:$P_ORIGIN"
-start_nginx origin "$P_ORIGIN"
+# ---------------------------------------------------------------------------------------------
+say "== starting every server (all on CPU $SERVER_CPU)"
+start_nginx origin "${P[ORIGIN]}"
 origin_pid=$LAST_PID
-start mock-wechat "$WXGATE" mock-wechat --listen "127.0.0.1:$P_MOCK" --appid "$APPID" --secret "$WECHAT_APPSECRET"
-mock_pid=$LAST_PID
-wait_port "$P_MOCK" "$mock_pid" mock-wechat
+start mock-wechat "$WXGATE" mock-wechat --listen "127.0.0.1:${P[MOCK]}" --appid "$APPID" --secret "$WECHAT_APPSECRET"
+wait_port "${P[MOCK]}" "$LAST_PID" mock-wechat
 
-wxgate_conf "$OUT/wxgate-memory.toml" "$P_GW3" "$P_ORIGIN" "$P_MOCK" 1 memory
+wxgate_conf "$OUT/wxgate-memory.toml" "${P[GW3]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
 TOKEN=$("$WXGATE" token --openid bench-user -c "$OUT/wxgate-memory.toml")
-AUTH=(-H "Authorization: Bearer $TOKEN")
+# The peers read the openid from `sub` and pin HS256: the token must carry both.
+[ "$(jwt_json "$TOKEN" 0 | python3 -c 'import json, sys; print(json.load(sys.stdin).get("alg"))')" = HS256 ] ||
+  die "wxgate token did not mint an HS256 token: $(jwt_json "$TOKEN" 0)"
+[ "$(jwt_json "$TOKEN" 1 | python3 -c 'import json, sys; print(json.load(sys.stdin).get("sub"))')" = bench-user ] ||
+  die "the token's sub is not the openid, which the peers forward: $(jwt_json "$TOKEN" 1)"
+FORGED=$(hs256_variant "$TOKEN" forged)
+EXPIRED=$(hs256_variant "$TOKEN" expired)
 
-# Row 1: the origin itself.
-say "== row 1: origin directly"
-url="http://127.0.0.1:$P_ORIGIN/api/hello"
-expect_200 "$url"
-warm 1 "$CONNECTIONS" "$url"
-measure 1 "$CONNECTIONS" "$url" "${AUTH[@]}"
-row 1 "origin: nginx, static 60-byte JSON" wrk-1.txt "$(rss_kb "$(nginx_worker "$origin_pid")" VmHWM)" "$CONNECTIONS" "" ""
-
-# Row 2: nginx as the reverse proxy.
-say "== row 2: nginx reverse proxy"
-start_nginx proxy "$P_PROXY" "$P_ORIGIN"
-pid=$LAST_PID
-url="http://127.0.0.1:$P_PROXY/api/hello"
-expect_200 "$url"
-warm 2 "$CONNECTIONS" "$url"
-measure 2 "$CONNECTIONS" "$url" "${AUTH[@]}"
-row 2 "nginx reverse proxy (no auth, upstream keepalive)" wrk-2.txt "$(rss_kb "$(nginx_worker "$pid")" VmHWM)" "$CONNECTIONS" "" ""
-stop "$pid"
-
-# bench_wxgate ID TARGET CONF PORT CONNS PATH [wrk args]: a fresh gateway per row, so its
-# VmHWM is that row's peak.
-bench_wxgate() {
-  local id=$1 target=$2 conf=$3 port=$4 c=$5 path=$6; shift 6
+# ng_row ID CONNS NAME TARGET [tls]: one nginx reverse proxy of its own per row.
+ng_row() {
+  local id=$1 c=$2 name=$3 target=$4 tls=${5:-} port=${P[$3]} scheme=http
+  if [ -n "$tls" ]; then scheme=https; fi
+  start_nginx "nginx-$id" "$port" "${P[ORIGIN]}" "$tls"
+  add_row "$id" "$c" "$scheme://127.0.0.1:$port/api/hello" "$target" "$(nginx_worker "$LAST_PID")" "$TOKEN"
+}
+# gw_row ID CONNS PORTNAME CONF PATH TARGET [TOKEN]: a gateway of its own per row, so its VmHWM
+# is that row's peak.
+gw_row() {
+  local id=$1 c=$2 port=${P[$3]} conf=$4 path=$5 target=$6 token=${7:-$TOKEN} scheme=http
+  if grep -q '^\[server.tls\]' "$conf"; then scheme=https; fi
   start_wxgate "wxgate-$id" "$conf" "$port"
-  local gw=$LAST_PID url="http://127.0.0.1:$port$path"
-  expect_200 "$url" "$@"
-  warm "$id" "$c" "$url" "$@"
-  measure "$id" "$c" "$url" "$@"
-  row "$id" "$target" "wrk-$id.txt" "$(rss_kb "$gw" VmHWM)" "$c" "" ""
-  stop "$gw" INT
+  add_row "$id" "$c" "$scheme://127.0.0.1:$port$path" "$target" "$LAST_PID" "$token"
+}
+# ha_row ID CONNS PORTNAME FRONTEND TARGET: an HAProxy of its own per row (both frontends bound).
+ha_row() {
+  local id=$1 c=$2 name=$3 fe=$4 target=$5 plain jwt
+  if [ "$fe" = jwt ]; then jwt=${P[$name]}; plain=${P[${name}_PLAIN]}; else plain=${P[$name]}; jwt=${P[${name}_JWT]}; fi
+  start_haproxy "haproxy-$id" "$plain" "$jwt" "${P[ORIGIN]}" 4096
+  add_row "$id" "$c" "http://127.0.0.1:${P[$name]}/api/hello" "$target" "$LAST_PID" "$TOKEN"
+}
+nj_row() { # nj_row ID CONNS PORTNAME TARGET
+  start_njs "njs-$1" "${P[$3]}" "${P[ORIGIN]}"
+  add_row "$1" "$2" "http://127.0.0.1:${P[$3]}/api/hello" "$4" "$(nginx_worker "$LAST_PID")" "$TOKEN"
 }
 
-# Rows 2s and 4s: the same over HTTPS (TLS 1.2/1.3, one self-signed certificate, keepalive).
+C=$CONNECTIONS
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost -keyout "$OUT/tls.key" -out "$OUT/tls.crt" 2>/dev/null \
   || die "openssl could not make the benchmark's certificate"
-say "== row 2s: nginx reverse proxy over HTTPS"
-start_nginx proxy-tls "$P_PROXYTLS" "$P_ORIGIN" tls
-pid=$LAST_PID
-url="https://127.0.0.1:$P_PROXYTLS/api/hello"
-expect_200 "$url" -k
-warm 2s "$CONNECTIONS" "$url"
-measure 2s "$CONNECTIONS" "$url" "${AUTH[@]}"
-row 2s "nginx reverse proxy over HTTPS (keepalive)" wrk-2s.txt "$(rss_kb "$(nginx_worker "$pid")" VmHWM)" "$CONNECTIONS" "" ""
-stop "$pid"
 
-say "== row 3: wxgate, public route"
-bench_wxgate 3 "wxgate, public route (auth = none)" "$OUT/wxgate-memory.toml" "$P_GW3" "$CONNECTIONS" /public/hello "${AUTH[@]}"
-
-say "== row 4: wxgate, protected route, HS256, memory store"
-wxgate_conf "$OUT/wxgate-4.toml" "$P_GW4" "$P_ORIGIN" "$P_MOCK" 1 memory
-bench_wxgate 4 "wxgate, protected route, HS256 (memory store)" "$OUT/wxgate-4.toml" "$P_GW4" "$CONNECTIONS" /api/hello "${AUTH[@]}"
+add_row 1 "$C" "http://127.0.0.1:${P[ORIGIN]}/api/hello" "origin: nginx, static 60-byte JSON" \
+  "$(nginx_worker "$origin_pid")" "$TOKEN"
+ng_row 2 "$C" PROXY "nginx reverse proxy (no auth, upstream keepalive)"
+ng_row 2s "$C" PROXYTLS "nginx reverse proxy over HTTPS (keepalive)" tls
+gw_row 3 "$C" GW3 "$OUT/wxgate-memory.toml" /public/hello "wxgate, public route (auth = none)"
+wxgate_conf "$OUT/wxgate-4.toml" "${P[GW4]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
+gw_row 4 "$C" GW4 "$OUT/wxgate-4.toml" /api/hello "wxgate, protected route, HS256 (memory store)"
 
 # Rows 5e and 5d: as row 4 with an ES256 / an EdDSA token (keys from `wxgate keygen`, each token
-# minted by `wxgate token` with that gateway's config), right after row 4 in the same run. The
-# verified-token cache should keep them near HS256 (report.py: >= 0.9 x row 4).
-say "== rows 5e/5d: wxgate, protected route, ES256 / EdDSA tokens"
+# minted by `wxgate token` with that gateway's config). The verified-token cache should keep them
+# near HS256 (report.py: >= 0.9 x row 4).
 mkdir -p "$OUT/keys"
 for alg in ES256 EdDSA; do
-  if [ "$alg" = ES256 ]; then id=5e; port=$P_GW5E; else id=5d; port=$P_GW5D; fi
+  if [ "$alg" = ES256 ]; then id=5e; else id=5d; fi
   "$WXGATE" keygen --algorithm "$alg" --kid "bench-$id" --out "$OUT/keys" >/dev/null \
     || die "wxgate keygen --algorithm $alg failed"
-  wxgate_conf "$OUT/wxgate-$id.toml" "$port" "$P_ORIGIN" "$P_MOCK" 1 memory
+  wxgate_conf "$OUT/wxgate-$id.toml" "${P[GW${id^^}]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
   jwt_lines="algorithm = \"$alg\"\nprivate_key = \"$OUT/keys/bench-$id.pem\"\nkid = \"bench-$id\""
   sed -i "s|^secret = \"\${WXGATE_JWT_SECRET}\"\$|$jwt_lines|" "$OUT/wxgate-$id.toml"
   "$WXGATE" check -c "$OUT/wxgate-$id.toml" >/dev/null || die "wxgate rejected wxgate-$id.toml"
-  alg_token=$("$WXGATE" token --openid bench-user -c "$OUT/wxgate-$id.toml")
-  bench_wxgate "$id" "wxgate, protected route, $alg token (memory store)" "$OUT/wxgate-$id.toml" "$port" \
-    "$CONNECTIONS" /api/hello -H "Authorization: Bearer $alg_token"
+  gw_row "$id" "$C" "GW${id^^}" "$OUT/wxgate-$id.toml" /api/hello \
+    "wxgate, protected route, $alg token (memory store)" \
+    "$("$WXGATE" token --openid bench-user -c "$OUT/wxgate-$id.toml")"
 done
 
-# Rows 4r and 4p: what a pool costs. Both gateways run side by side and are measured in turn,
-# twice each (the better run counts), so that drift on the machine hits both alike.
-say "== rows 4r/4p: one upstream round robin vs three upstreams, openid_hash, health checks"
-start_nginx origin2 "$P_ORIGIN2"; o2=$LAST_PID
-start_nginx origin3 "$P_ORIGIN3"; o3=$LAST_PID
-wxgate_conf "$OUT/wxgate-4r.toml" "$P_GW4R" "$P_ORIGIN" "$P_MOCK" 1 memory
-API_UPSTREAMS="[\"127.0.0.1:$P_ORIGIN\", \"127.0.0.1:$P_ORIGIN2\", \"127.0.0.1:$P_ORIGIN3\"]" \
+# Rows 4r and 4p: what a pool costs (one upstream round robin against three, openid_hash, health
+# checks); being in the same rounds, drift on the machine hits both alike.
+start_nginx origin2 "${P[ORIGIN2]}"
+start_nginx origin3 "${P[ORIGIN3]}"
+wxgate_conf "$OUT/wxgate-4r.toml" "${P[GW4R]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
+API_UPSTREAMS="[\"127.0.0.1:${P[ORIGIN]}\", \"127.0.0.1:${P[ORIGIN2]}\", \"127.0.0.1:${P[ORIGIN3]}\"]" \
   API_EXTRA='lb = "openid_hash"
 health_check = { path = "/healthz", interval = "1s", timeout = "500ms" }' \
-  wxgate_conf "$OUT/wxgate-4p.toml" "$P_GW4P" "$P_ORIGIN" "$P_MOCK" 1 memory
-start_wxgate wxgate-4r "$OUT/wxgate-4r.toml" "$P_GW4R"; g4r=$LAST_PID
-start_wxgate wxgate-4p "$OUT/wxgate-4p.toml" "$P_GW4P"; g4p=$LAST_PID
-for id in 4r 4p; do
-  port_var=P_GW${id^^}; url="http://127.0.0.1:${!port_var}/api/hello"
-  expect_200 "$url" "${AUTH[@]}"
-  warm "$id" "$CONNECTIONS" "$url" "${AUTH[@]}"
-done
-for i in 1 2; do
-  measure "4r-$i" "$CONNECTIONS" "http://127.0.0.1:$P_GW4R/api/hello" "${AUTH[@]}"
-  measure "4p-$i" "$CONNECTIONS" "http://127.0.0.1:$P_GW4P/api/hello" "${AUTH[@]}"
-done
-best_of 4r 4r-1 4r-2
-best_of 4p 4p-1 4p-2
-row 4r "wxgate, as row 4 (one upstream, round robin), measured in turn with 4p" wrk-4r.txt "$(rss_kb "$g4r" VmHWM)" "$CONNECTIONS" "" ""
-row 4p "wxgate, as row 4, three upstreams, openid_hash, health checks every 1s" wrk-4p.txt "$(rss_kb "$g4p" VmHWM)" "$CONNECTIONS" "" ""
-stop "$g4r" INT; stop "$g4p" INT; stop "$o2"; stop "$o3"
+  wxgate_conf "$OUT/wxgate-4p.toml" "${P[GW4P]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
+gw_row 4r "$C" GW4R "$OUT/wxgate-4r.toml" /api/hello "wxgate, as row 4 (one upstream, round robin)"
+gw_row 4p "$C" GW4P "$OUT/wxgate-4p.toml" /api/hello \
+  "wxgate, as row 4, three upstreams, openid_hash, health checks every 1s"
 
-say "== row 4s: wxgate, protected route over HTTPS"
-wxgate_conf "$OUT/wxgate-4s.toml" "$P_GWTLS" "$P_ORIGIN" "$P_MOCK" 1 memory
+wxgate_conf "$OUT/wxgate-4s.toml" "${P[GWTLS]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
 printf '[server.tls]\ncert = "%s"\nkey = "%s"\n' "$OUT/tls.crt" "$OUT/tls.key" >>"$OUT/wxgate-4s.toml"
 "$WXGATE" check -c "$OUT/wxgate-4s.toml" >/dev/null || die "wxgate rejected wxgate-4s.toml"
-start_wxgate wxgate-4s "$OUT/wxgate-4s.toml" "$P_GWTLS"
-gw=$LAST_PID
-url="https://127.0.0.1:$P_GWTLS/api/hello"
-expect_200 "$url" -k "${AUTH[@]}"
-warm 4s "$CONNECTIONS" "$url" "${AUTH[@]}"
-measure 4s "$CONNECTIONS" "$url" "${AUTH[@]}"
-row 4s "wxgate, protected route over HTTPS (rustls)" wrk-4s.txt "$(rss_kb "$gw" VmHWM)" "$CONNECTIONS" "" ""
-stop "$gw" INT
+gw_row 4s "$C" GWTLS "$OUT/wxgate-4s.toml" /api/hello "wxgate, protected route over HTTPS (rustls)"
 
 # Row 4j: as row 4 with the JSON access log on (one line per request, openid hashed) and the
-# admin listener scraped during the run: what operating it costs.
-say "== row 4j: wxgate, protected route, JSON access log + metrics scraped"
-wxgate_conf "$OUT/wxgate-4j.toml" "$P_GW4J" "$P_ORIGIN" "$P_MOCK" 1 memory
-printf '[admin]\nlisten = "127.0.0.1:%s"\n[log]\nformat = "json"\nopenid = "hash"\n' "$P_ADMIN" >>"$OUT/wxgate-4j.toml"
+# admin listener scraped during each measured run: what operating it costs.
+wxgate_conf "$OUT/wxgate-4j.toml" "${P[GW4J]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
+printf '[admin]\nlisten = "127.0.0.1:%s"\n[log]\nformat = "json"\nopenid = "hash"\n' "${P[ADMIN]}" >>"$OUT/wxgate-4j.toml"
 "$WXGATE" check -c "$OUT/wxgate-4j.toml" >/dev/null || die "wxgate rejected wxgate-4j.toml"
 RUST_LOG=info start wxgate-4j "$WXGATE" run -c "$OUT/wxgate-4j.toml"
-gw=$LAST_PID
-wait_port "$P_GW4J" "$gw" wxgate-4j
-url="http://127.0.0.1:$P_GW4J/api/hello"
-expect_200 "$url" "${AUTH[@]}"
-warm 4j "$CONNECTIONS" "$url" "${AUTH[@]}"
-( for _ in $(seq "$dur_s"); do curl -s -o /dev/null "http://127.0.0.1:$P_ADMIN/metrics"; sleep 1; done ) &
-scraper=$!
-measure 4j "$CONNECTIONS" "$url" "${AUTH[@]}"
-wait "$scraper" 2>/dev/null || true
-lines=$(grep -c '"target":"wxgate::access"' "$OUT/wxgate-4j.log" || true)
-row 4j "wxgate, as row 4, JSON access log on, /metrics scraped each second" wrk-4j.txt "$(rss_kb "$gw" VmHWM)" "$CONNECTIONS" \
-  "access log lines written: $lines" "access_lines=$lines"
-stop "$gw" INT
+wait_port "${P[GW4J]}" "$LAST_PID" wxgate-4j
+add_row 4j "$C" "http://127.0.0.1:${P[GW4J]}/api/hello" \
+  "wxgate, as row 4, JSON access log on, /metrics scraped each second" "$LAST_PID" "$TOKEN"
 
-# Row 4b: the Redis store; Redis commands are counted over the measured run only.
-say "== row 4b: wxgate, protected route, HS256, Redis store"
-start redis redis-server --bind 127.0.0.1 --port "$P_REDIS" --save '' --appendonly no
-redis_pid=$LAST_PID
-wait_port "$P_REDIS" "$redis_pid" redis
-wxgate_conf "$OUT/wxgate-redis.toml" "$P_GW4B" "$P_ORIGIN" "$P_MOCK" 1 redis "$P_REDIS"
-start_wxgate wxgate-4b "$OUT/wxgate-redis.toml" "$P_GW4B"
-gw=$LAST_PID
-url="http://127.0.0.1:$P_GW4B/api/hello"
-expect_200 "$url" "${AUTH[@]}"
-warm 4b "$CONNECTIONS" "$url" "${AUTH[@]}"
-redis_cmds() { redis-cli -p "$P_REDIS" info stats | awk -F: '/^total_commands_processed/ { print $2 + 0 }'; }
-before=$(redis_cmds)
-measure 4b "$CONNECTIONS" "$url" "${AUTH[@]}"
-after=$(redis_cmds)
-cmds=$((after - before - 1)) # less the INFO that read `before`
-row 4b "wxgate, protected route, HS256 (Redis store)" wrk-4b.txt "$(rss_kb "$gw" VmHWM)" "$CONNECTIONS" \
-  "Redis commands during the measured run: $cmds (the proxied path does not call Redis)" "redis_commands=$cmds"
-stop "$gw" INT
-stop "$redis_pid"
+# Row 4b: the Redis store.
+start redis redis-server --bind 127.0.0.1 --port "${P[REDIS]}" --save '' --appendonly no
+wait_port "${P[REDIS]}" "$LAST_PID" redis
+wxgate_conf "$OUT/wxgate-redis.toml" "${P[GW4B]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 redis "${P[REDIS]}"
+gw_row 4b "$C" GW4B "$OUT/wxgate-redis.toml" /api/hello "wxgate, protected route, HS256 (Redis store)"
 
-say "== row 4 at $BIG_CONNECTIONS connections (peak RSS)"
-wxgate_conf "$OUT/wxgate-256.toml" "$P_GW256" "$P_ORIGIN" "$P_MOCK" 1 memory
-bench_wxgate 4@256 "wxgate, as row 4, at $BIG_CONNECTIONS connections" "$OUT/wxgate-256.toml" "$P_GW256" "$BIG_CONNECTIONS" /api/hello "${AUTH[@]}"
+# The same job as row 4 done by the tools a team would otherwise use (bench/peers/), and HAProxy
+# without auth as its own baseline.
+ha_row hp "$C" HP plain "HAProxy reverse proxy (no auth, http-reuse always)"
+ha_row hj "$C" HJ jwt "HAProxy, HS256 checked by its native jwt_verify"
+nj_row nj "$C" NJ "nginx + njs, HS256 checked in JavaScript"
 
+# The same rows at 256 and 1024 connections (every one a server of its own, for its peak RSS).
+ng_row 2@256 256 PROXY256 "nginx reverse proxy, as row 2, at 256 connections"
+ha_row hj@256 256 HJ256 jwt "HAProxy jwt_verify, as row hj, at 256 connections"
+nj_row nj@256 256 NJ256 "nginx + njs, as row nj, at 256 connections"
+wxgate_conf "$OUT/wxgate-4@256.toml" "${P[GW4_256]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
+gw_row 4@256 256 GW4_256 "$OUT/wxgate-4@256.toml" /api/hello "wxgate, as row 4, at 256 connections"
+ng_row 2@1024 1024 PROXY1024 "nginx reverse proxy, as row 2, at 1024 connections"
+ha_row hj@1024 1024 HJ1024 jwt "HAProxy jwt_verify, as row hj, at 1024 connections"
+wxgate_conf "$OUT/wxgate-4@1024.toml" "${P[GW4_1024]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
+gw_row 4@1024 1024 GW4_1024 "$OUT/wxgate-4@1024.toml" /api/hello "wxgate, as row 4, at 1024 connections"
 
 if [ "${SKIP_NODE:-0}" = 1 ]; then
-  say "== row 6: skipped (SKIP_NODE=1)"
-  row 6 "Node: Express + jsonwebtoken + http-proxy-middleware" - - "$CONNECTIONS" "skipped (SKIP_NODE=1)" ""
+  ORDER+=(6); R_TARGET[6]="Node: Express + jsonwebtoken + http-proxy-middleware"; R_CONNS[6]=$C
+  R_NOTE[6]="skipped (SKIP_NODE=1)"; R_EXTRAS[6]=""
 else
-  say "== row 6: Node, Express + jsonwebtoken + http-proxy-middleware"
   if [ "${NODE_JWT_KEYOBJECT:-0}" = 1 ]; then
     node_note="jwt.verify() given a KeyObject (NODE_JWT_KEYOBJECT=1)"
   else
     node_note="jwt.verify() given the secret as a string, as the tutorial does (NODE_JWT_KEYOBJECT=1: a KeyObject)"
   fi
-  NODE_ENV=production PORT="$P_NODE" ORIGIN="http://127.0.0.1:$P_ORIGIN" JWT_SECRET="$WXGATE_JWT_SECRET" APPID="$APPID" \
-    JWT_KEYOBJECT="${NODE_JWT_KEYOBJECT:-0}" start node node "$BENCH/node/app.js"
-  pid=$LAST_PID
-  wait_port "$P_NODE" "$pid" node
-  url="http://127.0.0.1:$P_NODE/api/hello"
-  expect_200 "$url" "${AUTH[@]}"
-  warm 6 "$CONNECTIONS" "$url" "${AUTH[@]}"
-  measure 6 "$CONNECTIONS" "$url" "${AUTH[@]}"
-  row 6 "Node: Express + jsonwebtoken + http-proxy-middleware" wrk-6.txt "$(rss_kb "$pid" VmHWM)" "$CONNECTIONS" "$node_note" ""
-  stop "$pid"
+  NODE_ENV=production PORT="${P[NODE]}" ORIGIN="http://127.0.0.1:${P[ORIGIN]}" JWT_SECRET="$WXGATE_JWT_SECRET" \
+    APPID="$APPID" JWT_KEYOBJECT="${NODE_JWT_KEYOBJECT:-0}" start node node "$BENCH/node/app.js"
+  wait_port "${P[NODE]}" "$LAST_PID" node
+  add_row 6 "$C" "http://127.0.0.1:${P[NODE]}/api/hello" "Node: Express + jsonwebtoken + http-proxy-middleware" \
+    "$LAST_PID" "$TOKEN"
+  R_NOTE[6]=$node_note
 fi
 
-say "== row 7: logins, GET /auth?code= against the stand-in WeChat"
-wxgate_conf "$OUT/wxgate-7.toml" "$P_GW7" "$P_ORIGIN" "$P_MOCK" 1 memory
-start_wxgate wxgate-7 "$OUT/wxgate-7.toml" "$P_GW7"
+# Row 7: logins; login.lua makes every code unique (WeChat codes are single-use) from the run id
+# that each warm-up and measured run passes it.
+wxgate_conf "$OUT/wxgate-7.toml" "${P[GW7]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
+start_wxgate wxgate-7 "$OUT/wxgate-7.toml" "${P[GW7]}"
+add_row 7 "$C" "http://127.0.0.1:${P[GW7]}" "wxgate logins: GET /auth?code= via stand-in WeChat" \
+  "$LAST_PID" "" "$BENCH/wrk/login.lua"
+R_NOTE[7]="logins per second; every code unique, non-2xx counted as errors"
+
+# ---------------------------------------------------------------------------------------------
+say "== checking every row answers as it should"
+for id in "${ROWS[@]}"; do
+  url=${R_URL[$id]} tls=()
+  if [[ "$url" == https://* ]]; then tls=(-k); fi
+  if [ "$id" = 7 ]; then
+    expect_200 "$url/auth?code=check.$RUN_ID"
+    continue
+  fi
+  expect_200 "$url" "${tls[@]+"${tls[@]}"}" -H "Authorization: Bearer ${R_TOKEN[$id]}"
+  # Rows that check the HS256 token (wxgate's protected routes and the peers) must refuse it
+  # missing, forged (signed with another secret) or expired: else they are not doing row 4's job.
+  case "$id" in
+    1 | 2* | 3 | 5? | hp | 6) ;;
+    *)
+      expect_status 401 "$url" "${tls[@]+"${tls[@]}"}"
+      expect_status 401 "$url" "${tls[@]+"${tls[@]}"}" -H "Authorization: Bearer $FORGED"
+      expect_status 401 "$url" "${tls[@]+"${tls[@]}"}" -H "Authorization: Bearer $EXPIRED"
+      ;;
+  esac
+done
+# ...and pass the app the token's openid, the client's own X-WX-OpenID dropped: row 4's gateway,
+# HAProxy and njs each once more, in front of `wxgate echo` (stopped again before any timing).
+start echo "$WXGATE" echo --listen "127.0.0.1:${P[ECHO]}"
+echo_pid=$LAST_PID
+wait_port "${P[ECHO]}" "$echo_pid" echo
+start_haproxy check-haproxy "${P[CHK_HA_PLAIN]}" "${P[CHK_HA]}" "${P[ECHO]}" 4096
+chk_ha=$LAST_PID
+start_njs check-njs "${P[CHK_NJ]}" "${P[ECHO]}"
+chk_nj=$LAST_PID
+wxgate_conf "$OUT/wxgate-check.toml" "${P[CHK_GW]}" "${P[ECHO]}" "${P[MOCK]}" 1 memory
+start_wxgate wxgate-check "$OUT/wxgate-check.toml" "${P[CHK_GW]}"
+chk_gw=$LAST_PID
+for port in "${P[CHK_HA]}" "${P[CHK_NJ]}" "${P[CHK_GW]}"; do
+  expect_openid "http://127.0.0.1:$port/api/hello" "$TOKEN" bench-user
+done
+stop "$chk_ha"; stop "$chk_nj"; stop "$chk_gw" INT; stop "$echo_pid"
+
+say "== warm-up: $WARMUP per row"
+for id in "${ROWS[@]}"; do warm "$id"; done
+
+# Row 4j counts the access log lines its measured runs write (nothing else reaches it after the
+# warm-up); row 4b the Redis commands during its measured runs, summed over the rounds.
+access_lines() { grep -c '"target":"wxgate::access"' "$OUT/wxgate-4j.log" || true; }
+redis_cmds() { redis-cli -p "${P[REDIS]}" info stats | awk -F: '/^total_commands_processed/ { print $2 + 0 }'; }
+sleep 0.5
+lines_before=$(access_lines)
+redis_total=0
+
+for round in $(seq "$ROUNDS"); do
+  say "== round $round of $ROUNDS: ${#ROWS[@]} rows, $DURATION each"
+  for id in "${ROWS[@]}"; do
+    case "$id" in
+      4j)
+        ( for _ in $(seq "$dur_s"); do curl -s -o /dev/null "http://127.0.0.1:${P[ADMIN]}/metrics"; sleep 1; done ) &
+        scraper=$!
+        measure "$id" "$round"
+        wait "$scraper" 2>/dev/null || true
+        ;;
+      4b)
+        before=$(redis_cmds)
+        measure "$id" "$round"
+        after=$(redis_cmds)
+        redis_total=$((redis_total + after - before - 1)) # less the INFO that read `before`
+        ;;
+      *) measure "$id" "$round" ;;
+    esac
+  done
+done
+sleep 0.5
+lines=$(( $(access_lines) - lines_before ))
+R_NOTE[4j]="access log lines written during its $ROUNDS measured runs: $lines"
+R_EXTRAS[4j]="access_lines=$lines"
+R_NOTE[4b]="Redis commands during its $ROUNDS measured runs: $redis_total (the proxied path does not call Redis)"
+R_EXTRAS[4b]="redis_commands=$redis_total"
+
+for id in "${ORDER[@]}"; do
+  if [ -z "${R_URL[$id]:-}" ]; then # skipped
+    row "$id" "${R_TARGET[$id]}" - - "${R_CONNS[$id]}" "${R_NOTE[$id]}" ""
+    continue
+  fi
+  files=$(seq -f "wrk-$id-r%g.txt" "$ROUNDS" | paste -sd, -)
+  row "$id" "${R_TARGET[$id]}" "$files" "$(rss_kb "${R_RSS_PID[$id]}" VmHWM)" "${R_CONNS[$id]}" \
+    "${R_NOTE[$id]}" "${R_EXTRAS[$id]}"
+done
+
+# ---------------------------------------------------------------------------------------------
+# The idle rows: what holding IDLE_CONNS idle keep-alive clients costs each server (a fresh one,
+# configured for that many: nginx allocates its worker_connections up front, HAProxy its maxconn).
+# Everything but the origin stops first.
+say "== idle rows: $IDLE_CONNS idle keep-alive connections, one server at a time"
+for pid in "${PIDS[@]}"; do
+  if [ "$pid" != "$origin_pid" ]; then stop "$pid" INT; fi
+done
+mapfile -t ports < <(free_ports 4)
+read -r P_IDLE_NGINX P_IDLE_HA P_IDLE_HA_PLAIN P_IDLE_GW <<<"${ports[*]}"
+idle_max=$((IDLE_CONNS + 2000))
+
+# idle_row ID TARGET RSS_PID URL: warm-up, VmRSS, IDLE_CONNS clients that each made one request
+# and wait, VmRSS again (and VmHWM: the peak while they connected).
+idle_row() {
+  local id=$1 target=$2 pid=$3 url=$4 port path client before during hwm ready done_line i
+  port=${url#http://127.0.0.1:}; port=${port%%/*}; path=/${url#http://127.0.0.1:*/}
+  add_row "$id" "$C" "$url" "$target" "$pid" "$TOKEN"
+  expect_200 "$url" -H "Authorization: Bearer $TOKEN"
+  warm "$id"
+  sleep 1
+  before=$(rss_kb "$pid" VmRSS)
+  taskset -c "$WRK_CPU" python3 "$BENCH/idle_conns.py" 127.0.0.1 "$port" -n "$IDLE_CONNS" --path "$path" \
+    -H "Authorization: Bearer $TOKEN" --hold signal >"$OUT/$id.txt" 2>&1 &
+  client=$!
+  PIDS+=("$client")
+  for i in $(seq 1800); do
+    if grep -q '^ready ' "$OUT/$id.txt"; then break; fi
+    kill -0 "$client" 2>/dev/null || { cat "$OUT/$id.txt" >&2; die "idle_conns.py exited against $target"; }
+    [ "$i" -lt 1800 ] || die "idle_conns.py not ready after 180 s against $target"
+    sleep 0.1
+  done
+  sleep 1 # let the server settle with every connection idle
+  during=$(rss_kb "$pid" VmRSS)
+  hwm=$(rss_kb "$pid" VmHWM)
+  stop "$client" TERM
+  ready=$(sed -n 's/^ready //p' "$OUT/$id.txt")
+  done_line=$(sed -n 's/^done //p' "$OUT/$id.txt")
+  say "   $id: VmRSS $before kB before, $during kB holding them; client: $ready $done_line"
+  row "$id" "$target" - "$hwm" "$IDLE_CONNS" "" "$(python3 -c 'import json, sys
+r, d = json.loads(sys.argv[1]), json.loads(sys.argv[2] or "{}")
+err = (r["first_error"] or "").replace(";", ",")
+print("rss_before_kb=%s;rss_idle_kb=%s;idle_open=%s;idle_failed=%s;idle_closed_by_server=%s;"
+      "idle_first_error=%s" % (sys.argv[3], sys.argv[4], r["open"], r["failed"],
+                               d.get("closed_by_server", ""), err))' "$ready" "$done_line" "$before" "$during")"
+}
+
+NGINX_WORKER_CONNECTIONS=$idle_max start_nginx idle-nginx "$P_IDLE_NGINX" "${P[ORIGIN]}"
+master=$LAST_PID
+idle_row idle-nginx "nginx reverse proxy (as row 2; worker_connections $idle_max)" \
+  "$(nginx_worker "$master")" "http://127.0.0.1:$P_IDLE_NGINX/api/hello"
+stop "$master"
+
+start_haproxy idle-haproxy "$P_IDLE_HA_PLAIN" "$P_IDLE_HA" "${P[ORIGIN]}" "$idle_max"
+ha=$LAST_PID
+idle_row idle-haproxy "HAProxy jwt_verify (as row hj; maxconn $idle_max)" "$ha" "http://127.0.0.1:$P_IDLE_HA/api/hello"
+stop "$ha"
+
+wxgate_conf "$OUT/wxgate-idle.toml" "$P_IDLE_GW" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
+start_wxgate wxgate-idle "$OUT/wxgate-idle.toml" "$P_IDLE_GW"
 gw=$LAST_PID
-expect_200 "http://127.0.0.1:$P_GW7/auth?code=check.$RUN_ID"
-warm 7 "$CONNECTIONS" "http://127.0.0.1:$P_GW7" -s "$BENCH/wrk/login.lua"
-measure 7 "$CONNECTIONS" "http://127.0.0.1:$P_GW7" -s "$BENCH/wrk/login.lua"
-row 7 "wxgate logins: GET /auth?code= via stand-in WeChat" wrk-7.txt "$(rss_kb "$gw" VmHWM)" "$CONNECTIONS" \
-  "logins per second; every code unique, non-2xx counted as errors" ""
+idle_row idle-wxgate "wxgate, protected route (as row 4)" "$gw" "http://127.0.0.1:$P_IDLE_GW/api/hello"
 stop "$gw" INT
 
 say "== report"
