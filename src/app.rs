@@ -292,6 +292,10 @@ fn warn_start_up_only(old: &Config, new: &Config) {
             "server.work_stealing",
             old.server.work_stealing != new.server.work_stealing,
         ),
+        (
+            "server.upstream_keepalive",
+            old.server.upstream_keepalive != new.server.upstream_keepalive,
+        ),
         ("admin.listen", old.admin.listen != new.admin.listen),
         (
             "relay.listen",
@@ -416,6 +420,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     let conf = ServerConf {
         threads: config.server.threads,
         work_stealing: config.server.work_stealing,
+        upstream_keepalive_pool_size: config.server.upstream_keepalive,
         // Upper bound only: the drain service exits as soon as in-flight requests are done.
         grace_period_seconds: Some(grace.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),

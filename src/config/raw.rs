@@ -53,6 +53,7 @@ pub struct RawServer {
     pub plain_listen: Option<String>,
     pub tls: Option<RawTls>,
     pub resolve_interval: Option<DurationText>,
+    pub upstream_keepalive: Option<usize>,
 }
 
 /// `listen = "host:port"` or `listen = ["host:port", ...]`.

@@ -424,6 +424,23 @@ fn pools_health_checks_retries_and_rate_limits() {
 }
 
 #[test]
+fn upstream_keepalive_defaults_above_pingoras_and_refuses_zero() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.server.upstream_keepalive, 2048);
+    let c = parse_ok(&format!("[server]\nupstream_keepalive = 64\n{MINIMAL}"));
+    assert_eq!(c.server.upstream_keepalive, 64);
+    let p = problems(&format!("[server]\nupstream_keepalive = 0\n{MINIMAL}"));
+    assert!(has(&p, "server.upstream_keepalive", "at least 1"), "{p:?}");
+    let p = problems(&format!(
+        "[server]\nupstream_keepalive = \"lots\"\n{MINIMAL}"
+    ));
+    assert!(
+        has(&p, "server.upstream_keepalive", "invalid type"),
+        "{p:?}"
+    );
+}
+
+#[test]
 fn route_defaults_are_what_check_fills_in() {
     let c = parse_ok(MINIMAL);
     let built = RouteConfig::with_defaults(

@@ -130,6 +130,8 @@ pub struct ServerConfig {
     pub plain_listen: Option<SocketAddr>,
     /// How often upstream host names are resolved again.
     pub resolve_interval: Duration,
+    /// Idle upstream connections kept open for reuse (all upstreams together).
+    pub upstream_keepalive: usize,
 }
 
 /// TLS termination (rustls): the certificate chain and key are PEM files, read at start-up and

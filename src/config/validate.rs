@@ -16,6 +16,9 @@ use std::time::Duration;
 const MIN_SECRET_BYTES: usize = 32;
 /// The shortest `server.resolve_interval`: DNS is not asked more often than this.
 const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Idle upstream connections kept for reuse by default: above the concurrency one instance
+/// usually sees (Pingora's own default, 128, made every request past the 128th open a new one).
+pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 2048;
 /// An admin token is guessed online, one request at a time: 128 bits in hex is plenty.
 const MIN_ADMIN_TOKEN_BYTES: usize = 32;
 
@@ -308,7 +311,19 @@ impl Validator {
                 "must be at least \"1s\" (names are not re-resolved more often)".into(),
             );
         }
+        let upstream_keepalive = match raw.upstream_keepalive {
+            Some(0) => {
+                self.problem(
+                    "server.upstream_keepalive",
+                    "must be at least 1 (idle upstream connections kept for reuse)".into(),
+                );
+                None
+            }
+            Some(n) => Some(n),
+            None => Some(DEFAULT_UPSTREAM_KEEPALIVE),
+        };
         Some(ServerConfig {
+            upstream_keepalive: upstream_keepalive?,
             resolve_interval: resolve_interval.filter(|d| *d >= MIN_RESOLVE_INTERVAL)?,
             listen: listen?,
             also_listen,
