@@ -440,10 +440,13 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     server.bootstrap();
 
     let in_flight = InFlight::default();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(live.clone(), in_flight.clone()),
-        "wxgate",
+    );
+    let mut proxy = pingora::services::listening::Service::new(
+        "wxgate".to_string(),
+        crate::proxy::keepalive::LeanKeepalive::new(gateway),
     );
     match (&tls_config, &certs) {
         (Some(t), Some(certs)) => {
@@ -457,15 +460,15 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
                 if t.http2 {
                     settings.enable_h2();
                 }
-                proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+                proxy.add_listener(listener(addr).tls(settings));
             }
             if let Some(plain) = plain_listen {
-                proxy.add_tcp(&plain.to_string());
+                proxy.add_listener(listener(&plain));
             }
         }
         _ => {
             for addr in &listeners {
-                proxy.add_tcp(&addr.to_string());
+                proxy.add_listener(listener(addr));
             }
         }
     }
@@ -528,6 +531,19 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         None => tracing::info!("wxgate listening on {scheme}://{listen}{plain} ({summary})"),
     }
     server.run_forever()
+}
+
+/// A client-facing listener. Pingora 0.9 gives each accepted connection a 64 KiB read buffer,
+/// kept for the connection's life: with many idle keep-alive clients that is most of the
+/// gateway's memory. Requests are read straight into the parser's own buffer instead (one read
+/// per small request either way); writes stay buffered, so a header and a small body still leave
+/// in one write.
+fn listener(addr: &std::net::SocketAddr) -> pingora::listeners::ListenerConfig {
+    let buffers = pingora::listeners::L4BufferSettings {
+        read: Some(0),
+        write: None,
+    };
+    pingora::listeners::ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers)
 }
 
 /// A thread that waits for SIGHUP and reloads; a failed reload leaves the running config.

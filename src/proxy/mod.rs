@@ -6,6 +6,7 @@ pub mod access;
 pub mod drain;
 pub mod gateway;
 pub mod headers;
+pub mod keepalive;
 pub mod limit;
 pub mod pool;
 pub mod request_id;
