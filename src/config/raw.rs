@@ -53,6 +53,8 @@ pub struct RawServer {
     pub plain_listen: Option<String>,
     pub tls: Option<RawTls>,
     pub resolve_interval: Option<DurationText>,
+    pub upstream_keepalive: Option<usize>,
+    pub fast_path: Option<bool>,
 }
 
 /// `listen = "host:port"` or `listen = ["host:port", ...]`.

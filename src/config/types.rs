@@ -130,6 +130,10 @@ pub struct ServerConfig {
     pub plain_listen: Option<SocketAddr>,
     /// How often upstream host names are resolved again.
     pub resolve_interval: Duration,
+    /// Idle upstream connections kept for reuse, per worker process.
+    pub upstream_keepalive: usize,
+    /// Requests without a body are proxied by the gateway's fast path (see `proxy::fast`).
+    pub fast_path: bool,
 }
 
 /// TLS termination (rustls): the certificate chain and key are PEM files, read at start-up and

@@ -14,6 +14,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 const MIN_SECRET_BYTES: usize = 32;
+/// `server.upstream_keepalive` when not set.
+pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 2048;
+
 /// The shortest `server.resolve_interval`: DNS is not asked more often than this.
 const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
 /// An admin token is guessed online, one request at a time: 128 bits in hex is plenty.
@@ -308,7 +311,20 @@ impl Validator {
                 "must be at least \"1s\" (names are not re-resolved more often)".into(),
             );
         }
+        let upstream_keepalive = match raw.upstream_keepalive {
+            Some(0) => {
+                self.problem(
+                    "server.upstream_keepalive",
+                    "must be at least 1".into(),
+                );
+                None
+            }
+            Some(n) => Some(n),
+            None => Some(DEFAULT_UPSTREAM_KEEPALIVE),
+        };
         Some(ServerConfig {
+            upstream_keepalive: upstream_keepalive?,
+            fast_path: raw.fast_path.unwrap_or(true),
             resolve_interval: resolve_interval.filter(|d| *d >= MIN_RESOLVE_INTERVAL)?,
             listen: listen?,
             also_listen,
