@@ -313,10 +313,7 @@ impl Validator {
         }
         let upstream_keepalive = match raw.upstream_keepalive {
             Some(0) => {
-                self.problem(
-                    "server.upstream_keepalive",
-                    "must be at least 1".into(),
-                );
+                self.problem("server.upstream_keepalive", "must be at least 1".into());
                 None
             }
             Some(n) => Some(n),

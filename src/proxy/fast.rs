@@ -13,6 +13,7 @@ use super::gateway::{
     answer_failure, choose_upstream, connect_failed, edit_response, edit_upstream_request,
     upstream_answered, Ctx,
 };
+use crate::metrics::METRICS;
 use bytes::Bytes;
 use futures::FutureExt;
 use http::{header, Method, Version};
@@ -21,8 +22,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
 use pingora::protocols::Stream;
-use pingora::upstreams::peer::Peer;
 use pingora::proxy::Session;
+use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -175,7 +176,10 @@ impl<S: AsyncRead + Unpin> IdlePool<S> {
         }
         let expires = Instant::now() + idle;
         let mut shard = self.shard().lock().unwrap_or_else(|e| e.into_inner());
-        shard.entry(peer).or_default().push(Idle { stream, expires });
+        shard
+            .entry(peer)
+            .or_default()
+            .push(Idle { stream, expires });
     }
 
     /// Drop the connections that expired or that the upstream closed.
@@ -185,8 +189,7 @@ impl<S: AsyncRead + Unpin> IdlePool<S> {
             shard.retain(|_, list| {
                 let before = list.len();
                 list.retain_mut(|idle| idle.expires > now && quiet(&mut idle.stream));
-                self.count
-                    .fetch_sub(before - list.len(), Ordering::Relaxed);
+                self.count.fetch_sub(before - list.len(), Ordering::Relaxed);
                 !list.is_empty()
             });
         }
@@ -224,10 +227,17 @@ pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
             Err(e) => return fail(session, ctx, e).await,
         };
         if let Some(stream) = IDLE.checkout(peer.reuse_hash(), Instant::now()) {
+            METRICS
+                .fast_path_requests
+                .with_label_values(&["reused"])
+                .inc();
             break (peer, stream);
         }
         match CONNECTOR.new_stream(&peer).await {
-            Ok(stream) => break (peer, stream),
+            Ok(stream) => {
+                METRICS.fast_path_requests.with_label_values(&["new"]).inc();
+                break (peer, stream);
+            }
             Err(mut e) => {
                 e.as_up();
                 if connect_failed(ctx, &peer) {
@@ -263,8 +273,9 @@ async fn fail(session: &mut Session, ctx: &mut Ctx, e: Box<Error>) -> Result<boo
 fn client_gone(read: Result<Option<Bytes>>) -> Box<Error> {
     match read {
         Err(e) => e.into_down(),
-        Ok(_) => Error::explain(ErrorType::ReadError, "data after a request without body")
-            .into_down(),
+        Ok(_) => {
+            Error::explain(ErrorType::ReadError, "data after a request without body").into_down()
+        }
     }
 }
 
@@ -292,8 +303,11 @@ async fn exchange(
                 .map_err(|e| e.into_up());
         };
         if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            return Error::e_explain(ErrorType::InvalidHTTPHeader, "101 to a request without upgrade")
-                .map_err(|e| e.into_up());
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "101 to a request without upgrade",
+            )
+            .map_err(|e| e.into_up());
         }
         if head.status.is_informational() {
             let info = Box::new(head.clone());
@@ -362,14 +376,34 @@ mod tests {
         assert!(eligible(&req("GET", "/api/x?q=1", &[host])));
         assert!(eligible(&req("HEAD", "/", &[host])));
         assert!(eligible(&req("OPTIONS", "/", &[host])));
-        assert!(eligible(&req("DELETE", "/a", &[host, ("content-length", "0")])));
-        assert!(eligible(&req("GET", "/", &[host, ("connection", "keep-alive")])));
+        assert!(eligible(&req(
+            "DELETE",
+            "/a",
+            &[host, ("content-length", "0")]
+        )));
+        assert!(eligible(&req(
+            "GET",
+            "/",
+            &[host, ("connection", "keep-alive")]
+        )));
         assert!(eligible(&req("GET", "/", &[host, ("Connection", "Close")])));
         // Bodies, other methods.
         assert!(!eligible(&req("POST", "/", &[host])));
-        assert!(!eligible(&req("PUT", "/", &[host, ("content-length", "0")])));
-        assert!(!eligible(&req("GET", "/", &[host, ("content-length", "3")])));
-        assert!(!eligible(&req("DELETE", "/", &[host, ("transfer-encoding", "chunked")])));
+        assert!(!eligible(&req(
+            "PUT",
+            "/",
+            &[host, ("content-length", "0")]
+        )));
+        assert!(!eligible(&req(
+            "GET",
+            "/",
+            &[host, ("content-length", "3")]
+        )));
+        assert!(!eligible(&req(
+            "DELETE",
+            "/",
+            &[host, ("transfer-encoding", "chunked")]
+        )));
         let two_lengths = [host, ("content-length", "0"), ("content-length", "0")];
         assert!(!eligible(&req("GET", "/", &two_lengths)));
         // Host: exactly one, valid, no userinfo.
@@ -381,8 +415,16 @@ mod tests {
         assert!(!eligible(&req("GET", "http://example.com/", &[host])));
         assert!(!eligible(&req("OPTIONS", "*", &[host])));
         // Hop-by-hop headers and nominations.
-        assert!(!eligible(&req("GET", "/", &[host, ("connection", "x-wx-openid")])));
-        assert!(!eligible(&req("GET", "/", &[host, ("connection", "keep-alive, te")])));
+        assert!(!eligible(&req(
+            "GET",
+            "/",
+            &[host, ("connection", "x-wx-openid")]
+        )));
+        assert!(!eligible(&req(
+            "GET",
+            "/",
+            &[host, ("connection", "keep-alive, te")]
+        )));
         for name in HOP_BY_HOP {
             assert!(!eligible(&req("GET", "/", &[host, (name, "1")])), "{name}");
         }
@@ -411,8 +453,14 @@ mod tests {
         assert!(!needs_chunked(false, &resp(204, &[])));
         assert!(!needs_chunked(false, &resp(304, &[])));
         assert!(!needs_chunked(false, &resp(103, &[])));
-        assert!(!needs_chunked(false, &resp(200, &[("content-length", "5")])));
-        assert!(!needs_chunked(false, &resp(200, &[("transfer-encoding", "chunked")])));
+        assert!(!needs_chunked(
+            false,
+            &resp(200, &[("content-length", "5")])
+        ));
+        assert!(!needs_chunked(
+            false,
+            &resp(200, &[("transfer-encoding", "chunked")])
+        ));
     }
 
     #[tokio::test]
