@@ -25,6 +25,7 @@ use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
+use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -102,6 +103,12 @@ pub fn needs_chunked(head_request: bool, resp: &ResponseHeader) -> bool {
         && !resp.headers.contains_key(header::TRANSFER_ENCODING)
         && !resp.headers.contains_key(header::CONTENT_LENGTH)
 }
+
+/// `wxgate_fast_path_requests_total` by connection, looked up once.
+static REUSED: LazyLock<IntCounter> =
+    LazyLock::new(|| METRICS.fast_path_requests.with_label_values(&["reused"]));
+static NEW: LazyLock<IntCounter> =
+    LazyLock::new(|| METRICS.fast_path_requests.with_label_values(&["new"]));
 
 /// The connector: Pingora's, used only for new connections (its own pool stays empty).
 static CONNECTOR: LazyLock<TransportConnector> = LazyLock::new(|| TransportConnector::new(None));
@@ -227,15 +234,12 @@ pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
             Err(e) => return fail(session, ctx, e).await,
         };
         if let Some(stream) = IDLE.checkout(peer.reuse_hash(), Instant::now()) {
-            METRICS
-                .fast_path_requests
-                .with_label_values(&["reused"])
-                .inc();
+            REUSED.inc();
             break (peer, stream);
         }
         match CONNECTOR.new_stream(&peer).await {
             Ok(stream) => {
-                METRICS.fast_path_requests.with_label_values(&["new"]).inc();
+                NEW.inc();
                 break (peer, stream);
             }
             Err(mut e) => {
