@@ -29,6 +29,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub upstream_healthy: IntGaugeVec,
     pub upstream_connect_failures: IntCounterVec,
+    pub fast_path_requests: IntCounterVec,
     pub relay_requests: IntCounterVec,
     pub relay_duration: HistogramVec,
 }
@@ -183,6 +184,12 @@ impl Metrics {
                 "wxgate_upstream_connect_failures_total",
                 "Connections to an upstream that failed (each takes it out of rotation for a few seconds), by route and upstream.",
                 &["route", "upstream"],
+            ),
+            fast_path_requests: counter_vec(
+                r,
+                "wxgate_fast_path_requests_total",
+                "Requests sent upstream by the fast path (the others took Pingora's full proxy path), by upstream connection: `reused` (idle, kept alive) or `new`.",
+                &["connection"],
             ),
             relay_requests: counter_vec(
                 r,

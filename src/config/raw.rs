@@ -54,6 +54,7 @@ pub struct RawServer {
     pub tls: Option<RawTls>,
     pub resolve_interval: Option<DurationText>,
     pub upstream_keepalive: Option<usize>,
+    pub fast_path: Option<bool>,
 }
 
 /// `listen = "host:port"` or `listen = ["host:port", ...]`.

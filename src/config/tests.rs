@@ -441,6 +441,15 @@ fn upstream_keepalive_defaults_above_pingoras_and_refuses_zero() {
 }
 
 #[test]
+fn the_fast_path_is_on_unless_turned_off() {
+    assert!(parse_ok(MINIMAL).server.fast_path);
+    let c = parse_ok(&format!("[server]\nfast_path = false\n{MINIMAL}"));
+    assert!(!c.server.fast_path);
+    let p = problems(&format!("[server]\nfast_path = \"no\"\n{MINIMAL}"));
+    assert!(has(&p, "server.fast_path", "invalid type"), "{p:?}");
+}
+
+#[test]
 fn route_defaults_are_what_check_fills_in() {
     let c = parse_ok(MINIMAL);
     let built = RouteConfig::with_defaults(

@@ -132,6 +132,8 @@ pub struct ServerConfig {
     pub resolve_interval: Duration,
     /// Idle upstream connections kept open for reuse (all upstreams together).
     pub upstream_keepalive: usize,
+    /// Requests without a body are proxied by the gateway's fast path (see `proxy::fast`).
+    pub fast_path: bool,
 }
 
 /// TLS termination (rustls): the certificate chain and key are PEM files, read at start-up and

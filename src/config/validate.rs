@@ -324,6 +324,7 @@ impl Validator {
         };
         Some(ServerConfig {
             upstream_keepalive: upstream_keepalive?,
+            fast_path: raw.fast_path.unwrap_or(true),
             resolve_interval: resolve_interval.filter(|d| *d >= MIN_RESOLVE_INTERVAL)?,
             listen: listen?,
             also_listen,

@@ -74,7 +74,21 @@ pub struct Ctx {
     /// From choosing the upstream to its response header.
     upstream_time: Option<Duration>,
     started: Instant,
+    /// The fast path's failure (Pingora's `logging` gets none when `request_filter` answered).
+    error: Option<Box<Error>>,
     _in_flight: InFlightGuard,
+}
+
+impl Ctx {
+    /// The configuration snapshot the request runs under.
+    pub fn snap(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+
+    /// Keep the fast path's failure for `logging`.
+    pub(super) fn set_error(&mut self, e: Box<Error>) {
+        self.error = Some(e);
+    }
 }
 
 /// Which route a request goes to: by its host (`Host` or h2's `:authority`) and path. Pure.
@@ -363,6 +377,128 @@ fn auth_outcome(ctx: &Ctx) -> &'static str {
     }
 }
 
+// The steps both paths take (Pingora's full proxy through `ProxyHttp`, and the fast path).
+
+/// The route's next upstream (by its balancer, past the ones whose connect failed) and the peer
+/// to reach it; the error says when none is in rotation.
+pub(super) fn choose_upstream(session: &Session, ctx: &mut Ctx) -> Result<HttpPeer> {
+    let route = ctx
+        .route
+        .clone()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+    // A retry lets go of the upstream that failed before choosing the next.
+    ctx.upstream_held = None;
+    let chosen = {
+        let openid = ctx.identity.as_ref().map(|i| i.openid.as_str());
+        let key = route.balance_key(openid, || {
+            ctx.client.or_else(|| client_of(session, &ctx.snap))
+        });
+        route.pool.select(&key, &ctx.tried)
+    };
+    let Some(held) = chosen else {
+        ctx.no_healthy_upstream = true;
+        return Err(Error::explain(
+            ErrorType::ConnectNoRoute,
+            "every upstream of the route is out of rotation",
+        ));
+    };
+    let peer = route.peer(held.upstream(), ctx.upgrade);
+    ctx.upstream = Some(held.upstream().addr);
+    ctx.upstream_held = Some(held);
+    ctx.upstream_started = Some(Instant::now());
+    Ok(peer)
+}
+
+/// Record that connecting to `peer` failed: out of rotation for a moment, counted, not chosen
+/// again for this request. Whether to try another upstream (within the route's `retries`).
+pub(super) fn connect_failed(ctx: &mut Ctx, peer: &HttpPeer) -> bool {
+    let (Some(route), Some(addr)) = (&ctx.route, peer._address.as_inet()) else {
+        return false;
+    };
+    route.pool.mark_failed(addr);
+    METRICS
+        .upstream_connect_failures
+        .with_label_values(&[&route.name, &addr.to_string()])
+        .inc();
+    ctx.tried.push(*addr);
+    // Without another upstream to try, the answer keeps this failure's reason.
+    ctx.tried.len() <= route.retries as usize && route.pool.any_other_up(&ctx.tried)
+}
+
+/// What the upstream request carries: the identity headers (a client's copies stripped), the
+/// phone, the request id, the route's `upstream_host` and the rewritten target.
+pub(super) fn edit_upstream_request(
+    session: &Session,
+    upstream_request: &mut RequestHeader,
+    ctx: &Ctx,
+) -> Result<()> {
+    let identity_headers = &ctx.snap.identity;
+    if ctx.route.as_ref().is_some_and(|r| r.cloudhosting) {
+        CloudHosting::strip(identity_headers, upstream_request);
+        let client = ctx.client.or_else(|| client_of(session, &ctx.snap));
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        CloudHosting::inject(upstream_request, ctx.identity.as_ref(), client, peer);
+    } else {
+        identity_headers.strip(upstream_request);
+        if let Some(identity) = &ctx.identity {
+            identity_headers.inject(upstream_request, identity);
+        }
+    }
+    if let Some(phone) = &ctx.phone {
+        identity_headers.inject_phone(upstream_request, phone);
+    }
+    if !ctx.request_id_sent {
+        upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    }
+    if let Some(host) = ctx.route.as_ref().and_then(|r| r.upstream_host.as_deref()) {
+        upstream_request.insert_header(header::HOST, host)?;
+    }
+    if let Some(target) = &ctx.target {
+        let uri = target.parse::<http::Uri>().map_err(|e| {
+            Error::explain(ErrorType::InternalError, format!("rewritten target: {e}"))
+        })?;
+        upstream_request.set_uri(uri);
+    }
+    Ok(())
+}
+
+/// The upstream's response header arrived.
+pub(super) fn upstream_answered(ctx: &mut Ctx) {
+    ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+}
+
+/// What the client's response carries besides the upstream's: the request id.
+pub(super) fn edit_response(response: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    Ok(())
+}
+
+/// Answer a proxy failure with its envelope (or, once the upstream's header went out, record it
+/// and close the connection). The status, or 0 when the client is gone.
+pub(super) async fn answer_failure(session: &mut Session, e: &Error, ctx: &mut Ctx) -> u16 {
+    // Neither path reuses the client's connection after a failure.
+    session.set_keepalive(None);
+    let found = match ctx.no_healthy_upstream {
+        true => Some(Reject::NoHealthyUpstream),
+        false => proxy_error(e),
+    };
+    let Some(r) = found else {
+        return 0;
+    };
+    let status = r.status();
+    if session.response_written().is_none() {
+        if let Err(write_error) = write_answer(session, ctx, Err(r)).await {
+            tracing::debug!("cannot send the error answer: {write_error}");
+        }
+    } else {
+        ctx.rejection = Some(r);
+    }
+    status
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -387,6 +523,7 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             upstream_time: None,
             started: Instant::now(),
+            error: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -460,35 +597,18 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.identity = identity;
+        if snap.config.server.fast_path
+            && !ctx.upgrade
+            && session.downstream_session.as_http1().is_some()
+            && super::fast::eligible(session.req_header())
+        {
+            return super::fast::proxy(session, ctx).await;
+        }
         Ok(false)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        // A retry lets go of the upstream that failed before choosing the next.
-        ctx.upstream_held = None;
-        let chosen = {
-            let openid = ctx.identity.as_ref().map(|i| i.openid.as_str());
-            let key = route.balance_key(openid, || {
-                ctx.client.or_else(|| client_of(session, &ctx.snap))
-            });
-            route.pool.select(&key, &ctx.tried)
-        };
-        let Some(held) = chosen else {
-            ctx.no_healthy_upstream = true;
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "every upstream of the route is out of rotation",
-            ));
-        };
-        let peer = route.peer(held.upstream(), ctx.upgrade);
-        ctx.upstream = Some(held.upstream().addr);
-        ctx.upstream_held = Some(held);
-        ctx.upstream_started = Some(Instant::now());
-        Ok(Box::new(peer))
+        choose_upstream(session, ctx).map(Box::new)
     }
 
     /// A connect failure takes the upstream out of rotation for a moment and, within the route's
@@ -500,18 +620,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(route), Some(addr)) = (&ctx.route, peer._address.as_inet()) {
-            route.pool.mark_failed(addr);
-            METRICS
-                .upstream_connect_failures
-                .with_label_values(&[&route.name, &addr.to_string()])
-                .inc();
-            ctx.tried.push(*addr);
-            // Without another upstream to try, the answer keeps this failure's reason.
-            let retry =
-                ctx.tried.len() <= route.retries as usize && route.pool.any_other_up(&ctx.tried);
-            e.set_retry(retry);
-        }
+        e.set_retry(connect_failed(ctx, peer));
         e
     }
 
@@ -536,37 +645,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let identity_headers = &ctx.snap.identity;
-        if ctx.route.as_ref().is_some_and(|r| r.cloudhosting) {
-            CloudHosting::strip(identity_headers, upstream_request);
-            let client = ctx.client.or_else(|| client_of(session, &ctx.snap));
-            let peer = session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip());
-            CloudHosting::inject(upstream_request, ctx.identity.as_ref(), client, peer);
-        } else {
-            identity_headers.strip(upstream_request);
-            if let Some(identity) = &ctx.identity {
-                identity_headers.inject(upstream_request, identity);
-            }
-        }
-        if let Some(phone) = &ctx.phone {
-            identity_headers.inject_phone(upstream_request, phone);
-        }
-        if !ctx.request_id_sent {
-            upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
-        }
-        if let Some(host) = ctx.route.as_ref().and_then(|r| r.upstream_host.as_deref()) {
-            upstream_request.insert_header(header::HOST, host)?;
-        }
-        if let Some(target) = &ctx.target {
-            let uri = target.parse::<http::Uri>().map_err(|e| {
-                Error::explain(ErrorType::InternalError, format!("rewritten target: {e}"))
-            })?;
-            upstream_request.set_uri(uri);
-        }
-        Ok(())
+        edit_upstream_request(session, upstream_request, ctx)
     }
 
     async fn upstream_response_filter(
@@ -575,7 +654,7 @@ impl ProxyHttp for Gateway {
         _upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        upstream_answered(ctx);
         Ok(())
     }
 
@@ -585,32 +664,12 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
-        Ok(())
+        edit_response(response, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let found = match ctx.no_healthy_upstream {
-            true => Some(Reject::NoHealthyUpstream),
-            false => proxy_error(e),
-        };
-        let Some(r) = found else {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        };
-        let status = r.status();
-        if session.response_written().is_none() {
-            session.set_keepalive(None);
-            if let Err(write_error) = write_answer(session, ctx, Err(r)).await {
-                tracing::debug!("cannot send the error answer: {write_error}");
-            }
-        } else {
-            ctx.rejection = Some(r);
-        }
         FailToProxy {
-            error_code: status,
+            error_code: answer_failure(session, e, ctx).await,
             can_reuse_downstream: false,
         }
     }
@@ -621,6 +680,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let e = e.or(ctx.error.as_deref());
         let status = session.response_written().map(|r| r.status).or_else(|| {
             let rejected = ctx.rejection.as_ref()?;
             http::StatusCode::from_u16(rejected.status()).ok()

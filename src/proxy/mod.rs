@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod drain;
+pub mod fast;
 pub mod gateway;
 pub mod headers;
 pub mod keepalive;

@@ -536,7 +536,8 @@ impl HealthCheck for Probe {
 
 /// The background service behind every route's pool: runs each due health-check pass and
 /// resolution for the routes of the live snapshot (so routes added by a reload get theirs), and
-/// every few seconds forgets the rate-limit buckets that are full again.
+/// every few seconds forgets the rate-limit buckets that are full again and closes the fast
+/// path's idle upstream connections that expired or that their upstream closed.
 pub struct UpstreamHealth {
     pub live: super::Live,
 }
@@ -561,6 +562,8 @@ impl pingora::services::background::BackgroundService for UpstreamHealth {
                 for limiter in snap.routes.iter().filter_map(|r| r.limiter.as_ref()) {
                     limiter.forget_idle();
                 }
+                // The fast path's idle upstream connections that expired or were closed.
+                super::fast::IDLE.sweep(now);
             }
             drop(snap);
             tokio::select! {

@@ -196,7 +196,8 @@ pub fn gateway(config: &str) -> Proc {
     let dir = scratch("gw");
     let port = free_port();
     let path = dir.join("gateway.toml");
-    std::fs::write(&path, config.replace("{PORT}", &port.to_string())).expect("write config");
+    let text = with_fast_path_choice(&config.replace("{PORT}", &port.to_string()));
+    std::fs::write(&path, text).expect("write config");
     let log = dir.join("gateway.log");
     let child = Command::new(bin())
         .args(["run", "-c"])
@@ -216,6 +217,26 @@ pub fn gateway(config: &str) -> Proc {
     };
     wait_listening(&mut proc);
     proc
+}
+
+/// Whether the gateways of the tests take the fast path: `WXGATE_TEST_FAST_PATH=0` turns it off
+/// (`server.fast_path = false`), so that the whole suite runs on both paths.
+pub fn fast_path() -> bool {
+    std::env::var("WXGATE_TEST_FAST_PATH").map_or(true, |v| v != "0")
+}
+
+fn with_fast_path_choice(config: &str) -> String {
+    if fast_path() {
+        return config.to_string();
+    }
+    let line = "fast_path = false\n";
+    match config.find("[server]\n") {
+        Some(at) if at == 0 || config[..at].ends_with('\n') => {
+            let end = at + "[server]\n".len();
+            format!("{}{line}{}", &config[..end], &config[end..])
+        }
+        _ => format!("[server]\n{line}{config}"),
+    }
 }
 
 fn wait_listening(proc: &mut Proc) {
