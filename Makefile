@@ -23,6 +23,8 @@ test:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	rm -rf target/tmp
 	$(CARGO) test --locked
+	# The end-to-end suites again with the fast path off (server.fast_path = false): both paths.
+	WXGATE_TEST_FAST_PATH=0 $(CARGO) test --locked --test '*'
 	bash scripts/check-logs.sh
 	bash scripts/zero-downtime.sh
 	FUZZ_SECONDS=5 bash scripts/fuzz.sh
