@@ -228,19 +228,21 @@ pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         return fail(session, ctx, e).await;
     }
     let req = Box::new(req);
-    let (peer, stream) = loop {
+    // The pool key is hashed once: it serves the checkout and the release.
+    let (peer, key, stream) = loop {
         let peer = match choose_upstream(session, ctx) {
             Ok(peer) => peer,
             Err(e) => return fail(session, ctx, e).await,
         };
-        if let Some(stream) = IDLE.checkout(peer.reuse_hash(), Instant::now()) {
+        let key = peer.reuse_hash();
+        if let Some(stream) = IDLE.checkout(key, Instant::now()) {
             REUSED.inc();
-            break (peer, stream);
+            break (peer, key, stream);
         }
         match CONNECTOR.new_stream(&peer).await {
             Ok(stream) => {
                 NEW.inc();
-                break (peer, stream);
+                break (peer, key, stream);
             }
             Err(mut e) => {
                 e.as_up();
@@ -262,7 +264,7 @@ pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     if let Some(stream) = upstream.reuse().await {
         let idle = peer.options.idle_timeout.unwrap_or(Duration::from_secs(60));
         let limit = ctx.snap().config.server.upstream_keepalive;
-        IDLE.release(peer.reuse_hash(), stream, idle, limit);
+        IDLE.release(key, stream, idle, limit);
     }
     Ok(true)
 }
