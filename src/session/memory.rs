@@ -60,9 +60,15 @@ fn eviction_batch(capacity: usize) -> usize {
     capacity / 16 + 1
 }
 
-/// Keep `map` under `capacity` entries: drop the ones `dead` says are over, then, when that is
-/// not enough, a batch of others.
-fn bound<V>(map: &mut HashMap<String, V>, capacity: usize, dead: impl Fn(&V) -> bool) {
+/// Keep `map` under `capacity` entries before an insert: drop the ones `dead` says are over,
+/// then, when that is not enough, a batch of those with the lowest `rank` (for sessions, the ones
+/// closest to expiry).
+fn bound<V>(
+    map: &mut HashMap<String, V>,
+    capacity: usize,
+    dead: impl Fn(&V) -> bool,
+    rank: impl Fn(&V) -> u64,
+) {
     if map.len() < capacity {
         return;
     }
@@ -70,35 +76,13 @@ fn bound<V>(map: &mut HashMap<String, V>, capacity: usize, dead: impl Fn(&V) -> 
     if map.len() < capacity {
         return;
     }
-    let excess = map.len() + 1 - capacity;
-    let victims: Vec<String> = map
-        .keys()
-        .take(excess.max(eviction_batch(capacity)))
-        .cloned()
-        .collect();
-    for k in victims {
-        map.remove(&k);
-    }
-}
-
-/// Make room in a full session map: drop expired sessions, then, when that is not enough, a batch
-/// of the ones closest to expiry.
-fn make_room(map: &mut HashMap<String, (Session, u64)>, capacity: usize, now: u64) {
-    map.retain(|_, (_, expires)| *expires > now);
-    if map.len() < capacity {
-        return;
-    }
     let evict = (map.len() + 1 - capacity).max(eviction_batch(capacity));
-    let mut by_expiry: Vec<(u64, &String)> = map.iter().map(|(k, (_, e))| (*e, k)).collect();
-    let victims: Vec<String> = if evict >= by_expiry.len() {
-        by_expiry.into_iter().map(|(_, k)| k.clone()).collect()
-    } else {
-        by_expiry.select_nth_unstable(evict - 1);
-        by_expiry[..evict]
-            .iter()
-            .map(|(_, k)| (*k).clone())
-            .collect()
-    };
+    let mut ranked: Vec<(u64, &String)> = map.iter().map(|(k, v)| (rank(v), k)).collect();
+    if evict < ranked.len() {
+        ranked.select_nth_unstable(evict - 1);
+        ranked.truncate(evict);
+    }
+    let victims: Vec<String> = ranked.into_iter().map(|(_, k)| k.clone()).collect();
     for k in victims {
         map.remove(&k);
     }
@@ -137,8 +121,8 @@ impl SessionStore for MemoryStore {
             state.blocks.remove(&session.openid);
         }
         let map = &mut state.sessions;
-        if map.len() >= self.capacity && !map.contains_key(&session.sid) {
-            make_room(map, self.capacity, now);
+        if !map.contains_key(&session.sid) {
+            bound(map, self.capacity, |(_, e)| *e <= now, |(_, e)| *e);
         }
         map.insert(
             session.sid.clone(),
@@ -149,9 +133,12 @@ impl SessionStore for MemoryStore {
         } = &mut *state;
         if !users.contains_key(&session.openid) {
             // Users whose sessions have all ended go first.
-            bound(users, self.capacity, |sids| {
-                !sids.iter().any(|sid| sessions.contains_key(sid))
-            });
+            bound(
+                users,
+                self.capacity,
+                |sids| !sids.iter().any(|sid| sessions.contains_key(sid)),
+                |_| 0,
+            );
         }
         let sids = users.entry(session.openid.clone()).or_default();
         sids.retain(|sid| sessions.contains_key(sid));
@@ -217,7 +204,7 @@ impl SessionStore for MemoryStore {
         }
         if let Some(until_ms) = block_until_ms {
             if !state.blocks.contains_key(openid) {
-                bound(&mut state.blocks, self.capacity, |&b| b <= now);
+                bound(&mut state.blocks, self.capacity, |&b| b <= now, |&b| b);
             }
             state.blocks.insert(openid.to_string(), until_ms);
         }
