@@ -541,15 +541,18 @@ impl ProxyHttp for Gateway {
             return write_answer(session, ctx, Err(r)).await;
         }
         let snap = ctx.snap.clone();
+        // The rare or slow branches (endpoints, the first revocation load, phone lookups) are
+        // boxed: `async_trait` allocates and copies this future for every request, and held
+        // inline their state was most of its size.
         if let Some(endpoint) = snap.endpoint(session.req_header().uri.path()) {
             ctx.endpoint = Some(endpoint);
-            return self.serve_endpoint(session, ctx, endpoint).await;
+            return Box::pin(self.serve_endpoint(session, ctx, endpoint)).await;
         }
         for app in snap.apps.iter() {
             let revocations = app.login.revocations();
             if !revocations.is_ready() {
                 // Only right after start-up with a shared store: load the revocation list first.
-                revocations.wait_ready(revocations.stale_after()).await;
+                Box::pin(revocations.wait_ready(revocations.stale_after())).await;
             }
         }
         let route = match route_for(session.req_header(), &snap) {
@@ -591,7 +594,7 @@ impl ProxyHttp for Gateway {
                 .apps
                 .by_appid(&identity.appid)
                 .map_or(snap.login(), |app| &app.login);
-            match login.phone_of(&identity.sid).instrument(span).await {
+            match Box::pin(login.phone_of(&identity.sid).instrument(span)).await {
                 Ok(phone) => ctx.phone = phone,
                 Err(r) => return write_answer(session, ctx, Err(r)).await,
             }
