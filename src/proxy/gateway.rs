@@ -503,6 +503,11 @@ pub(super) async fn answer_failure(session: &mut Session, e: &Error, ctx: &mut C
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// None: Pingora's default is a response compression module at level 0 (off), which still
+    /// cost every request a context and three filter calls. The gateway passes responses through
+    /// as the upstream encoded them.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             snap: self.live.load_full(),

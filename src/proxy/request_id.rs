@@ -20,7 +20,11 @@ pub fn request_id(client_sent: Option<&HeaderValue>) -> HeaderValue {
     match client_sent {
         Some(v) if is_sane(v.as_bytes()) => v.clone(),
         _ => {
-            let id = format!(
+            use std::fmt::Write;
+            // Sized once: the prefix, '-' and up to 16 hex digits.
+            let mut id = String::with_capacity(PREFIX.len() + 17);
+            let _ = write!(
+                id,
                 "{}-{:x}",
                 PREFIX.as_str(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
