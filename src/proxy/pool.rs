@@ -248,6 +248,18 @@ impl Pool {
                 && state_of(b).is_some_and(|s| s.up_at(now))
                 && !tried.iter().any(|t| b.addr.as_inet() == Some(t))
         };
+        // One upstream, the common case, leaves nothing to choose: Pingora's selection would
+        // still hash it into a set and clone it, its extensions included (four allocations per
+        // request).
+        let backends = self.backends();
+        let all = backends.get_backend();
+        if all.len() == 1 {
+            let only = all.iter().next()?;
+            return match accept(only, backends.ready(only)) {
+                true => state_of(only).cloned().map(InFlightUpstream::enter),
+                false => None,
+            };
+        }
         let chosen = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_STEPS, accept),
             Balancer::Hash(lb) => lb.select_with(key, MAX_STEPS, accept),
