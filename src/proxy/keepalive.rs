@@ -7,8 +7,8 @@
 //! where nginx holds 17 MiB. Here a connection waits for each request, the first included, in a
 //! future of a few hundred bytes until the request's first bytes arrive (or it closes, or 60 s
 //! pass, or a shutdown begins), and only then enters Pingora's `process_new_http`, whose state is
-//! freed when the request is done. TLS (it cannot put bytes back) and HTTP/2 keep Pingora's own
-//! `process_new`.
+//! freed when the request is done; the connection's write buffer is freed for the wait too. TLS
+//! (it cannot put bytes back) and HTTP/2 keep Pingora's own `process_new`.
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -25,6 +25,10 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 /// How long an idle keep-alive connection may wait for its next request (Pingora's default).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client connection's write buffer while it serves a request (Pingora's default size): a
+/// response header and a small body leave in one write.
+const WRITE_BUFFER: usize = pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE;
 
 /// A Pingora HTTP application (the proxy) served with the lean idle wait.
 pub struct LeanKeepalive<A> {
@@ -102,8 +106,13 @@ where
             let pending = settings
                 .as_ref()
                 .is_some_and(HttpPersistentSettings::has_pipelined_prefix);
-            if !pending && wait_for_request(&mut tcp, &mut watch).await == Idle::Over {
-                return None;
+            if !pending {
+                // The write buffer (1.5 KiB) is freed while the connection idles.
+                tcp.set_write_capacity(0);
+                if wait_for_request(&mut tcp, &mut watch).await == Idle::Over {
+                    return None;
+                }
+                tcp.set_write_capacity(WRITE_BUFFER);
             }
             let mut session = ServerSession::new_http1(tcp);
             match settings.take() {
@@ -149,6 +158,20 @@ mod tests {
         let mut line = [0u8; 16];
         stream.read_exact(&mut line).await.unwrap();
         assert_eq!(&line, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_write_buffer_is_freed_only_when_nothing_is_buffered() {
+        let (mut stream, mut client) = pair().await;
+        assert!(stream.set_write_capacity(WRITE_BUFFER));
+        stream.write_all(b"abc").await.unwrap();
+        assert!(!stream.set_write_capacity(0), "3 bytes wait in the buffer");
+        stream.flush().await.unwrap();
+        assert!(stream.set_write_capacity(0));
+        stream.write_all(b"def").await.unwrap(); // unbuffered: straight through
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abcdef");
     }
 
     #[tokio::test]

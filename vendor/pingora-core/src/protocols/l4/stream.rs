@@ -623,6 +623,23 @@ impl Stream {
         }
     }
 
+    /// wxgate patch: resize the write buffer of a stream that has no read buffer (a listener
+    /// with `L4BufferSettings { read: Some(0), .. }`), when nothing is buffered. An application
+    /// that holds many idle keep-alive connections frees each one's write buffer while it waits
+    /// for the next request (and the emptied rewind list's storage), and sizes it again when the
+    /// request comes. Returns whether it did (false: a read buffer, or buffered bytes).
+    pub fn set_write_capacity(&mut self, capacity: usize) -> bool {
+        match self.stream() {
+            BufferedStream::UnbufferedRead(writer) if writer.buffer().is_empty() => {}
+            _ => return false,
+        }
+        if self.rewind_read_buf.is_empty() {
+            self.rewind_read_buf = Vec::new();
+        }
+        self.set_buffer(L4BufferSettings::new(0, capacity));
+        true
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
