@@ -6,7 +6,8 @@ per round) or "-", peak RSS in kB or "-", connections, note, extras as k=v;k=v) 
 (key, value); parses wrk's --latency output. A row's figures are over its rounds: the median of
 requests/s, p50 and p99, the spread of requests/s (min-max, and half of it as +-% of the median),
 errors and requests summed. Every ratio and target is judged on medians. The idle rows (no wrk
-runs; RSS before and while holding IDLE_CONNS idle connections) get a table of their own.
+runs; RSS before and while holding IDLE_CONNS idle connections, a fresh server in each of ROUNDS
+interleaved rounds, medians and the spread) get a table of their own.
 Writes OUT/results.json, OUT/table.md and OUT/chart.svg; prints the table and the checks.
 Exit 1 with --strict when a check is MISS. No dependencies beyond the standard library.
 """
@@ -233,15 +234,20 @@ def idle_table(rows):
     if not idle:
         return ""
     n = idle[0]["connections"]
-    lines = [f"| # | server | held | RSS before | RSS holding {n:,} idle | per connection | peak RSS |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [f"| # | server | held | RSS before | RSS holding {n:,} idle | spread (min–max) "
+             "| per connection | peak RSS |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in idle:
         held = r.get("idle_open") or 0
         per = (f"{(r['rss_idle_kb'] - r['rss_before_kb']) / held:.1f} KiB"
                if held else "—")
+        runs = [int(v) for v in str(r.get("rss_idle_runs_kb", "")).split(",") if v.isdigit()]
+        spread = (f"{fmt_mib(min(runs))}–{fmt_mib(max(runs))} "
+                  f"(±{100 * (max(runs) - min(runs)) / 2 / r['rss_idle_kb']:.1f}%)"
+                  if runs and r["rss_idle_kb"] else "—")
         lines.append(f"| {r['id']} | {r['target']} | {held:,} of {r['connections']:,} | "
-                     f"{fmt_mib(r['rss_before_kb'])} | {fmt_mib(r['rss_idle_kb'])} | {per} | "
-                     f"{fmt_mib(r['peak_rss_kb'])} |")
+                     f"{fmt_mib(r['rss_before_kb'])} | {fmt_mib(r['rss_idle_kb'])} | {spread} | "
+                     f"{per} | {fmt_mib(r['peak_rss_kb'])} |")
     return "\n".join(lines)
 
 

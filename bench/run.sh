@@ -11,7 +11,8 @@
 #   6  Node: Express + jsonwebtoken + http-proxy-middleware
 #   7  wxgate logins (GET /auth?code=) against the stand-in WeChat
 #   idle-nginx idle-haproxy idle-wxgate: RSS of a fresh server of rows 2, hj and 4 before and while
-#      it holds IDLE_CONNS idle keep-alive client connections (bench/idle_conns.py), one at a time
+#      it holds IDLE_CONNS idle keep-alive client connections (bench/idle_conns.py), one at a time,
+#      in ROUNDS interleaved rounds (a fresh server each time; medians and the spread)
 # Every server starts once, on its own port, is checked (200 with the token; rows 4, hj and nj also
 # 401 for a missing, a forged and an expired token, and the app sees the right X-WX-OpenID) and
 # warmed up once. Then ROUNDS rounds each run every row once, in the order above (1 2 ... 7, 1 2 ...
@@ -394,12 +395,13 @@ mapfile -t ports < <(free_ports 4)
 read -r P_IDLE_NGINX P_IDLE_HA P_IDLE_HA_PLAIN P_IDLE_GW <<<"${ports[*]}"
 idle_max=$((IDLE_CONNS + 2000))
 
-# idle_row ID TARGET RSS_PID URL: warm-up, VmRSS, IDLE_CONNS clients that each made one request
-# and wait, VmRSS again (and VmHWM: the peak while they connected).
-idle_row() {
-  local id=$1 target=$2 pid=$3 url=$4 port path client before during hwm ready done_line i
+# idle_round ID RSS_PID URL: warm-up, VmRSS, IDLE_CONNS clients that each made one request and
+# wait, VmRSS again and VmHWM (the peak while they connected); one line per round in
+# $OUT/ID.rounds (before, holding, peak, the client's ready and done JSON).
+idle_round() {
+  local id=$1 pid=$2 url=$3 port path client before during hwm ready done_line i
   port=${url#http://127.0.0.1:}; port=${port%%/*}; path=/${url#http://127.0.0.1:*/}
-  add_row "$id" "$C" "$url" "$target" "$pid" "$TOKEN"
+  R_URL[$id]=$url; R_RSS_PID[$id]=$pid
   expect_200 "$url" -H "Authorization: Bearer $TOKEN"
   warm "$id"
   sleep 1
@@ -410,8 +412,8 @@ idle_row() {
   PIDS+=("$client")
   for i in $(seq 1800); do
     if grep -q '^ready ' "$OUT/$id.txt"; then break; fi
-    kill -0 "$client" 2>/dev/null || { cat "$OUT/$id.txt" >&2; die "idle_conns.py exited against $target"; }
-    [ "$i" -lt 1800 ] || die "idle_conns.py not ready after 180 s against $target"
+    kill -0 "$client" 2>/dev/null || { cat "$OUT/$id.txt" >&2; die "idle_conns.py exited against $id"; }
+    [ "$i" -lt 1800 ] || die "idle_conns.py not ready after 180 s against $id"
     sleep 0.1
   done
   sleep 1 # let the server settle with every connection idle
@@ -421,30 +423,61 @@ idle_row() {
   ready=$(sed -n 's/^ready //p' "$OUT/$id.txt")
   done_line=$(sed -n 's/^done //p' "$OUT/$id.txt")
   say "   $id: VmRSS $before kB before, $during kB holding them; client: $ready $done_line"
-  row "$id" "$target" - "$hwm" "$IDLE_CONNS" "" "$(python3 -c 'import json, sys
-r, d = json.loads(sys.argv[1]), json.loads(sys.argv[2] or "{}")
-err = (r["first_error"] or "").replace(";", ",")
-print("rss_before_kb=%s;rss_idle_kb=%s;idle_open=%s;idle_failed=%s;idle_closed_by_server=%s;"
-      "idle_first_error=%s" % (sys.argv[3], sys.argv[4], r["open"], r["failed"],
-                               d.get("closed_by_server", ""), err))' "$ready" "$done_line" "$before" "$during")"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$before" "$during" "$hwm" "$ready" "${done_line:-{\}}" >>"$OUT/$id.rounds"
 }
 
-NGINX_WORKER_CONNECTIONS=$idle_max start_nginx idle-nginx "$P_IDLE_NGINX" "${P[ORIGIN]}"
-master=$LAST_PID
-idle_row idle-nginx "nginx reverse proxy (as row 2; worker_connections $idle_max)" \
-  "$(nginx_worker "$master")" "http://127.0.0.1:$P_IDLE_NGINX/api/hello"
-stop "$master"
+# idle_row ID TARGET: the row of ID's rounds for report.py: medians of the RSS before and while
+# holding, every round's holding RSS (the spread), the highest peak, the fewest connections held.
+idle_row() {
+  local id=$1 target=$2 extras hwm
+  read -r hwm extras < <(python3 - "$OUT/$id.rounds" <<'PY'
+import json, statistics, sys
+rounds = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+before = [int(r[0]) for r in rounds]
+during = [int(r[1]) for r in rounds]
+ready = [json.loads(r[3]) for r in rounds]
+done = [json.loads(r[4] or "{}") for r in rounds]
+err = next((r["first_error"] for r in ready if r["first_error"]), "") or ""
+print(max(int(r[2]) for r in rounds),
+      "rss_before_kb=%d;rss_idle_kb=%d;rss_idle_runs_kb=%s;idle_rounds=%d;idle_open=%d;"
+      "idle_failed=%d;idle_closed_by_server=%s;idle_first_error=%s"
+      % (statistics.median(before), statistics.median(during), ",".join(map(str, during)),
+         len(rounds), min(r["open"] for r in ready), sum(r["failed"] for r in ready),
+         sum(d.get("closed_by_server", 0) or 0 for d in done),
+         err.replace(";", ",")))
+PY
+  )
+  row "$id" "$target" - "$hwm" "$IDLE_CONNS" "" "$extras"
+}
 
-start_haproxy idle-haproxy "$P_IDLE_HA_PLAIN" "$P_IDLE_HA" "${P[ORIGIN]}" "$idle_max"
-ha=$LAST_PID
-idle_row idle-haproxy "HAProxy jwt_verify (as row hj; maxconn $idle_max)" "$ha" "http://127.0.0.1:$P_IDLE_HA/api/hello"
-stop "$ha"
-
+T_IDLE_NGINX="nginx reverse proxy (as row 2; worker_connections $idle_max)"
+T_IDLE_HA="HAProxy jwt_verify (as row hj; maxconn $idle_max)"
+T_IDLE_GW="wxgate, protected route (as row 4)"
+add_row idle-nginx "$C" "" "$T_IDLE_NGINX" "" "$TOKEN"
+add_row idle-haproxy "$C" "" "$T_IDLE_HA" "" "$TOKEN"
+add_row idle-wxgate "$C" "" "$T_IDLE_GW" "" "$TOKEN"
 wxgate_conf "$OUT/wxgate-idle.toml" "$P_IDLE_GW" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
-start_wxgate wxgate-idle "$OUT/wxgate-idle.toml" "$P_IDLE_GW"
-gw=$LAST_PID
-idle_row idle-wxgate "wxgate, protected route (as row 4)" "$gw" "http://127.0.0.1:$P_IDLE_GW/api/hello"
-stop "$gw" INT
+# ROUNDS rounds, each a fresh nginx, HAProxy and wxgate in turn (interleaved, as the timed rows).
+for round in $(seq "$ROUNDS"); do
+  say "   idle round $round"
+  NGINX_WORKER_CONNECTIONS=$idle_max start_nginx idle-nginx "$P_IDLE_NGINX" "${P[ORIGIN]}"
+  master=$LAST_PID
+  idle_round idle-nginx "$(nginx_worker "$master")" "http://127.0.0.1:$P_IDLE_NGINX/api/hello"
+  stop "$master"
+
+  start_haproxy idle-haproxy "$P_IDLE_HA_PLAIN" "$P_IDLE_HA" "${P[ORIGIN]}" "$idle_max"
+  ha=$LAST_PID
+  idle_round idle-haproxy "$ha" "http://127.0.0.1:$P_IDLE_HA/api/hello"
+  stop "$ha"
+
+  start_wxgate wxgate-idle "$OUT/wxgate-idle.toml" "$P_IDLE_GW"
+  gw=$LAST_PID
+  idle_round idle-wxgate "$gw" "http://127.0.0.1:$P_IDLE_GW/api/hello"
+  stop "$gw" INT
+done
+idle_row idle-nginx "$T_IDLE_NGINX"
+idle_row idle-haproxy "$T_IDLE_HA"
+idle_row idle-wxgate "$T_IDLE_GW"
 
 say "== report"
 strict=()
