@@ -263,9 +263,7 @@ impl Pool {
         let chosen = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_STEPS, accept),
             Balancer::Hash(lb) => lb.select_with(key, MAX_STEPS, accept),
-            Balancer::Least(lb, turn) => {
-                let backends = lb.backends();
-                let all = backends.get_backend();
+            Balancer::Least(_, turn) => {
                 // Ties go round robin: the scan starts one further each time.
                 let start = turn.fetch_add(1, Relaxed);
                 let n = all.len().max(1);
