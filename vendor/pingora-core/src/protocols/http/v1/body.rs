@@ -246,7 +246,17 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                // wxgate patch: a body that was read whole with the header (the usual small
+                // answer) is parsed from a buffer of its own size; the 64 KiB read buffer (a
+                // large allocation) is made only when more has to be read.
+                if buf_to_rewind.len() >= cl {
+                    let mut body_buf = BytesMut::with_capacity(buf_to_rewind.len());
+                    self.rewind_buf_len = buf_to_rewind.len();
+                    body_buf.put_slice(buf_to_rewind);
+                    self.body_buf = Some(body_buf);
+                } else {
+                    self.prepare_buf(buf_to_rewind);
+                }
                 self.body_state = PS::Partial(0, cl);
             }
         }
@@ -2171,6 +2181,24 @@ mod tests {
         assert_eq!(body_reader.body_state, ParseState::Complete(3));
         assert_eq!(input, body_reader.get_body(&res));
         assert_eq!(body_reader.get_body_overread(), None);
+    }
+
+    // wxgate patch: a body read whole with the header gets a buffer of its own size.
+    #[tokio::test]
+    async fn read_with_body_content_length_all_rewound() {
+        init_log();
+        let rewind = b"abcde";
+        let mut mock_io = Builder::new().build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, rewind);
+        assert_eq!(body_reader.body_buf.as_ref().unwrap().capacity(), 5);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(res, BufRef::new(0, 3));
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
+        assert_eq!(b"abc", body_reader.get_body(&res));
+        assert_eq!(body_reader.get_body_overread(), Some(&b"de"[..]));
+        let res = body_reader.read_body(&mut mock_io).await.unwrap();
+        assert_eq!(res, None);
     }
 
     #[tokio::test]
