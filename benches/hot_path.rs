@@ -28,6 +28,7 @@ fn identity() -> Identity {
         unionid: Some("uMock_0123456789abcdefghijklm".into()),
         sid: "S8p5YHqy4W7x8gSUDjM2zA".into(),
         appid: "wxbench".into(),
+        values: Default::default(),
     }
 }
 

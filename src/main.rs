@@ -356,6 +356,7 @@ fn token(
     let c = load(path)?;
     let tokens = Tokens::new(&c.jwt, &c.appids());
     let identity = Identity {
+        values: Default::default(),
         openid,
         unionid,
         sid: wxgate::session::new_sid(),

@@ -65,7 +65,7 @@ impl Apps {
 
     /// A presented token's identity: signature and claims (the keys are shared), then the
     /// revocation list of the app its `aud` names.
-    pub fn verify(&self, presented: Presented<'_>) -> Result<Identity, Reject> {
+    pub fn verify(&self, presented: Presented<'_>) -> Result<Arc<Identity>, Reject> {
         let first = self.first();
         let identity = match presented {
             Presented::Missing => return Err(Reject::TokenMissing),

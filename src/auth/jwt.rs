@@ -62,7 +62,8 @@ struct VerifiedCache {
 /// What a full verification established.
 #[derive(Clone)]
 struct Passed {
-    identity: Identity,
+    /// Shared with every request that presents the token: a hit copies no string.
+    identity: Arc<Identity>,
     exp: u64,
     /// Another backend's token (`[[jwt.accept]]`): refused after this instant.
     until: Option<u64>,
@@ -261,11 +262,11 @@ impl Tokens {
 
     /// Verify signature, algorithm, exp/nbf (with leeway), issuer and audience; a token that
     /// passed before only has its `exp` checked again.
-    pub fn verify(&self, token: &str) -> Result<Identity, TokenProblem> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenProblem> {
         self.verify_at(token, unix_now())
     }
 
-    fn verify_at(&self, token: &str, now: u64) -> Result<Identity, TokenProblem> {
+    fn verify_at(&self, token: &str, now: u64) -> Result<Arc<Identity>, TokenProblem> {
         if token.len() > MAX_TOKEN_BYTES {
             // Ours are a few hundred bytes: do not spend hashing, base64 or JSON on a giant.
             return Err(TokenProblem::Malformed);
@@ -280,7 +281,7 @@ impl Tokens {
 
     /// What a cache hit (and a fresh verification) checks again: `exp`, and a migration
     /// window's end.
-    fn still_valid(&self, passed: Passed, now: u64) -> Result<Identity, TokenProblem> {
+    fn still_valid(&self, passed: Passed, now: u64) -> Result<Arc<Identity>, TokenProblem> {
         // jsonwebtoken's rule: expired when exp < now - leeway.
         if passed.exp.saturating_add(self.leeway.as_secs()) < now {
             return Err(TokenProblem::Expired);
@@ -295,7 +296,7 @@ impl Tokens {
     }
 
     /// The full check, without the cache (benchmarks compare the two).
-    pub fn verify_uncached(&self, token: &str) -> Result<Identity, TokenProblem> {
+    pub fn verify_uncached(&self, token: &str) -> Result<Arc<Identity>, TokenProblem> {
         let now = unix_now();
         self.verify_fully(token, now)
             .and_then(|passed| self.still_valid(passed, now))
@@ -308,7 +309,7 @@ impl Tokens {
         }
         match self.verify_ours(token) {
             Ok((identity, exp)) => Ok(Passed {
-                identity,
+                identity: Arc::new(identity),
                 exp,
                 until: None,
             }),
@@ -354,6 +355,7 @@ impl Tokens {
             .ok_or(TokenProblem::WrongAudience)?;
         Ok((
             Identity {
+                values: Default::default(),
                 openid: c.sub,
                 unionid: c.unionid,
                 sid: c.sid,
@@ -411,7 +413,8 @@ impl Tokens {
         };
         let openid = text(&entry.openid_claim).ok_or(TokenProblem::MissingClaim)?;
         Ok(Passed {
-            identity: Identity {
+            identity: Arc::new(Identity {
+                values: Default::default(),
                 openid,
                 unionid: text("unionid"),
                 // No wxgate session: refresh, logout, phone and decrypt want a real login.
@@ -423,7 +426,7 @@ impl Tokens {
                     .find(|a| entry.appid.as_deref().is_none_or(|want| ***a == *want))
                     .cloned()
                     .unwrap_or_else(|| Arc::from("")),
-            },
+            }),
             exp,
             until: Some(entry.until),
         })
@@ -505,6 +508,7 @@ mod tests {
 
     fn alice() -> Identity {
         Identity {
+            values: Default::default(),
             openid: "o-alice".into(),
             unionid: Some("u-alice".into()),
             sid: "sid1".into(),
@@ -554,7 +558,7 @@ mod tests {
         let t = tokens();
         let signed = t.sign(&alice(), unix_now()).unwrap();
         assert_eq!(signed.expires_in, 7200);
-        assert_eq!(t.verify(&signed.token).unwrap(), alice());
+        assert_eq!(t.verify(&signed.token).unwrap(), Arc::new(alice()));
         let payload = signed.token.split('.').nth(1).unwrap();
         let json = String::from_utf8(B64.decode(payload).unwrap()).unwrap();
         assert!(!json.contains("session_key"), "{json}");
@@ -640,10 +644,10 @@ mod tests {
         let t = tokens();
         let now = unix_now();
         let signed = t.sign(&alice(), now).unwrap();
-        assert_eq!(t.verify_at(&signed.token, now), Ok(alice()));
+        assert_eq!(t.verify_at(&signed.token, now), Ok(Arc::new(alice())));
         assert_eq!(
             t.verify_at(&signed.token, now + 60),
-            Ok(alice()),
+            Ok(Arc::new(alice())),
             "from the cache"
         );
         assert_eq!(
@@ -708,7 +712,7 @@ mod tests {
             let h = header_of(&signed.token);
             assert_eq!(h["alg"], alg.name());
             assert_eq!(h["kid"], "new");
-            assert_eq!(t.verify_uncached(&signed.token).unwrap(), alice());
+            assert_eq!(t.verify_uncached(&signed.token).unwrap(), Arc::new(alice()));
             let jwks: serde_json::Value = serde_json::from_slice(t.jwks().unwrap()).unwrap();
             assert_eq!(jwks["keys"][0]["kid"], "new");
             assert_eq!(jwks["keys"][0]["alg"], alg.name());
@@ -736,9 +740,13 @@ mod tests {
         c.kid = Some("cur".into());
         c.verify_keys = vec![verify];
         let rotated = Tokens::new(&c, &["wxapp"]);
-        assert_eq!(rotated.verify(&old_token), Ok(alice()), "verify-only key");
+        assert_eq!(
+            rotated.verify(&old_token),
+            Ok(Arc::new(alice())),
+            "verify-only key"
+        );
         let fresh = rotated.sign(&alice(), unix_now()).unwrap().token;
-        assert_eq!(rotated.verify(&fresh), Ok(alice()));
+        assert_eq!(rotated.verify(&fresh), Ok(Arc::new(alice())));
         assert_eq!(
             rotated.jwks().map(
                 |j| serde_json::from_slice::<serde_json::Value>(j).unwrap()["keys"]
@@ -830,7 +838,10 @@ mod tests {
             Err(TokenProblem::Expired)
         );
         // Ours still pass; a stranger's token answers as before.
-        assert_eq!(t.verify(&t.sign(&alice(), now).unwrap().token), Ok(alice()));
+        assert_eq!(
+            t.verify(&t.sign(&alice(), now).unwrap().token),
+            Ok(Arc::new(alice()))
+        );
         let stranger = sign_raw(HS256, &old, "yet-another-secret-yet-another-secret");
         assert_eq!(t.verify(&stranger), Err(TokenProblem::BadSignature));
         // exp required and numeric; the openid claim required.

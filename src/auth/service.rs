@@ -269,6 +269,7 @@ impl Login {
 
     async fn start_session(&self, wx: &Code2Session) -> LoginOutcome {
         let identity = Identity {
+            values: Default::default(),
             openid: wx.openid.clone(),
             unionid: wx.unionid.clone(),
             sid: new_sid(),
@@ -352,6 +353,7 @@ impl Login {
             Rotation::Rotated(session) => {
                 tracing::info!(sid, "refresh");
                 let identity = Identity {
+                    values: Default::default(),
                     openid: session.openid,
                     unionid: session.unionid,
                     sid: session.sid,
@@ -468,7 +470,7 @@ pub fn verify_presented(
         Presented::Token(t) => tokens.verify(t).map_err(Reject::Token)?,
     };
     revocations.check(&identity.sid, now_ms)?;
-    Ok(identity)
+    Ok(Arc::unwrap_or_clone(identity))
 }
 
 /// wx.login() codes are short URL-safe strings; anything else is refused without asking WeChat.

@@ -55,7 +55,7 @@ pub struct Ctx {
     client: Option<IpAddr>,
     endpoint: Option<Endpoint>,
     route: Option<Arc<Route>>,
-    identity: Option<Identity>,
+    identity: Option<Arc<Identity>>,
     phone: Option<Phone>,
     /// The request target sent upstream, when it differs from the client's.
     target: Option<String>,
@@ -112,7 +112,7 @@ pub fn identify(
     route: &Route,
     snap: &Snapshot,
     upgrade: bool,
-) -> Result<Option<Identity>, Reject> {
+) -> Result<Option<Arc<Identity>>, Reject> {
     if route.auth == RouteAuth::None {
         return Ok(None);
     }
@@ -440,7 +440,7 @@ pub(super) fn edit_upstream_request(
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        CloudHosting::inject(upstream_request, ctx.identity.as_ref(), client, peer);
+        CloudHosting::inject(upstream_request, ctx.identity.as_deref(), client, peer);
     } else {
         identity_headers.strip(upstream_request);
         if let Some(identity) = &ctx.identity {

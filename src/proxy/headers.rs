@@ -5,6 +5,7 @@
 
 use crate::auth::Identity;
 use crate::session::Phone;
+use bytes::Bytes;
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::net::IpAddr;
@@ -21,6 +22,9 @@ pub struct IdentityHeaders {
     pub phone_country: HeaderName,
     /// The caller's mini program (the token's `aud`).
     pub appid: HeaderName,
+    /// The openid, appid and unionid names as they go on the wire, made once: Pingora would
+    /// otherwise copy a custom name for its case map on every insert.
+    cased: [Bytes; 3],
 }
 
 impl IdentityHeaders {
@@ -33,12 +37,15 @@ impl IdentityHeaders {
         let phone_country =
             HeaderName::from_bytes(format!("{}-country-code", phone.as_str()).as_bytes())
                 .unwrap_or_else(|_| HeaderName::from_static("x-wx-phone-country-code"));
+        let cased =
+            [&openid, &appid, &unionid].map(|h| Bytes::copy_from_slice(h.as_str().as_bytes()));
         IdentityHeaders {
             openid,
             unionid,
             phone,
             phone_country,
             appid,
+            cased,
         }
     }
 
@@ -73,10 +80,10 @@ impl IdentityHeaders {
     pub fn inject(&self, req: &mut RequestHeader, identity: &Identity) {
         // Values come from our own signed token; a value that is not a valid header value
         // (impossible for WeChat ids) is left out rather than failing the request.
-        let _ = req.insert_header(self.openid.clone(), identity.openid.as_str());
-        let _ = req.insert_header(self.appid.clone(), &*identity.appid);
-        if let Some(unionid) = &identity.unionid {
-            let _ = req.insert_header(self.unionid.clone(), unionid.as_str());
+        for (name, value) in self.cased.iter().zip(identity.values()) {
+            if let Some(value) = value {
+                let _ = req.insert_header(name.clone(), value.clone());
+            }
         }
         if identity.sid.is_empty() {
             // Another backend's token ([[jwt.accept]]): its claims may hold the session_key,
@@ -136,10 +143,11 @@ impl CloudHosting {
         peer: Option<IpAddr>,
     ) {
         if let Some(identity) = identity {
-            let _ = req.insert_header(Self::OPENID, identity.openid.as_str());
-            let _ = req.insert_header(Self::APPID, &*identity.appid);
-            if let Some(unionid) = &identity.unionid {
-                let _ = req.insert_header(Self::UNIONID, unionid.as_str());
+            let names = [Self::OPENID, Self::APPID, Self::UNIONID];
+            for (name, value) in names.into_iter().zip(identity.values()) {
+                if let Some(value) = value {
+                    let _ = req.insert_header(name, value.clone());
+                }
             }
             let _ = req.insert_header(Self::SOURCE, Self::SOURCE_VALUE);
             if identity.sid.is_empty() {
@@ -256,6 +264,7 @@ mod tests {
         ]);
         CloudHosting::strip(&h, &mut req);
         let identity = Identity {
+            values: Default::default(),
             openid: "o1".into(),
             unionid: None,
             sid: "s".into(),
@@ -300,6 +309,7 @@ mod tests {
         h.inject(
             &mut req,
             &Identity {
+                values: Default::default(),
                 openid: "o1".into(),
                 unionid: Some("u1".into()),
                 sid: "s".into(),
