@@ -172,7 +172,10 @@ impl RouteTable {
 }
 
 /// The host a request names (`Host`, or the `:authority` of h2), lowercase, without its port.
-pub fn request_host(authority: Option<&str>, host_header: Option<&[u8]>) -> Option<String> {
+pub fn request_host<'a>(
+    authority: Option<&'a str>,
+    host_header: Option<&'a [u8]>,
+) -> Option<std::borrow::Cow<'a, str>> {
     let raw = match authority {
         Some(a) => a,
         None => std::str::from_utf8(host_header?).ok()?,
@@ -184,7 +187,14 @@ pub fn request_host(authority: Option<&str>, host_header: Option<&[u8]>) -> Opti
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
     let host = host.trim_end_matches('.');
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(host.to_ascii_lowercase().into())
+    } else {
+        // The usual case: already lowercase, borrowed (no copy per request).
+        Some(host.into())
+    }
 }
 
 /// The request target with `prefix` removed from the raw path (the query kept, never an empty
