@@ -262,7 +262,6 @@ pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // The upstream connection is dropped (closed), never pooled.
         return fail(session, ctx, e).await;
     }
-    upstream.respect_keepalive();
     if let Some(stream) = upstream.reuse().await {
         let idle = peer.options.idle_timeout.unwrap_or(Duration::from_secs(60));
         let limit = ctx.snap().config.server.upstream_keepalive;
@@ -328,9 +327,11 @@ async fn exchange(
         break;
     }
     upstream_answered(ctx);
+    // Whether the upstream connection may be kept is read from the header before it is moved
+    // out (forwarded without a copy); `reuse` checks the body's end later.
+    upstream.respect_keepalive();
     let mut head = upstream
-        .resp_header()
-        .cloned()
+        .take_resp_header()
         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
     if needs_chunked(session.req_header().method == Method::HEAD, &head) {
         head.set_version(Version::HTTP_11);
@@ -339,7 +340,7 @@ async fn exchange(
     edit_response(&mut head, ctx)?;
     let mut done = upstream.is_body_done();
     session
-        .write_response_header(Box::new(head), done)
+        .write_response_header(head, done)
         .await
         .map_err(|e| e.into_down())?;
     if done {

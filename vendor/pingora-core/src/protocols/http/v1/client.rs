@@ -514,6 +514,17 @@ impl HttpSession {
     }
 
     /// Whether there is no more body to read.
+    /// wxgate patch: move the final response header out, for a proxy that forwards it (no
+    /// copy). Call it after [`Self::respect_keepalive`]: once the body reader is set up, body
+    /// reads, [`Self::is_body_done`] and [`Self::reuse`] need no header. `None` before a final
+    /// (non-informational) header was read, or when it was taken already.
+    pub fn take_resp_header(&mut self) -> Option<Box<ResponseHeader>> {
+        if self.body_reader.need_init() {
+            return None;
+        }
+        self.response_header.take()
+    }
+
     pub fn is_body_done(&mut self) -> bool {
         self.init_body_reader();
         self.body_reader.body_done()
@@ -975,6 +986,26 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    // wxgate patch: the final header can be moved out; the body still reads to its end.
+    #[tokio::test]
+    async fn take_response_header_then_read_body() {
+        init_log();
+        let input = b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        assert!(http_stream.take_resp_header().is_none(), "informational");
+        http_stream.read_response().await.unwrap();
+        http_stream.respect_keepalive();
+        let header = http_stream.take_resp_header().unwrap();
+        assert_eq!(header.status, 200);
+        assert!(http_stream.resp_header().is_none());
+        assert!(http_stream.take_resp_header().is_none(), "taken");
+        let body = http_stream.read_body_bytes().await.unwrap().unwrap();
+        assert_eq!(&body[..], b"abc");
+        assert!(http_stream.is_body_done());
     }
 
     #[tokio::test]
