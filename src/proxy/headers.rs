@@ -7,7 +7,7 @@ use crate::auth::Identity;
 use crate::session::Phone;
 use bytes::Bytes;
 use http::HeaderName;
-use pingora::http::RequestHeader;
+use pingora::http::{IntoCaseHeaderName, RequestHeader};
 use std::net::IpAddr;
 
 /// The namespace the gateway owns (WeChat Cloud Hosting's `X-WX-OPENID`, `X-WX-APPID`, ...).
@@ -80,11 +80,7 @@ impl IdentityHeaders {
     pub fn inject(&self, req: &mut RequestHeader, identity: &Identity) {
         // Values come from our own signed token; a value that is not a valid header value
         // (impossible for WeChat ids) is left out rather than failing the request.
-        for (name, value) in self.cased.iter().zip(identity.values()) {
-            if let Some(value) = value {
-                let _ = req.insert_header(name.clone(), value.clone());
-            }
-        }
+        set_values(req, self.cased.iter().cloned(), identity);
         if identity.sid.is_empty() {
             // Another backend's token ([[jwt.accept]]): its claims may hold the session_key,
             // which must not reach the upstream inside the token either.
@@ -99,6 +95,20 @@ impl IdentityHeaders {
     pub fn inject_phone(&self, req: &mut RequestHeader, phone: &Phone) {
         let _ = req.insert_header(self.phone.clone(), phone.pure_phone_number.as_str());
         let _ = req.insert_header(self.phone_country.clone(), phone.country_code.as_str());
+    }
+}
+
+/// Set the identity's openid, appid and unionid under `names` (in that order), leaving out a
+/// value that is not a valid header value.
+fn set_values<N: IntoCaseHeaderName>(
+    req: &mut RequestHeader,
+    names: impl IntoIterator<Item = N>,
+    identity: &Identity,
+) {
+    for (name, value) in names.into_iter().zip(identity.values()) {
+        if let Some(value) = value {
+            let _ = req.insert_header(name, value.clone());
+        }
     }
 }
 
@@ -143,12 +153,7 @@ impl CloudHosting {
         peer: Option<IpAddr>,
     ) {
         if let Some(identity) = identity {
-            let names = [Self::OPENID, Self::APPID, Self::UNIONID];
-            for (name, value) in names.into_iter().zip(identity.values()) {
-                if let Some(value) = value {
-                    let _ = req.insert_header(name, value.clone());
-                }
-            }
+            set_values(req, [Self::OPENID, Self::APPID, Self::UNIONID], identity);
             let _ = req.insert_header(Self::SOURCE, Self::SOURCE_VALUE);
             if identity.sid.is_empty() {
                 // Another backend's token: as in the default mode, it does not go upstream.

@@ -255,10 +255,10 @@ impl Pool {
         let all = backends.get_backend();
         if all.len() == 1 {
             let only = all.iter().next()?;
-            return match accept(only, backends.ready(only)) {
-                true => state_of(only).cloned().map(InFlightUpstream::enter),
-                false => None,
-            };
+            if !accept(only, backends.ready(only)) {
+                return None;
+            }
+            return state_of(only).cloned().map(InFlightUpstream::enter);
         }
         let chosen = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_STEPS, accept),
