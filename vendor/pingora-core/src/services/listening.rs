@@ -229,30 +229,41 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
-                    current_handle().spawn(async move {
+                    // wxgate patch: the handshake (TLS included) runs in a box freed once it is
+                    // done, and the accepted stream and its peer address (for the error line)
+                    // move into that box: the task, which lives as long as the connection, holds
+                    // neither (a captured value keeps its room in the task's future after it is
+                    // moved out), and stays small while the connection idles.
+                    let handshake = Box::pin(async move {
                         let peer_addr = io.peer_addr();
-                        // wxgate patch: the handshake's future (TLS included) lives in a box
-                        // freed once it is done, so this task, which lives as long as the
-                        // connection, stays small while the connection idles.
-                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
-                            Ok(handshake) => {
-                                match handshake {
-                                    Ok(io) => Self::handle_event(io, app, shutdown).await,
-                                    Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
-                                        } else {
-                                            error!("Downstream handshake error: {e}");
-                                        }
-                                    }
-                                }
+                        io.handshake().await.map_err(|e| {
+                            // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
+                            if let Some(addr) = peer_addr {
+                                error!("Downstream handshake error from {}: {e}", addr);
+                            } else {
+                                error!("Downstream handshake error: {e}");
                             }
+                        })
+                    });
+                    let connection = async move {
+                        let io = match timeout(Duration::from_secs(60), handshake).await {
+                            Ok(Ok(io)) => io,
+                            Ok(Err(())) => return, // logged above
                             Err(_) => {
                                 error!("Downstream handshake timeout");
+                                return;
                             }
+                        };
+                        // `handle_event`'s loop, written out here: its future would hold a second
+                        // room for the app, the shutdown watch and the stream, and the task
+                        // (tokio rounds it up to 128 bytes) would need 384 bytes, not 256.
+                        let mut reuse_event = app.process_new(io, &shutdown).await;
+                        while let Some(event) = reuse_event {
+                            debug!("new reusable event!");
+                            reuse_event = app.process_new(event, &shutdown).await;
                         }
-                    });
+                    };
+                    current_handle().spawn(connection);
                 }
                 Err(e) => {
                     error!("Accept() failed {e}");

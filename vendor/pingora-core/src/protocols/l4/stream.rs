@@ -178,14 +178,20 @@ impl RawStreamWrapper {
             rx_ts: None,
             #[cfg(target_os = "linux")]
             enable_rx_ts: false,
+            // wxgate patch: the buffer is made when rx timestamps are enabled, not for every
+            // stream (64 bytes held by each connection, idle ones included, that never used it).
             #[cfg(target_os = "linux")]
-            reusable_cmsg_space: nix::cmsg_space!(nix::sys::socket::Timestamps),
+            reusable_cmsg_space: Vec::new(),
         }
     }
 
     #[cfg(target_os = "linux")]
     pub fn enable_rx_ts(&mut self, enable_rx_ts: bool) {
         self.enable_rx_ts = enable_rx_ts;
+        // wxgate patch: see `new`.
+        if enable_rx_ts && self.reusable_cmsg_space.is_empty() {
+            self.reusable_cmsg_space = nix::cmsg_space!(nix::sys::socket::Timestamps);
+        }
     }
 }
 
