@@ -24,8 +24,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-GW=$(free_port); WX=$(free_port); UP=$(free_port); ADMIN=$(free_port)
+# Four distinct free ports: the sockets are held open together while the kernel picks them.
+read -r GW WX UP ADMIN < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(4)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))')
 
 "$WXGATE" mock-wechat --listen "127.0.0.1:$WX" >/dev/null 2>&1 & pids+=($!)
 "$WXGATE" echo --listen "127.0.0.1:$UP" >/dev/null 2>&1 & pids+=($!)

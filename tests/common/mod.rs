@@ -30,11 +30,47 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A free loopback port for a listener that a process started later binds (a gateway, Redis).
+///
+/// Ports come from just below the kernel's ephemeral range, where the stand-ins (`--listen
+/// 127.0.0.1:0`) and every client socket get theirs, and one test binary never hands out the
+/// same port twice. A port asked of the kernel with `bind(0)` and closed again can be given to
+/// another test's stand-in before the gateway binds it; the gateway then fails to start while
+/// the test talks to the stand-in (this happened in CI).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let Some((low, span)) = reserved_ports() else {
+        // No room below the ephemeral range: ask the kernel (the old way, racy).
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+    };
+    // Start at a place that differs between test binaries run at the same time.
+    let _ = NEXT.compare_exchange(
+        usize::MAX,
+        std::process::id() as usize * 1021 % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = (low + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{}", low + span)
+}
+
+/// The range `free_port` takes from: up to 12,000 ports below `ip_local_port_range`, none
+/// under 10,000.
+fn reserved_ports() -> Option<(usize, usize)> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(10_000);
+    (ephemeral_low >= low + 1000).then(|| (low, ephemeral_low - low))
 }
 
 /// A child process killed on drop.
