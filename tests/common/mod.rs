@@ -32,14 +32,15 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// A free loopback port for a listener that a process started later binds (a gateway, Redis).
 ///
-/// Ports come from just below the kernel's ephemeral range, where the stand-ins (`--listen
+/// Ports come from below the kernel's ephemeral range, where the stand-ins (`--listen
 /// 127.0.0.1:0`) and every client socket get theirs, and one test binary never hands out the
 /// same port twice. A port asked of the kernel with `bind(0)` and closed again can be given to
 /// another test's stand-in before the gateway binds it; the gateway then fails to start while
-/// the test talks to the stand-in (this happened in CI).
+/// the test talks to the stand-in (this happened in CI). The port 10,000 above (a Redis cluster
+/// node's bus port) is free too, and in a band of its own: nothing else is handed out there.
 pub fn free_port() -> u16 {
     static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
-    let Some((low, span)) = reserved_ports() else {
+    let Some(low) = reserved_ports() else {
         // No room below the ephemeral range: ask the kernel (the old way, racy).
         return TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -49,28 +50,33 @@ pub fn free_port() -> u16 {
     // Start at a place that differs between test binaries run at the same time.
     let _ = NEXT.compare_exchange(
         usize::MAX,
-        std::process::id() as usize * 1021 % span,
+        std::process::id() as usize * 1021 % BAND,
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
-    for _ in 0..span {
-        let port = (low + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+    let bindable = |port: usize| TcpListener::bind(("127.0.0.1", port as u16)).is_ok();
+    for _ in 0..BAND {
+        let port = low + NEXT.fetch_add(1, Ordering::Relaxed) % BAND;
+        if bindable(port) && bindable(port + BAND) {
+            return port as u16;
         }
     }
-    panic!("no free port in {low}..{}", low + span)
+    panic!("no free port in {low}..{}", low + BAND)
 }
 
-/// The range `free_port` takes from: up to 12,000 ports below `ip_local_port_range`, none
-/// under 10,000.
-fn reserved_ports() -> Option<(usize, usize)> {
+/// Redis cluster's bus port offset, and the size of `free_port`'s band.
+const BAND: usize = 10_000;
+
+/// The start of `free_port`'s band: two bands (ports, then bus ports) right below
+/// `ip_local_port_range`, when there is room for them.
+fn reserved_ports() -> Option<usize> {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<usize>().ok())
         .unwrap_or(32768);
-    let low = ephemeral_low.saturating_sub(12_000).max(10_000);
-    (ephemeral_low >= low + 1000).then(|| (low, ephemeral_low - low))
+    ephemeral_low
+        .checked_sub(2 * BAND)
+        .filter(|&low| low >= 1024)
 }
 
 /// A child process killed on drop.
@@ -437,7 +443,7 @@ pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
             dir.to_str().expect("utf-8 path"),
         ])
         .args(extra)
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("redis.log")).expect("log"))
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server not found: `make test` installs it (scripts/setup.sh)");
@@ -458,7 +464,8 @@ pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
         if start.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("redis-server did not start");
+            let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+            panic!("redis-server did not start on {addr}:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
