@@ -39,8 +39,19 @@ impl App {
             mode: Arc::default(),
             task: None,
         };
-        app.resume().await;
-        app
+        // A port found free can be taken before it is bound (by something outside the tests):
+        // then another. A restart (`resume`) must get the same port, and does not retry.
+        for _ in 0..3 {
+            match TcpListener::bind(app.addr()).await {
+                Ok(listener) => {
+                    app.serve(listener);
+                    return app;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => app.port = free_port(),
+                Err(e) => panic!("bind app port: {e}"),
+            }
+        }
+        panic!("no port to bind for app {name}")
     }
 
     fn addr(&self) -> SocketAddr {
@@ -50,6 +61,10 @@ impl App {
     /// Listen (again) on its port.
     async fn resume(&mut self) {
         let listener = TcpListener::bind(self.addr()).await.expect("bind app port");
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
         let (name, seen, mode) = (self.name, self.seen.clone(), self.mode.clone());
         self.task = Some(tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();

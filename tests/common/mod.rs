@@ -233,32 +233,43 @@ auth = "none"
     )
 }
 
-/// Write `config` (with `{PORT}` replaced by a free port) and run `wxgate run` on it.
+/// Write `config` (with `{PORT}` replaced by a free port) and run `wxgate run` on it. Should the
+/// port be taken before the gateway binds it (by something outside the tests), it starts again
+/// on another.
 pub fn gateway(config: &str) -> Proc {
-    let dir = scratch("gw");
-    let port = free_port();
-    let path = dir.join("gateway.toml");
-    let text = with_fast_path_choice(&config.replace("{PORT}", &port.to_string()));
-    std::fs::write(&path, text).expect("write config");
-    let log = dir.join("gateway.log");
-    let child = Command::new(bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("WECHAT_APPSECRET", APPSECRET)
-        .env("WXGATE_JWT_SECRET", JWT_SECRET)
-        .env("RUST_LOG", "debug")
-        .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log"))
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn gateway");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut proc = Proc {
-        child,
-        addr,
-        log: Some(log),
-    };
-    wait_listening(&mut proc);
-    proc
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dir = scratch("gw");
+        let port = free_port();
+        let path = dir.join("gateway.toml");
+        let text = with_fast_path_choice(&config.replace("{PORT}", &port.to_string()));
+        std::fs::write(&path, text).expect("write config");
+        let log = dir.join("gateway.log");
+        let child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("WECHAT_APPSECRET", APPSECRET)
+            .env("WXGATE_JWT_SECRET", JWT_SECRET)
+            .env("RUST_LOG", "debug")
+            .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log"))
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn gateway");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut proc = Proc {
+            child,
+            addr,
+            log: Some(log),
+        };
+        match wait_listening(&mut proc) {
+            Ok(()) => return proc,
+            Err(why) if attempt < 3 && why.contains("in use") && config.contains("{PORT}") => {
+                eprintln!("gateway: port {port} taken, starting again on another");
+            }
+            Err(why) => panic!("{why}"),
+        }
+    }
 }
 
 /// Whether the gateways of the tests take the fast path: `WXGATE_TEST_FAST_PATH=0` turns it off
@@ -281,22 +292,35 @@ fn with_fast_path_choice(config: &str) -> String {
     }
 }
 
-fn wait_listening(proc: &mut Proc) {
+/// Until the gateway accepts connections (20 s at most); why not, with its log, if it exited.
+/// Once it accepts, it must still be running a moment later: a gateway that failed to bind its
+/// port exits, and what accepted was something else.
+fn wait_listening(proc: &mut Proc) -> Result<(), String> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
-        if TcpStream::connect_timeout(&proc.addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
         if let Ok(Some(status)) = proc.child.try_wait() {
-            panic!("gateway exited with {status}:\n{}", proc.log_text());
+            return Err(format!(
+                "gateway exited with {status}:\n{}",
+                proc.log_text()
+            ));
+        }
+        if TcpStream::connect_timeout(&proc.addr, Duration::from_millis(200)).is_ok() {
+            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                return Err(format!(
+                    "gateway exited with {status}:\n{}",
+                    proc.log_text()
+                ));
+            }
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    panic!(
+    Err(format!(
         "gateway did not listen on {}:\n{}",
         proc.addr,
         proc.log_text()
-    );
+    ))
 }
 
 /// The gateway with its own stand-in WeChat and echo app.
@@ -428,6 +452,23 @@ pub fn redis_on(port: u16) -> Proc {
 /// A real `redis-server` on `port` (no persistence) with `extra` arguments, killed on drop.
 /// It runs in a scratch directory: a replica writes the snapshot it receives to its directory.
 pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
+    try_redis_with(port, extra).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// `redis_with` on a free port. Should the port be taken before Redis binds it (by something
+/// outside the tests), it starts again on another.
+pub fn redis_anywhere(extra: &[&str]) -> Proc {
+    for _ in 0..2 {
+        match try_redis_with(free_port(), extra) {
+            Ok(redis) => return redis,
+            Err(why) if why.contains("in use") => eprintln!("redis: {why}"),
+            Err(why) => panic!("{why}"),
+        }
+    }
+    redis_with(free_port(), extra)
+}
+
+fn try_redis_with(port: u16, extra: &[&str]) -> Result<Proc, String> {
     let dir = scratch("redis");
     let mut child = Command::new("redis-server")
         .args([
@@ -461,23 +502,24 @@ pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
                 break;
             }
         }
-        if start.elapsed() > Duration::from_secs(10) {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if exited || start.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
             let _ = child.wait();
             let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-            panic!("redis-server did not start on {addr}:\n{log}");
+            return Err(format!("redis-server did not start on {addr}:\n{log}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Proc {
+    Ok(Proc {
         child,
         addr,
         log: None,
-    }
+    })
 }
 
 pub fn redis_server() -> Proc {
-    redis_on(free_port())
+    redis_anywhere(&[])
 }
 
 /// GET with an optional bearer token and extra headers; status and JSON answer.
@@ -547,12 +589,12 @@ impl SentinelSet {
             Some(pw) => vec!["--requirepass", pw, "--masterauth", pw],
             None => Vec::new(),
         };
-        let primary = redis_with(free_port(), &auth);
+        let primary = redis_anywhere(&auth);
         let p = primary.addr.port();
         let p_text = p.to_string();
         let mut replica_args = vec!["--replicaof", "127.0.0.1", &p_text];
         replica_args.extend(&auth);
-        let replica = redis_with(free_port(), &replica_args);
+        let replica = redis_anywhere(&replica_args);
         let r = replica.addr.port();
         wait_until(Duration::from_secs(10), "replica in sync", || {
             redis_cli_as(r, password, &["INFO", "replication"]).contains("master_link_status:up")
@@ -644,9 +686,8 @@ impl Cluster {
     pub fn start_with(password: Option<&str>) -> Cluster {
         let dir = scratch("cluster");
         let nodes: Vec<Proc> = (0..6)
-            .map(|_| {
-                let port = free_port();
-                let conf = dir.join(format!("nodes-{port}.conf"));
+            .map(|i| {
+                let conf = dir.join(format!("nodes-{i}.conf"));
                 let mut args = vec![
                     "--cluster-enabled",
                     "yes",
@@ -658,7 +699,7 @@ impl Cluster {
                 if let Some(pw) = password {
                     args.extend(["--requirepass", pw, "--masterauth", pw]);
                 }
-                redis_with(port, &args)
+                redis_anywhere(&args)
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
