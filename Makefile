@@ -1,13 +1,19 @@
 # The two commands a new machine needs: `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: setup build demo test fuzz lint fmt clean
+.PHONY: setup build pgo demo test fuzz lint fmt clean
 
 setup:
 	@bash scripts/setup.sh
 
 build: setup
 	$(CARGO) build --release --locked
+
+## The binary to deploy: a profile-guided release build, trained on a load like the benchmark's
+## on loopback (~2x a release build): target/pgo/release/wxgate. PGO_FORCE=1 builds it anew.
+pgo:
+	@WXGATE_SETUP_PGO=1 bash scripts/setup.sh
+	bash scripts/pgo.sh
 
 ## Run the gateway with a stand-in WeChat and an echo app on loopback; prints what to try.
 ## Another address: make demo LISTEN=127.0.0.1:3100
@@ -35,7 +41,8 @@ fuzz:
 
 ## Side-by-side benchmark (nginx, HAProxy, nginx+njs, wxgate, Node) on loopback, every row run
 ## ROUNDS times interleaved; medians and spread, checks, idle-connection RSS; bench/out/.
-## Knobs: DURATION=5s ROUNDS=3 CONNECTIONS=32 IDLE_CONNS=10000 SKIP_NODE=1 WXGATE=path (see bench/run.sh).
+## wxgate is the profile-guided build (made first, as `make pgo`; PGO=0 for the plain release build).
+## Knobs: DURATION=5s ROUNDS=3 CONNECTIONS=32 IDLE_CONNS=10000 SKIP_NODE=1 WXGATE=path PGO=0 (see bench/run.sh).
 .PHONY: bench soak
 bench:
 	bash bench/run.sh

@@ -27,10 +27,16 @@ check_cpus() {
   fi
 }
 
-# The binary: $WXGATE if given (must exist), else target/release/wxgate, built if missing.
+# The binary: $WXGATE if given (must exist), else the profile-guided build a deployment uses,
+# target/pgo/release/wxgate, made or brought up to date by scripts/pgo.sh (`make pgo`); with
+# PGO=0 the plain release build, target/release/wxgate, built if missing.
 find_wxgate() {
   if [ -n "${WXGATE:-}" ]; then
     [ -x "$WXGATE" ] || die "WXGATE=$WXGATE is not an executable file"
+  elif [ "${PGO:-1}" != 0 ]; then
+    say "== the profile-guided build (scripts/pgo.sh; PGO=0 for the plain release build)"
+    bash "$ROOT/scripts/pgo.sh" >&2
+    WXGATE="$ROOT/target/pgo/release/wxgate"
   else
     WXGATE="$ROOT/target/release/wxgate"
     if [ ! -x "$WXGATE" ]; then

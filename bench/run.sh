@@ -22,6 +22,7 @@
 # Results: bench/out/{table.md,results.json,chart.svg}; raw runs in bench/out/wrk-<row>-r<round>.txt.
 # Knobs: DURATION (5s per run) ROUNDS (3, at least 2) CONNECTIONS (32) WARMUP (2s, once per row)
 # IDLE_CONNS (10000) SKIP_NODE=1 WXGATE=path BENCH_STRICT=1 (exit 1 when a target is missed)
+# PGO=0 (wxgate is the plain release build, not the profile-guided one of scripts/pgo.sh)
 # NODE_JWT_KEYOBJECT=1 (row 6 passes jsonwebtoken a KeyObject, Node's best case, instead of the
 # tutorial's string secret).
 set -euo pipefail

@@ -6,7 +6,7 @@
 # PASS iff errors (socket errors + non-2xx) == 0 and
 #          RSS after <= 1.2 x RSS after warm-up + SOAK_SLACK_MB (4 MiB); otherwise FAIL, exit 1.
 # Knobs: SOAK_DURATION SOAK_CONNECTIONS SOAK_THREADS (gateway threads, 1) SOAK_WARMUP (5s, x2)
-#        SOAK_SAMPLES (RSS samples during the run, 6) SOAK_SLACK_MB WXGATE=path
+#        SOAK_SAMPLES (RSS samples during the run, 6) SOAK_SLACK_MB WXGATE=path PGO=0
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh

@@ -10,6 +10,10 @@
 #   python3-jwcrypto  tests/keys.rs checks wxgate's JWKS and tokens with an independent library
 #                 (and tests/browser's jsonwebtoken mints tokens as the tutorial's backend does)
 #                 (tests/browser's express runs an app written for WeChat Cloud Hosting, tests/cloudhosting.rs)
+# With WXGATE_SETUP_PGO=1 (make pgo, make bench, make soak) also:
+#   wrk           the training load of the profile-guided build (scripts/pgo-train.sh)
+#   llvm-N        its llvm-profdata, N being the LLVM version rustc is built on (`rustc -vV`);
+#                 not needed when rustup's llvm-tools component is installed
 # With WXGATE_SETUP_BENCH=1 (make bench, make soak) also:
 #   wrk, nginx    the side-by-side benchmark (openssl: its HTTPS rows' certificate)
 #   haproxy       its HAProxy rows: plain proxy and the native jwt_verify check (HAProxy >= 2.5)
@@ -31,8 +35,18 @@ if [ "${WXGATE_SETUP_TEST:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   /usr/bin/python3 -c 'import jwcrypto' >/dev/null 2>&1 || need+=(python3-jwcrypto)
 fi
-if [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
+if [ "${WXGATE_SETUP_PGO:-0}" = 1 ] || [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  if command -v rustc >/dev/null 2>&1; then
+    llvm_major=$(rustc -vV | sed -nE 's/^LLVM version: ([0-9]+).*/\1/p')
+    llvm_tools="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+    if [ -n "$llvm_major" ] && ! command -v "llvm-profdata-$llvm_major" >/dev/null 2>&1 &&
+      [ ! -x "$llvm_tools" ]; then
+      need+=("llvm-$llvm_major")
+    fi
+  fi
+fi
+if [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
   command -v nginx >/dev/null 2>&1 || need+=(nginx)
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
   command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
