@@ -5,6 +5,8 @@
 # alone); the stand-ins write theirs to a scratch directory.
 #   usage: scripts/pgo-train.sh BINARY      knobs: PGO_SECONDS (per step, default 4)
 set -euo pipefail
+# Gateway and wrk on CPUs of their own where there are two (bench/lib.sh), else together.
+if ! taskset -c 1 true 2>/dev/null; then export SERVER_CPU=0 WRK_CPU=0; fi
 source "$(dirname "$0")/../bench/lib.sh"
 WXGATE=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 S=${PGO_SECONDS:-4}
