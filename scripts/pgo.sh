@@ -20,15 +20,9 @@ if [ "${PGO_FORCE:-0}" != 1 ] && [ -x "$out" ] &&
   exit 0
 fi
 
-host=$(rustc -vV | sed -n 's/^host: //p')
-llvm_major=$(rustc -vV | sed -nE 's/^LLVM version: ([0-9]+).*/\1/p')
-profdata=""
-for c in "llvm-profdata-$llvm_major" "$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"; do
-  if command -v "$c" >/dev/null 2>&1; then profdata=$c; break; fi
-done
-if [ -z "$profdata" ]; then
-  echo "pgo: no llvm-profdata for LLVM $llvm_major (rustc's): install the llvm-$llvm_major" \
-    "package (WXGATE_SETUP_PGO=1 scripts/setup.sh does) or rustup's llvm-tools component" >&2
+if ! profdata=$(bash scripts/llvm-profdata.sh); then
+  echo "pgo: no llvm-profdata for rustc's LLVM version: install the $profdata package" \
+    "(WXGATE_SETUP_PGO=1 scripts/setup.sh does) or rustup's llvm-tools component" >&2
   exit 1
 fi
 

@@ -37,13 +37,9 @@ if [ "${WXGATE_SETUP_TEST:-0}" = 1 ]; then
 fi
 if [ "${WXGATE_SETUP_PGO:-0}" = 1 ] || [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
-  if command -v rustc >/dev/null 2>&1; then
-    llvm_major=$(rustc -vV | sed -nE 's/^LLVM version: ([0-9]+).*/\1/p')
-    llvm_tools="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
-    if [ -n "$llvm_major" ] && ! command -v "llvm-profdata-$llvm_major" >/dev/null 2>&1 &&
-      [ ! -x "$llvm_tools" ]; then
-      need+=("llvm-$llvm_major")
-    fi
+  if command -v rustc >/dev/null 2>&1 &&
+    ! llvm=$(bash "$(dirname "$0")/llvm-profdata.sh"); then
+    need+=("$llvm")
   fi
 fi
 if [ "${WXGATE_SETUP_BENCH:-0}" = 1 ]; then

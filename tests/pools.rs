@@ -32,26 +32,19 @@ struct App {
 
 impl App {
     async fn start(name: &'static str) -> App {
+        let listener = on_free_port(|port| {
+            std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| e.to_string())
+        });
+        listener.set_nonblocking(true).expect("non-blocking");
         let mut app = App {
             name,
-            port: free_port(),
+            port: listener.local_addr().expect("app address").port(),
             seen: Arc::default(),
             mode: Arc::default(),
             task: None,
         };
-        // A port found free can be taken before it is bound (by something outside the tests):
-        // then another. A restart (`resume`) must get the same port, and does not retry.
-        for _ in 0..3 {
-            match TcpListener::bind(app.addr()).await {
-                Ok(listener) => {
-                    app.serve(listener);
-                    return app;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => app.port = free_port(),
-                Err(e) => panic!("bind app port: {e}"),
-            }
-        }
-        panic!("no port to bind for app {name}")
+        app.serve(TcpListener::from_std(listener).expect("tokio listener"));
+        app
     }
 
     fn addr(&self) -> SocketAddr {

@@ -79,6 +79,23 @@ fn reserved_ports() -> Option<usize> {
         .filter(|&low| low >= 1024)
 }
 
+/// `start` on a free port; should that port be taken before `start` binds it (by something
+/// outside the tests: `start` then fails with "in use" in its error), on another, three tries
+/// at most.
+pub fn on_free_port<T>(mut start: impl FnMut(u16) -> Result<T, String>) -> T {
+    for attempt in 1.. {
+        let port = free_port();
+        match start(port) {
+            Ok(started) => return started,
+            Err(why) if attempt < 3 && why.contains("in use") => {
+                eprintln!("port {port} was taken, starting again on another: {why}");
+            }
+            Err(why) => panic!("{why}"),
+        }
+    }
+    unreachable!()
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -237,39 +254,33 @@ auth = "none"
 /// port be taken before the gateway binds it (by something outside the tests), it starts again
 /// on another.
 pub fn gateway(config: &str) -> Proc {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let dir = scratch("gw");
-        let port = free_port();
-        let path = dir.join("gateway.toml");
-        let text = with_fast_path_choice(&config.replace("{PORT}", &port.to_string()));
-        std::fs::write(&path, text).expect("write config");
-        let log = dir.join("gateway.log");
-        let child = Command::new(bin())
-            .args(["run", "-c"])
-            .arg(&path)
-            .env("WECHAT_APPSECRET", APPSECRET)
-            .env("WXGATE_JWT_SECRET", JWT_SECRET)
-            .env("RUST_LOG", "debug")
-            .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log"))
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn gateway");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let mut proc = Proc {
-            child,
-            addr,
-            log: Some(log),
-        };
-        match wait_listening(&mut proc) {
-            Ok(()) => return proc,
-            Err(why) if attempt < 3 && why.contains("in use") && config.contains("{PORT}") => {
-                eprintln!("gateway: port {port} taken, starting again on another");
-            }
-            Err(why) => panic!("{why}"),
-        }
-    }
+    on_free_port(|port| gateway_on(config, port))
+}
+
+fn gateway_on(config: &str, port: u16) -> Result<Proc, String> {
+    let dir = scratch("gw");
+    let path = dir.join("gateway.toml");
+    let text = with_fast_path_choice(&config.replace("{PORT}", &port.to_string()));
+    std::fs::write(&path, text).expect("write config");
+    let log = dir.join("gateway.log");
+    let child = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("WECHAT_APPSECRET", APPSECRET)
+        .env("WXGATE_JWT_SECRET", JWT_SECRET)
+        .env("RUST_LOG", "debug")
+        .stdout(std::fs::File::create(dir.join("stdout.log")).expect("log"))
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn gateway");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut proc = Proc {
+        child,
+        addr,
+        log: Some(log),
+    };
+    wait_listening(&mut proc)?;
+    Ok(proc)
 }
 
 /// Whether the gateways of the tests take the fast path: `WXGATE_TEST_FAST_PATH=0` turns it off
@@ -296,23 +307,19 @@ fn with_fast_path_choice(config: &str) -> String {
 /// Once it accepts, it must still be running a moment later: a gateway that failed to bind its
 /// port exits, and what accepted was something else.
 fn wait_listening(proc: &mut Proc) -> Result<(), String> {
+    let exited = |proc: &mut Proc| match proc.child.try_wait() {
+        Ok(Some(status)) => Err(format!(
+            "gateway exited with {status}:\n{}",
+            proc.log_text()
+        )),
+        _ => Ok(()),
+    };
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
-        if let Ok(Some(status)) = proc.child.try_wait() {
-            return Err(format!(
-                "gateway exited with {status}:\n{}",
-                proc.log_text()
-            ));
-        }
+        exited(proc)?;
         if TcpStream::connect_timeout(&proc.addr, Duration::from_millis(200)).is_ok() {
             std::thread::sleep(Duration::from_millis(50));
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                return Err(format!(
-                    "gateway exited with {status}:\n{}",
-                    proc.log_text()
-                ));
-            }
-            return Ok(());
+            return exited(proc);
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -455,17 +462,9 @@ pub fn redis_with(port: u16, extra: &[&str]) -> Proc {
     try_redis_with(port, extra).unwrap_or_else(|why| panic!("{why}"))
 }
 
-/// `redis_with` on a free port. Should the port be taken before Redis binds it (by something
-/// outside the tests), it starts again on another.
+/// `redis_with` on a free port (another, should that one be taken first).
 pub fn redis_anywhere(extra: &[&str]) -> Proc {
-    for _ in 0..2 {
-        match try_redis_with(free_port(), extra) {
-            Ok(redis) => return redis,
-            Err(why) if why.contains("in use") => eprintln!("redis: {why}"),
-            Err(why) => panic!("{why}"),
-        }
-    }
-    redis_with(free_port(), extra)
+    on_free_port(|port| try_redis_with(port, extra))
 }
 
 fn try_redis_with(port: u16, extra: &[&str]) -> Result<Proc, String> {
