@@ -108,6 +108,14 @@ rss_kb() {
   awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
 }
 
+# ctxsw PID: context switches of all PID's threads so far, "INVOLUNTARY VOLUNTARY". Involuntary:
+# it was runnable and another process took the core (on the shared server core, mostly the origin
+# woken by the proxy's upstream write); voluntary: it waited with nothing to do.
+ctxsw() {
+  cat "/proc/$1"/task/*/status 2>/dev/null |
+    awk '/^nonvoluntary_ctxt_switches/ { n += $2 } /^voluntary_ctxt_switches/ { v += $2 } END { print n + 0, v + 0 }'
+}
+
 # nginx_conf DIR PORT [ORIGIN_PORT]: one worker, no access log, everything under DIR.
 # Without ORIGIN_PORT it is the origin (a fixed 60-byte JSON body); with it, a reverse proxy
 # to the origin with upstream keepalive: up to 1024 idle upstream connections kept, as many as the

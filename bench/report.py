@@ -54,6 +54,19 @@ def parse_wrk(text):
     }
 
 
+SWITCH_KEYS = ("server_involuntary", "server_voluntary", "origin_involuntary", "origin_voluntary")
+
+
+def parse_switches(path):
+    """A run's context switches (bench/run.sh `measure`): the row's server, involuntary and
+    voluntary, then the origin's worker; None when the run has no such file."""
+    try:
+        values = [int(v) for v in path.read_text().split()]
+    except (OSError, ValueError):
+        return None
+    return dict(zip(SWITCH_KEYS, values)) if len(values) == len(SWITCH_KEYS) else None
+
+
 def load(out):
     meta = {}
     for line in (out / "meta.tsv").read_text().splitlines():
@@ -78,6 +91,7 @@ def load(out):
             for f in row["wrk_outputs"]:
                 run = parse_wrk((out / f).read_text())
                 run["file"] = f
+                run["switches"] = parse_switches(out / f.replace("wrk-", "cs-", 1))
                 row["runs"].append(run)
             summarise(row)
         rows.append(row)
@@ -106,6 +120,13 @@ def summarise(row):
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
     row["errors"] = errors
+    # Context switches per request, the median of the rounds: how often the server was preempted
+    # (on the shared core, mostly by the origin it just woke) or waited, and how often the
+    # origin's worker went back to waiting (about once per batch of requests it served).
+    for key in SWITCH_KEYS:
+        per = [r["switches"][key] / r["requests"] for r in runs
+               if r.get("switches") and r["requests"]]
+        row[f"{key}_per_request"] = round(statistics.median(per), 3) if per else None
 
 
 def is_idle(row):
@@ -251,6 +272,20 @@ def idle_table(rows):
     return "\n".join(lines)
 
 
+def switch_table(rows):
+    timed = [r for r in rows if not is_idle(r) and r.get("server_involuntary_per_request") is not None]
+    if not timed:
+        return ""
+    lines = ["| # | target | server preempted | server waited | origin waited | requests per origin wake-up |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in timed:
+        ov = r["origin_voluntary_per_request"]
+        lines.append(f"| {r['id']} | {r['target']} | {r['server_involuntary_per_request']:.2f} | "
+                     f"{r['server_voluntary_per_request']:.2f} | {ov:.2f} | "
+                     f"{f'{1 / ov:.1f}' if ov else '—'} |")
+    return "\n".join(lines)
+
+
 COLOURS = {"njs": "#9467bd", "haproxy": "#2ca02c", "nginx": "#7f8c8d", "wxgate": "#1f77b4",
            "node": "#d98a2b"}
 
@@ -337,6 +372,7 @@ def main(argv):
     results = {"meta": meta, "rows": rows, "checks": checks(by_id, meta)}
     md = table(rows)
     idle_md = idle_table(rows)
+    switch_md = switch_table(rows)
     notes = [f"- {r['id']}: {r['note']}" for r in rows if r["note"] and r["requests_per_sec"]]
     md_full = (f"{meta.get('settings', '')}\n\n"
                "requests/s, p50 and p99: the median of the rounds; spread: the lowest and highest "
@@ -347,6 +383,9 @@ def main(argv):
                + (f"\nIdle keep-alive connections (a fresh server each; VmRSS before the clients "
                   f"and while they are held, after one request each):\n\n{idle_md}\n"
                   if idle_md else "")
+               + (f"\nContext switches per request (medians of the rounds; /proc of the row's "
+                  f"server and of the origin's worker, which share the server core; rows 4p and 7 "
+                  f"also reach other origins):\n\n{switch_md}\n" if switch_md else "")
                + ("\nNotes:\n" + "\n".join(notes) + "\n" if notes else ""))
     (out / "table.md").write_text(md_full)
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

@@ -113,10 +113,15 @@ warm() { # warm ID: not measured; a Lua script gets a run id of its own
   wrk_run "warmup-$1.txt" $((warm_s + 30)) "$WARMUP" "${R_CONNS[$1]}" "${R_URL[$1]}" "w$RUN_ID" \
     "${WRK_ARGS[@]+"${WRK_ARGS[@]}"}"
 }
-measure() { # measure ID ROUND -> $OUT/wrk-ID-rROUND.txt
+measure() { # measure ID ROUND -> $OUT/wrk-ID-rROUND.txt, and the context switches of the row's
+  # server and of the origin's worker during the run -> $OUT/cs-ID-rROUND.txt (report.py)
+  local s0 o0 s1 o1
   wrk_args "$1"
+  s0=$(ctxsw "${R_RSS_PID[$1]}"); o0=$(ctxsw "$origin_worker")
   wrk_run "wrk-$1-r$2.txt" $((dur_s + 30)) "$DURATION" "${R_CONNS[$1]}" "${R_URL[$1]}" "m${RUN_ID}r$2" \
     "${WRK_ARGS[@]+"${WRK_ARGS[@]}"}"
+  s1=$(ctxsw "${R_RSS_PID[$1]}"); o1=$(ctxsw "$origin_worker")
+  echo "$s0 $s1 $o0 $o1" | awk '{ print $3 - $1, $4 - $2, $7 - $5, $8 - $6 }' >"$OUT/cs-$1-r$2.txt"
   say "   round $2 $(printf '%-8s' "$1") $(grep -E '^Requests/sec' "$OUT/wrk-$1-r$2.txt" || echo 'no Requests/sec line')"
 }
 # row ID TARGET WRKFILES RSS_KB CONNS NOTE EXTRAS: one line of rows.tsv for report.py
@@ -152,6 +157,7 @@ fi
 say "== starting every server (all on CPU $SERVER_CPU)"
 start_nginx origin "${P[ORIGIN]}"
 origin_pid=$LAST_PID
+origin_worker=$(nginx_worker "$origin_pid")
 start mock-wechat "$WXGATE" mock-wechat --listen "127.0.0.1:${P[MOCK]}" --appid "$APPID" --secret "$WECHAT_APPSECRET"
 wait_port "${P[MOCK]}" "$LAST_PID" mock-wechat
 
@@ -198,7 +204,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
   || die "openssl could not make the benchmark's certificate"
 
 add_row 1 "$C" "http://127.0.0.1:${P[ORIGIN]}/api/hello" "origin: nginx, static 60-byte JSON" \
-  "$(nginx_worker "$origin_pid")" "$TOKEN"
+  "$origin_worker" "$TOKEN"
 ng_row 2 "$C" PROXY "nginx reverse proxy (no auth, upstream keepalive)"
 ng_row 2s "$C" PROXYTLS "nginx reverse proxy over HTTPS (keepalive)" tls
 gw_row 3 "$C" GW3 "$OUT/wxgate-memory.toml" /public/hello "wxgate, public route (auth = none)"
