@@ -628,6 +628,15 @@ impl HttpSession {
         if self.is_body_done() {
             return Ok(());
         }
+        // wxgate patch: the drain itself (rare: a request body left unread) is boxed. Inline,
+        // its state (the body reads under a timeout) made this future, `reuse`'s and
+        // `ServerSession::finish`'s ~1 KiB larger, and `finish` is awaited inline at the end of
+        // every request: that room was in each request's future, allocated and copied for
+        // every request.
+        Box::pin(self.drain_request_body_to_end()).await
+    }
+
+    async fn drain_request_body_to_end(&mut self) -> Result<()> {
         match self.total_drain_timeout {
             Some(t) => match timeout(t, self.do_drain_request_body()).await {
                 Ok(res) => res,
@@ -1447,6 +1456,40 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
+    /// `finish_body` and then what [`Self::reuse`] awaits, on the session in place (wxgate
+    /// patch, for `ServerSession::finish`): `Ok(false)` when the connection is not to be reused
+    /// (it has been shut down), `Ok(true)` when [`Self::into_reusable`] may take the stream.
+    pub async fn finish_for_reuse(&mut self) -> Result<bool> {
+        self.finish_body().await?;
+        if !self.will_keepalive() {
+            debug!("HTTP shutdown connection");
+            self.shutdown().await;
+            return Ok(false);
+        }
+        self.drain_request_body().await?;
+        Ok(true)
+    }
+
+    /// The rest of [`Self::reuse`] after [`Self::finish_for_reuse`] returned `Ok(true)` (wxgate
+    /// patch): the stream, with any pipelined bytes, unless bytes were overread without
+    /// pipelining.
+    pub fn into_reusable(mut self) -> Option<ReusableHttpStream> {
+        if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
+            debug!("bytes overread on request, disallowing reuse");
+            None
+        } else {
+            let pipelined_prefix = self
+                .pipelining_enabled
+                .then(|| self.take_body_overread())
+                .flatten()
+                .filter(|prefix| !prefix.is_empty());
+            Some(ReusableHttpStream::new(
+                self.underlying_stream,
+                pipelined_prefix,
+            ))
+        }
+    }
+
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
