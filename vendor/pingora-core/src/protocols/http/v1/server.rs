@@ -1456,11 +1456,26 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
+    pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
+        // wxgate patch: the two halves below, shared with `ServerSession::finish`.
+        if self.prepare_reuse().await? {
+            Ok(self.into_reusable())
+        } else {
+            Ok(None)
+        }
+    }
+
     /// `finish_body` and then what [`Self::reuse`] awaits, on the session in place (wxgate
     /// patch, for `ServerSession::finish`): `Ok(false)` when the connection is not to be reused
     /// (it has been shut down), `Ok(true)` when [`Self::into_reusable`] may take the stream.
     pub async fn finish_for_reuse(&mut self) -> Result<bool> {
         self.finish_body().await?;
+        self.prepare_reuse().await
+    }
+
+    /// What [`Self::reuse`] awaits (wxgate patch): shut the connection down when it is not to be
+    /// kept (`Ok(false)`), else drain what is left of the request body (`Ok(true)`).
+    async fn prepare_reuse(&mut self) -> Result<bool> {
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
             self.shutdown().await;
@@ -1470,7 +1485,7 @@ impl HttpSession {
         Ok(true)
     }
 
-    /// The rest of [`Self::reuse`] after [`Self::finish_for_reuse`] returned `Ok(true)` (wxgate
+    /// The rest of [`Self::reuse`] after [`Self::prepare_reuse`] returned `Ok(true)` (wxgate
     /// patch): the stream, with any pipelined bytes, unless bytes were overread without
     /// pipelining.
     pub fn into_reusable(mut self) -> Option<ReusableHttpStream> {
@@ -1487,30 +1502,6 @@ impl HttpSession {
                 self.underlying_stream,
                 pipelined_prefix,
             ))
-        }
-    }
-
-    pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
-        if !self.will_keepalive() {
-            debug!("HTTP shutdown connection");
-            self.shutdown().await;
-            Ok(None)
-        } else {
-            self.drain_request_body().await?;
-            if self.body_reader.has_bytes_overread() && !self.pipelining_enabled {
-                debug!("bytes overread on request, disallowing reuse");
-                Ok(None)
-            } else {
-                let pipelined_prefix = self
-                    .pipelining_enabled
-                    .then(|| self.take_body_overread())
-                    .flatten()
-                    .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
-            }
         }
     }
 
