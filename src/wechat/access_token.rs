@@ -25,13 +25,22 @@ pub struct AccessTokens {
     client: Arc<WechatClient>,
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
-    local: Mutex<Option<SharedValue>>,
+    local: Mutex<Local>,
     fetching: tokio::sync::Mutex<()>,
 }
 
 /// Whether WeChat rejected the token itself (invalid or not latest, expired).
 pub fn is_token_error(e: &WechatError) -> bool {
     matches!(e, WechatError::Api(40001 | 42001))
+}
+
+/// The token this instance holds, and how many refusals (`invalidate`) it has seen: a value read
+/// from the store or fetched is kept only if no refusal came in between, so a read that raced a
+/// refusal cannot put the refused token back.
+#[derive(Default)]
+struct Local {
+    value: Option<SharedValue>,
+    refusals: u64,
 }
 
 impl AccessTokens {
@@ -44,21 +53,30 @@ impl AccessTokens {
             client,
             store,
             clock,
-            local: Mutex::new(None),
+            local: Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
 
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn fresh_local(&self, now: u64) -> Option<Secret> {
-        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        local
+        self.local()
+            .value
             .as_ref()
             .filter(|v| v.refresh_at_ms > now)
             .map(|v| Secret::new(v.value.clone()))
     }
 
-    fn keep(&self, value: &SharedValue) -> Secret {
-        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(value.clone());
+    /// Hold `value` unless a refusal came in since `refusals` was read; either way it is the
+    /// caller's token for this call.
+    fn keep(&self, value: &SharedValue, refusals: u64) -> Secret {
+        let mut local = self.local();
+        if local.refusals == refusals {
+            local.value = Some(value.clone());
+        }
         Secret::new(value.value.clone())
     }
 
@@ -81,8 +99,9 @@ impl AccessTokens {
         if let Some(t) = self.fresh_local(self.clock.now_ms()) {
             return Ok(t);
         }
+        let refusals = self.local().refusals;
         if let Some(v) = self.fresh_shared().await {
-            return Ok(self.keep(&v));
+            return Ok(self.keep(&v, refusals));
         }
         let lock = match self.store.try_lock(NAME, LOCK_TTL).await {
             Ok(lock) => lock,
@@ -99,7 +118,7 @@ impl AccessTokens {
             }
             None => self.wait_for_other_instance().await?,
         };
-        Ok(self.keep(&value))
+        Ok(self.keep(&value, refusals))
     }
 
     async fn wait_for_other_instance(&self) -> Result<SharedValue, WechatError> {
@@ -129,15 +148,20 @@ impl AccessTokens {
     }
 
     /// Forget a token WeChat refused, here and in the store.
+    /// The store first: once the local copy is dropped, nothing here reads the refused token back
+    /// from the store, and a read that began before is not kept (`Local::refusals`).
     pub async fn invalidate(&self, bad: &Secret) {
-        {
-            let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-            if local.as_ref().is_some_and(|v| v.value == bad.expose()) {
-                *local = None;
-            }
-        }
         if let Err(e) = self.store.delete_shared(NAME, bad.expose()).await {
             tracing::warn!("cannot drop the refused access token from the store: {e}");
+        }
+        let mut local = self.local();
+        local.refusals += 1;
+        if local
+            .value
+            .as_ref()
+            .is_some_and(|v| v.value == bad.expose())
+        {
+            local.value = None;
         }
     }
 
