@@ -27,6 +27,8 @@ use pingora::upstreams::peer::Peer;
 use pingora::ErrorType;
 use prometheus::IntCounter;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -221,53 +223,80 @@ fn quiet<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
 /// and answer it. Always `Ok(true)`: the answer, the upstream's or an envelope, is written; a
 /// failure is kept in `ctx` for `logging`.
 pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    let mut req = session.req_header().clone();
-    req.set_version(Version::HTTP_11);
-    req.remove_header(&header::CONNECTION);
-    if let Err(e) = edit_upstream_request(session, &mut req, ctx) {
-        return fail(session, ctx, e).await;
-    }
-    let req = Box::new(req);
-    // The pool key is hashed once: it serves the checkout and the release.
-    let (peer, key, stream) = loop {
-        let peer = match choose_upstream(session, ctx) {
-            Ok(peer) => peer,
-            Err(e) => return fail(session, ctx, e).await,
-        };
-        let key = peer.reuse_hash();
-        if let Some(stream) = IDLE.checkout(key, Instant::now()) {
-            REUSED.inc();
-            break (peer, key, stream);
-        }
-        // Boxed: the connector's state (TLS included) is large and only a new connection needs
-        // it; inline it tripled the size of every request's future.
-        match Box::pin(CONNECTOR.new_stream(&peer)).await {
-            Ok(stream) => {
-                NEW.inc();
-                break (peer, key, stream);
-            }
-            Err(mut e) => {
-                e.as_up();
-                if connect_failed(ctx, &peer) {
-                    continue;
-                }
-                return fail(session, ctx, e).await;
-            }
-        }
+    // Each by-value part lives only while it is needed: a value bound in this function keeps its
+    // room in the future until the function's end, even once moved out, and every request
+    // allocates and copies this future (inside `request_filter`'s).
+    let req = match upstream_request(session, ctx) {
+        Ok(req) => req,
+        Err(e) => return fail(session, ctx, e).await,
     };
-    let mut upstream = Upstream::new_with_options(stream, &peer);
-    upstream.read_timeout = peer.options.read_timeout;
-    upstream.write_timeout = peer.options.write_timeout;
+    let (key, mut upstream, idle) = match connect(session, ctx).await {
+        Ok(connected) => connected,
+        Err(e) => return fail(session, ctx, e).await,
+    };
     if let Err(e) = exchange(session, &mut upstream, req, ctx).await {
         // The upstream connection is dropped (closed), never pooled.
         return fail(session, ctx, e).await;
     }
-    if let Some(stream) = upstream.reuse().await {
-        let idle = peer.options.idle_timeout.unwrap_or(Duration::from_secs(60));
-        let limit = ctx.snap().config.server.upstream_keepalive;
-        IDLE.release(key, stream, idle, limit);
+    match upstream.into_reusable() {
+        Ok(stream) => {
+            let limit = ctx.snap().config.server.upstream_keepalive;
+            IDLE.release(key, stream, idle, limit);
+        }
+        // As `reuse` does; boxed, as only a connection the upstream will not keep gets here.
+        Err(upstream) => close(upstream).await,
     }
     Ok(true)
+}
+
+fn close(mut upstream: Upstream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move { upstream.shutdown().await })
+}
+
+/// The request to send upstream: the client's, as HTTP/1.1 without `Connection`, with the
+/// identity headers rewritten.
+fn upstream_request(session: &Session, ctx: &Ctx) -> Result<Box<RequestHeader>> {
+    let mut req = Box::new(session.req_header().clone());
+    req.set_version(Version::HTTP_11);
+    req.remove_header(&header::CONNECTION);
+    edit_upstream_request(session, &mut req, ctx)?;
+    Ok(req)
+}
+
+/// An upstream connection for the request: an idle one of the chosen upstream's, or a new one
+/// (a connect failure tries the next upstream, as the normal path does). With the pool key
+/// (hashed once: it serves the checkout and the release) and the upstream's idle timeout.
+async fn connect(session: &Session, ctx: &mut Ctx) -> Result<(u64, Upstream, Duration)> {
+    loop {
+        let peer = choose_upstream(session, ctx)?;
+        let key = peer.reuse_hash();
+        let stream = match IDLE.checkout(key, Instant::now()) {
+            Some(stream) => {
+                REUSED.inc();
+                stream
+            }
+            // Boxed: the connector's state (TLS included) is large and only a new connection
+            // needs it; inline it tripled the size of every request's future.
+            None => match Box::pin(CONNECTOR.new_stream(&peer)).await {
+                Ok(stream) => {
+                    NEW.inc();
+                    stream
+                }
+                Err(mut e) => {
+                    e.as_up();
+                    if connect_failed(ctx, &peer) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        let mut upstream = Upstream::new_with_options(stream, &peer);
+        upstream.read_timeout = peer.options.read_timeout;
+        upstream.write_timeout = peer.options.write_timeout;
+        let idle = peer.options.idle_timeout.unwrap_or(Duration::from_secs(60));
+        return Ok((key, upstream, idle));
+    }
 }
 
 async fn fail(session: &mut Session, ctx: &mut Ctx, e: Box<Error>) -> Result<bool> {

@@ -43,8 +43,10 @@ use http::{header, version::Version, Method};
 use log::{debug, error, trace, warn};
 use once_cell::sync::Lazy;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::any::Any;
 use std::fmt::Debug;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::str;
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
@@ -1145,75 +1147,129 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
-    async fn process_request(
+    /// wxgate patch: the start of `process_new_http` after the request is read (unchanged,
+    /// moved out): the request's `Session` and `CTX`, handed to `process_request`.
+    fn start_request(
         self: &Arc<Self>,
-        mut session: Session,
-        mut ctx: <SV as ProxyHttp>::CTX,
-    ) -> Option<ReusedHttpStream>
+        downstream_session: Box<HttpSession>,
+        prev_user_ctx: Option<Box<dyn Any + Send + Sync>>,
+        shutting_down: bool,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + '_
     where
         SV: ProxyHttp + Send + Sync + 'static,
         <SV as ProxyHttp>::CTX: Send + Sync,
     {
-        if let Err(e) = self
-            .inner
-            .early_request_filter(&mut session, &mut ctx)
-            .await
-        {
-            return Box::pin(self.handle_error(session, &mut ctx, e, "Fail to early filter request:"))
+        let mut session = Session::new(
+            downstream_session,
+            &self.downstream_modules,
+            #[cfg(feature = "upstream_modules")]
+            &self.upstream_modules,
+            self.shutdown_flag.clone(),
+        );
+
+        if shutting_down {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = self.inner.new_ctx();
+
+        // Deliver user context from the previous request on this reused connection
+        if let Some(prev_ctx) = prev_user_ctx {
+            self.inner
+                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+        }
+
+        self.process_request(session, ctx)
+    }
+
+    // wxgate patch: a plain `fn` returning an `async move` block that works on the captured
+    // `session` and `ctx` in place. As an `async fn` taking them by value its future kept each
+    // twice (the captured argument and its binding in the body), and every request allocates
+    // and copies this future inside `process_new_http`'s.
+    fn process_request(
+        self: &Arc<Self>,
+        mut session: Session,
+        mut ctx: <SV as ProxyHttp>::CTX,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + '_
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        <SV as ProxyHttp>::CTX: Send + Sync,
+    {
+        async move {
+            if let Err(e) = self
+                .inner
+                .early_request_filter(&mut session, &mut ctx)
+                .await
+            {
+                return Box::pin(self.handle_error(
+                    session,
+                    &mut ctx,
+                    e,
+                    "Fail to early filter request:",
+                ))
                 .await;
-        }
+            }
 
-        if self.inner.allow_spawning_subrequest(&session, &ctx) {
-            session.subrequest_spawner = Some(SubrequestSpawner::new(self.clone()));
-        }
+            if self.inner.allow_spawning_subrequest(&session, &ctx) {
+                session.subrequest_spawner = Some(SubrequestSpawner::new(self.clone()));
+            }
 
-        let req = session.downstream_session.req_header_mut();
+            let req = session.downstream_session.req_header_mut();
 
-        // Built-in downstream request filters go first
-        if let Err(e) = session
-            .downstream_modules_ctx
-            .request_header_filter(req)
-            .await
-        {
-            return Box::pin(self.handle_error(
-                session,
-                &mut ctx,
-                e,
-                "Failed in downstream modules request filter:",
-            ))
-            .await;
-        }
+            // Built-in downstream request filters go first
+            if let Err(e) = session
+                .downstream_modules_ctx
+                .request_header_filter(req)
+                .await
+            {
+                return Box::pin(self.handle_error(
+                    session,
+                    &mut ctx,
+                    e,
+                    "Failed in downstream modules request filter:",
+                ))
+                .await;
+            }
 
-        match self.inner.request_filter(&mut session, &mut ctx).await {
-            Ok(response_sent) => {
-                if response_sent {
-                    // TODO: log error
-                    self.inner.logging(&mut session, None, &mut ctx).await;
-                    self.cleanup_sub_req(&mut session);
-                    let mut persistent_settings = HttpPersistentSettings::for_session(&session);
-                    if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
-                        persistent_settings.set_user_context(uc);
+            match self.inner.request_filter(&mut session, &mut ctx).await {
+                Ok(response_sent) => {
+                    if response_sent {
+                        // TODO: log error
+                        self.inner.logging(&mut session, None, &mut ctx).await;
+                        self.cleanup_sub_req(&mut session);
+                        let mut persistent_settings = HttpPersistentSettings::for_session(&session);
+                        if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
+                            persistent_settings.set_user_context(uc);
+                        }
+                        return session
+                            .downstream_session
+                            .finish()
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|s| {
+                                ReusedHttpStream::from_reusable_stream(s, persistent_settings)
+                            });
                     }
-                    return session
-                        .downstream_session
-                        .finish()
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|s| ReusedHttpStream::from_reusable_stream(s, persistent_settings));
+                    /* else continue */
                 }
-                /* else continue */
-            }
-            Err(e) => {
-                return Box::pin(self.handle_error(session, &mut ctx, e, "Fail to filter request:"))
+                Err(e) => {
+                    return Box::pin(self.handle_error(
+                        session,
+                        &mut ctx,
+                        e,
+                        "Fail to filter request:",
+                    ))
                     .await;
+                }
             }
-        }
 
-        // wxgate patch: the rest (cache, upstream, retries, finish) is boxed. Its state is most
-        // of this future's size (~14 KiB), which every request allocated and copied, though a
-        // request answered by `request_filter` never reaches it.
-        Box::pin(self.process_upstream(session, ctx)).await
+            // wxgate patch: the rest (cache, upstream, retries, finish) is boxed. Its state is most
+            // of this future's size (~14 KiB), which every request allocated and copied, though a
+            // request answered by `request_filter` never reaches it.
+            Box::pin(self.process_upstream(session, ctx)).await
+        }
     }
 
     /// The part of [`Self::process_request`] after `request_filter` (wxgate patch: split out
@@ -1571,42 +1627,33 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // wxgate patch: written out instead of `async fn` (which `async_trait` expands to a boxed
+    // `async move` block that captures `session` and binds it again inside): the 680-byte
+    // session is boxed before the block is made, and the request's `Session` and `CTX` are made
+    // in `start_request`, a plain function, so that only `process_request`'s future holds them.
+    // Each was otherwise kept twice in this future, which every request allocates and copies.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         mut session: HttpSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
 
         let session = Box::new(session);
 
-        // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
-
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
-        }
-
-        let mut ctx = self.inner.new_ctx();
-
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
-
-        self.process_request(session, ctx).await
+        Box::pin(async move {
+            // TODO: keepalive pool, use stack
+            let downstream_session = self.handle_new_request(session).await?;
+            let shutting_down = *shutdown.borrow();
+            self.start_request(downstream_session, prev_user_ctx, shutting_down)
+                .await
+        })
     }
 
     async fn http_cleanup(&self) {

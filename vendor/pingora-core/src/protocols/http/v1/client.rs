@@ -668,20 +668,29 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
+    pub async fn reuse(self) -> Option<Stream> {
+        // wxgate patch: made of `into_reusable`, which the keepalive case needs alone.
+        match self.into_reusable() {
+            Ok(stream) => Some(stream),
+            Err(mut session) => {
+                debug!("HTTP shutdown connection");
+                session.shutdown().await;
+                None
+            }
+        }
+    }
+
+    /// wxgate patch: the synchronous part of [`Self::reuse()`]: the underlying stream if the
+    /// connection can be reused, else the session back (to be shut down, as `reuse` does, or
+    /// dropped). The keepalive case needs no `await`, and an `async fn` taking `self` by value
+    /// keeps the session twice in its future, which a caller awaiting `reuse` inline carries.
+    pub fn into_reusable(mut self) -> std::result::Result<Stream, Self> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-
-        // TODO: this function is unnecessarily slow for keepalive case
-        // because that case does not need async
         match self.keepalive_timeout {
-            KeepaliveStatus::Off => {
-                debug!("HTTP shutdown connection");
-                self.shutdown().await;
-                None
-            }
-            _ => Some(self.underlying_stream),
+            KeepaliveStatus::Off => Err(self),
+            _ => Ok(self.underlying_stream),
         }
     }
 
