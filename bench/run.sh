@@ -24,7 +24,9 @@
 # IDLE_CONNS (10000) SKIP_NODE=1 WXGATE=path BENCH_STRICT=1 (exit 1 when a target is missed)
 # PGO=0 (wxgate is the plain release build, not the profile-guided one of scripts/pgo.sh)
 # NODE_JWT_KEYOBJECT=1 (row 6 passes jsonwebtoken a KeyObject, Node's best case, instead of the
-# tutorial's string secret).
+# tutorial's string secret). ORIGIN_SCHED=batch runs the origins' workers as SCHED_BATCH, so that
+# the origin, woken by each upstream write, no longer preempts the proxy on the shared core (an
+# origin on a core or machine of its own; the default, "other", is the normal policy).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -35,10 +37,12 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 WARMUP=${WARMUP:-2s}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+ORIGIN_SCHED=${ORIGIN_SCHED:-other}
 RUN_ID="$(date +%s)-$$"
 
 [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 2 ] ||
   die "ROUNDS=$ROUNDS: at least 2 (the table reports the median and the spread of the rounds)"
+[[ "$ORIGIN_SCHED" =~ ^(other|batch)$ ]] || die "ORIGIN_SCHED=$ORIGIN_SCHED: other or batch"
 [[ "$IDLE_CONNS" =~ ^[0-9]+$ ]] && [ "$IDLE_CONNS" -ge 1 ] || die "IDLE_CONNS=$IDLE_CONNS is not a count"
 
 WXGATE_SETUP_BENCH=1 bash "$ROOT/scripts/setup.sh"
@@ -136,13 +140,15 @@ if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
   say "warning: load average is $load before the run; other processes will make these numbers noisy"
 fi
 {
-  printf 'settings\twrk -t1 -c%s -d%s --latency (256/1024 for the @ rows), %s rounds interleaved, medians; a %s warm-up per row; wrk on CPU %s, servers on CPU %s; %s; %s; run %s\n' \
-    "$CONNECTIONS" "$DURATION" "$ROUNDS" "$WARMUP" "$WRK_CPU" "$SERVER_CPU" "${cpu_model:-unknown CPU}" \
+  printf 'settings\twrk -t1 -c%s -d%s --latency (256/1024 for the @ rows), %s rounds interleaved, medians; a %s warm-up per row; wrk on CPU %s, servers on CPU %s%s; %s; %s; run %s\n' \
+    "$CONNECTIONS" "$DURATION" "$ROUNDS" "$WARMUP" "$WRK_CPU" "$SERVER_CPU" \
+    "$([ "$ORIGIN_SCHED" = batch ] && echo ' (the origins SCHED_BATCH)')" "${cpu_model:-unknown CPU}" \
     "$(date -u +%Y-%m-%dT%H:%MZ)" "$RUN_ID"
   printf 'connections\t%s\nduration\t%s\nwarmup\t%s\nrounds\t%s\nrun_id\t%s\n' \
     "$CONNECTIONS" "$DURATION" "$WARMUP" "$ROUNDS" "$RUN_ID"
   printf 'idle_connections\t%s\nopen_files_limit\t%s\n' "$IDLE_CONNS" "$(ulimit -n)"
   printf 'load_average_at_start\t%s\n' "$load"
+  printf 'origin_sched\t%s\n' "$ORIGIN_SCHED"
   printf 'wxgate\t%s\n' "$("$WXGATE" --version 2>/dev/null || echo unknown)"
   printf 'git\t%s\n' "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
   printf 'nginx\t%s\n' "$(nginx -v 2>&1)"
@@ -153,11 +159,19 @@ fi
   printf 'node\t%s\n' "$(node --version 2>/dev/null || echo none)"
 } >"$OUT/meta.tsv"
 
+# origin_sched PID: an origin worker's scheduling policy, as ORIGIN_SCHED says.
+origin_sched() {
+  if [ "$ORIGIN_SCHED" = batch ]; then
+    chrt --batch --pid 0 "$1" || die "cannot make the origin worker $1 SCHED_BATCH"
+  fi
+}
+
 # ---------------------------------------------------------------------------------------------
 say "== starting every server (all on CPU $SERVER_CPU)"
 start_nginx origin "${P[ORIGIN]}"
 origin_pid=$LAST_PID
 origin_worker=$(nginx_worker "$origin_pid")
+origin_sched "$origin_worker"
 start mock-wechat "$WXGATE" mock-wechat --listen "127.0.0.1:${P[MOCK]}" --appid "$APPID" --secret "$WECHAT_APPSECRET"
 wait_port "${P[MOCK]}" "$LAST_PID" mock-wechat
 
@@ -231,7 +245,9 @@ done
 # Rows 4r and 4p: what a pool costs (one upstream round robin against three, openid_hash, health
 # checks); being in the same rounds, drift on the machine hits both alike.
 start_nginx origin2 "${P[ORIGIN2]}"
+origin_sched "$(nginx_worker "$LAST_PID")"
 start_nginx origin3 "${P[ORIGIN3]}"
+origin_sched "$(nginx_worker "$LAST_PID")"
 wxgate_conf "$OUT/wxgate-4r.toml" "${P[GW4R]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
 API_UPSTREAMS="[\"127.0.0.1:${P[ORIGIN]}\", \"127.0.0.1:${P[ORIGIN2]}\", \"127.0.0.1:${P[ORIGIN3]}\"]" \
   API_EXTRA='lb = "openid_hash"
