@@ -15,9 +15,10 @@
 #      in ROUNDS interleaved rounds (a fresh server each time; medians and the spread)
 # Every server starts once, on its own port, is checked (200 with the token; rows 4, hj and nj also
 # 401 for a missing, a forged and an expired token, and the app sees the right X-WX-OpenID) and
-# warmed up once. Then ROUNDS rounds each run every row once, in the order above (1 2 ... 7, 1 2 ...
-# 7, ...): single runs on a small VM vary by +-20%, and interleaving spreads that drift over all
-# rows alike. report.py judges the median of the rounds and shows their spread. One origin, the
+# warmed up once. Then ROUNDS rounds each run every row once, in the order above and back (1 2 ...
+# 7, 7 ... 2 1, 1 2 ... 7, ...): single runs on a small VM vary by +-20%, and interleaving spreads
+# that drift over all rows alike; the order turns every other round so that no row always follows
+# the same one (a run comes out a few per cent apart depending on what ran just before it). report.py judges the median of the rounds and shows their spread. One origin, the
 # same wrk settings and headers for every row (wrk on CPU 0, every server on CPU 1), loopback only.
 # Results: bench/out/{table.md,results.json,chart.svg}; raw runs in bench/out/wrk-<row>-r<round>.txt.
 # Knobs: DURATION (5s per run) ROUNDS (3, at least 2) CONNECTIONS (32) WARMUP (2s, once per row)
@@ -93,8 +94,8 @@ wrk_run() {
     >"$OUT/$file" 2>&1 || { cat "$OUT/$file" >&2; die "wrk failed against $url"; }
 }
 
-# The rows, in the order each round runs them. R_*[ID]: URL, connections, target (the table's
-# label), the pid whose VmHWM is the row's peak RSS, the token (or "" for none), a wrk Lua script,
+# The rows, in the order odd rounds run them (even rounds run them back). R_*[ID]: URL,
+# connections, target (the table's label), the pid whose VmHWM is the row's peak RSS, the token (or "" for none), a wrk Lua script,
 # a note, and extras (k=v;k=v) for report.py.
 ROWS=()
 ORDER=() # ROWS and the skipped rows, in the table's order
@@ -140,7 +141,7 @@ if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
   say "warning: load average is $load before the run; other processes will make these numbers noisy"
 fi
 {
-  printf 'settings\twrk -t1 -c%s -d%s --latency (256/1024 for the @ rows), %s rounds interleaved, medians; a %s warm-up per row; wrk on CPU %s, servers on CPU %s%s; %s; %s; run %s\n' \
+  printf 'settings\twrk -t1 -c%s -d%s --latency (256/1024 for the @ rows), %s rounds interleaved (every other one in reverse), medians; a %s warm-up per row; wrk on CPU %s, servers on CPU %s%s; %s; %s; run %s\n' \
     "$CONNECTIONS" "$DURATION" "$ROUNDS" "$WARMUP" "$WRK_CPU" "$SERVER_CPU" \
     "$([ "$ORIGIN_SCHED" = batch ] && echo ' (the origins SCHED_BATCH)')" "${cpu_model:-unknown CPU}" \
     "$(date -u +%Y-%m-%dT%H:%MZ)" "$RUN_ID"
@@ -371,7 +372,13 @@ redis_total=0
 
 for round in $(seq "$ROUNDS"); do
   say "== round $round of $ROUNDS: ${#ROWS[@]} rows, $DURATION each"
-  for id in "${ROWS[@]}"; do
+  # Odd rounds in the order of the table, even rounds back.
+  order=("${ROWS[@]}")
+  if [ $((round % 2)) -eq 0 ]; then
+    order=()
+    for ((i = ${#ROWS[@]} - 1; i >= 0; i--)); do order+=("${ROWS[$i]}"); done
+  fi
+  for id in "${order[@]}"; do
     case "$id" in
       4j)
         ( for _ in $(seq "$dur_s"); do curl -s -o /dev/null "http://127.0.0.1:${P[ADMIN]}/metrics"; sleep 1; done ) &
