@@ -18,8 +18,9 @@
 # warmed up once. Then ROUNDS rounds each run every row once, in the order above and back (1 2 ...
 # 7, 7 ... 2 1, 1 2 ... 7, ...): single runs on a small VM vary by +-20%, and interleaving spreads
 # that drift over all rows alike; the order turns every other round so that no row always follows
-# the same one (a run comes out a few per cent apart depending on what ran just before it). report.py judges the median of the rounds and shows their spread. One origin, the
-# same wrk settings and headers for every row (wrk on CPU 0, every server on CPU 1), loopback only.
+# the same one (a run comes out a few per cent apart depending on what ran just before it).
+# report.py judges the median of the rounds and shows their spread. One origin, the same wrk
+# settings and headers for every row (wrk on CPU 0, every server on CPU 1), loopback only.
 # Results: bench/out/{table.md,results.json,chart.svg}; raw runs in bench/out/wrk-<row>-r<round>.txt.
 # Knobs: DURATION (5s per run) ROUNDS (3, at least 2) CONNECTIONS (32) WARMUP (2s, once per row)
 # IDLE_CONNS (10000) SKIP_NODE=1 WXGATE=path BENCH_STRICT=1 (exit 1 when a target is missed)
@@ -95,8 +96,8 @@ wrk_run() {
 }
 
 # The rows, in the order odd rounds run them (even rounds run them back). R_*[ID]: URL,
-# connections, target (the table's label), the pid whose VmHWM is the row's peak RSS, the token (or "" for none), a wrk Lua script,
-# a note, and extras (k=v;k=v) for report.py.
+# connections, target (the table's label), the pid whose VmHWM is the row's peak RSS, the token
+# (or "" for none), a wrk Lua script, a note, and extras (k=v;k=v) for report.py.
 ROWS=()
 ORDER=() # ROWS and the skipped rows, in the table's order
 declare -A R_URL R_CONNS R_TARGET R_RSS_PID R_TOKEN R_SCRIPT R_NOTE R_EXTRAS
@@ -160,19 +161,22 @@ fi
   printf 'node\t%s\n' "$(node --version 2>/dev/null || echo none)"
 } >"$OUT/meta.tsv"
 
-# origin_sched PID: an origin worker's scheduling policy, as ORIGIN_SCHED says.
-origin_sched() {
+# start_origin NAME PORT: an origin (nginx, static JSON), its worker under the scheduling policy
+# ORIGIN_SCHED says; LAST_PID is its master.
+start_origin() {
+  start_nginx "$1" "$2"
   if [ "$ORIGIN_SCHED" = batch ]; then
-    chrt --batch --pid 0 "$1" || die "cannot make the origin worker $1 SCHED_BATCH"
+    local worker
+    worker=$(nginx_worker "$LAST_PID")
+    chrt --batch --pid 0 "$worker" || die "cannot make the origin worker $worker SCHED_BATCH"
   fi
 }
 
 # ---------------------------------------------------------------------------------------------
 say "== starting every server (all on CPU $SERVER_CPU)"
-start_nginx origin "${P[ORIGIN]}"
+start_origin origin "${P[ORIGIN]}"
 origin_pid=$LAST_PID
 origin_worker=$(nginx_worker "$origin_pid")
-origin_sched "$origin_worker"
 start mock-wechat "$WXGATE" mock-wechat --listen "127.0.0.1:${P[MOCK]}" --appid "$APPID" --secret "$WECHAT_APPSECRET"
 wait_port "${P[MOCK]}" "$LAST_PID" mock-wechat
 
@@ -245,10 +249,8 @@ done
 
 # Rows 4r and 4p: what a pool costs (one upstream round robin against three, openid_hash, health
 # checks); being in the same rounds, drift on the machine hits both alike.
-start_nginx origin2 "${P[ORIGIN2]}"
-origin_sched "$(nginx_worker "$LAST_PID")"
-start_nginx origin3 "${P[ORIGIN3]}"
-origin_sched "$(nginx_worker "$LAST_PID")"
+start_origin origin2 "${P[ORIGIN2]}"
+start_origin origin3 "${P[ORIGIN3]}"
 wxgate_conf "$OUT/wxgate-4r.toml" "${P[GW4R]}" "${P[ORIGIN]}" "${P[MOCK]}" 1 memory
 API_UPSTREAMS="[\"127.0.0.1:${P[ORIGIN]}\", \"127.0.0.1:${P[ORIGIN2]}\", \"127.0.0.1:${P[ORIGIN3]}\"]" \
   API_EXTRA='lb = "openid_hash"
@@ -370,14 +372,12 @@ sleep 0.5
 lines_before=$(access_lines)
 redis_total=0
 
+# Odd rounds run the rows in the order of the table, even rounds back.
+ROWS_BACK=()
+for ((i = ${#ROWS[@]} - 1; i >= 0; i--)); do ROWS_BACK+=("${ROWS[$i]}"); done
 for round in $(seq "$ROUNDS"); do
   say "== round $round of $ROUNDS: ${#ROWS[@]} rows, $DURATION each"
-  # Odd rounds in the order of the table, even rounds back.
-  order=("${ROWS[@]}")
-  if [ $((round % 2)) -eq 0 ]; then
-    order=()
-    for ((i = ${#ROWS[@]} - 1; i >= 0; i--)); do order+=("${ROWS[$i]}"); done
-  fi
+  if [ $((round % 2)) -eq 1 ]; then order=("${ROWS[@]}"); else order=("${ROWS_BACK[@]}"); fi
   for id in "${order[@]}"; do
     case "$id" in
       4j)
