@@ -355,8 +355,23 @@ pub fn upgrade_socket(config: &Config) -> String {
 
 /// Run the gateway in the foreground until SIGINT (fast), SIGTERM (graceful) or SIGQUIT
 /// (graceful, after handing the listeners to a new process started with `--upgrade`).
+/// Linux's default ceiling on a process's descriptors (`fs.nr_open`).
+const OPEN_FILES_WANTED: u64 = 1 << 20;
+
+/// Every client and upstream connection takes a descriptor: raise the soft limit on them to the
+/// hard one (at most [`OPEN_FILES_WANTED`]), as nginx's `worker_rlimit_nofile` or Go's runtime
+/// do, so that a shell's default of 1024 does not cap the gateway at ~500 proxied connections.
+/// A limit that cannot be raised is kept, and said.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(OPEN_FILES_WANTED) {
+        Ok(limit) => tracing::info!("open files limit: {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
+}
+
 pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     tls::install_crypto(config.server.tls.as_ref().is_some_and(|t| t.tls13_only));
+    raise_open_files_limit();
     let listen = config.server.listen;
     if !options.upgrade {
         // Fail with a clear message now rather than inside Pingora's listener start-up. (An
@@ -440,6 +455,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     server.bootstrap();
 
     let in_flight = InFlight::default();
+    crate::proxy::fast::prepare();
     let gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(live.clone(), in_flight.clone()),

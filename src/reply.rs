@@ -113,6 +113,9 @@ pub enum Reject {
     NoHealthyUpstream,
     /// The upstream app did not answer in time.
     UpstreamTimeout,
+    /// The gateway could not open a connection to the upstream for want of its own resources
+    /// (descriptors, local ports, memory): the upstream is not at fault and stays in rotation.
+    GatewayOverloaded,
     /// A malformed request that the HTTP layer refused (status kept).
     BadRequest { status: u16 },
     /// The relay was asked for a WeChat path outside `relay.allow`.
@@ -247,6 +250,12 @@ impl Reject {
             Reject::UpstreamTimeout => {
                 p(504, "10511", "上游服务响应超时", Some("upstream_timeout"))
             }
+            Reject::GatewayOverloaded => p(
+                503,
+                "10512",
+                "网关繁忙，请稍后重试",
+                Some("gateway_overloaded"),
+            ),
             Reject::BadRequest { status } => {
                 p(*status, "10400", "请求格式错误", Some("bad_request"))
             }
@@ -294,7 +303,9 @@ impl Reject {
             Reject::RouteRateLimited { retry_after } => {
                 vec![("retry-after", Cow::Owned(retry_after.max(&1).to_string()))]
             }
-            Reject::StoreUnavailable | Reject::Wechat { errcode: -1 } => one("retry-after", "1"),
+            Reject::StoreUnavailable
+            | Reject::GatewayOverloaded
+            | Reject::Wechat { errcode: -1 } => one("retry-after", "1"),
             _ => Vec::new(),
         }
     }
@@ -491,6 +502,10 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         (
             Reject::UpstreamTimeout,
             "upstream app slower than the route's timeout",
+        ),
+        (
+            Reject::GatewayOverloaded,
+            "the gateway could not open a connection to the upstream app: out of descriptors (the open files limit, logged at start-up), local ports or memory; the upstream stays in rotation, `Retry-After: 1`",
         ),
         (
             Reject::RelayPathNotAllowed,

@@ -437,3 +437,87 @@ fn upstream_faults_are_502_envelopes() {
     let (status, v) = raw(s.gw.addr, head.as_bytes(), "x".repeat(100_000).as_bytes());
     assert_eq!((status, v["code"].as_str()), (502, Some("10510")), "{v}");
 }
+
+/// The descriptors the process `pid` holds open below `limit` (the numbers a new one may take:
+/// one inherited above it, such as a job server's pipe, does not count against the limit).
+fn open_descriptors(pid: u32, limit: usize) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
+            .filter(|fd| *fd < limit)
+            .count()
+    })
+}
+
+/// Send `request` on an open connection and read the answer to its end (the request asks to
+/// close).
+fn answer_on(stream: &mut std::net::TcpStream, request: &[u8]) -> String {
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A gateway out of descriptors (idle client connections holding all it may open) answers what
+/// it cannot connect upstream with `503 10512` and `Retry-After`, never a panic; the upstream,
+/// which did nothing wrong, stays in rotation, and once connections close it serves at once.
+#[test]
+fn out_of_descriptors_is_503_and_the_upstream_stays_in_rotation() {
+    use std::time::{Duration, Instant};
+    const LIMIT: usize = 64;
+    let wechat = mock_wechat();
+    let echo = echo();
+    let gw = gateway_with_open_files(&config(wechat.addr, echo.addr), LIMIT as u32);
+    let pid = gw.pid();
+    let request = b"GET /public/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+    // Idle connections until the gateway holds every descriptor it may.
+    let mut held = Vec::new();
+    let start = Instant::now();
+    while open_descriptors(pid, LIMIT) < LIMIT {
+        assert!(start.elapsed() < Duration::from_secs(20), "never filled");
+        let before = open_descriptors(pid, LIMIT);
+        held.push(std::net::TcpStream::connect(gw.addr).unwrap());
+        let accepted = Instant::now();
+        while open_descriptors(pid, LIMIT) == before
+            && accepted.elapsed() < Duration::from_millis(500)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(
+        held.len() > 4,
+        "the gateway started with too few free descriptors"
+    );
+
+    // The first connection was accepted; its request needs one descriptor more, upstream.
+    let answer = answer_on(&mut held[0], request);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains(r#""code":"10512""#), "{answer}");
+    assert!(
+        answer.contains(r#""reason":"gateway_overloaded""#),
+        "{answer}"
+    );
+
+    // Descriptors free again: the next request is served, not refused as out of rotation.
+    held.clear();
+    let start = Instant::now();
+    while open_descriptors(pid, LIMIT) > LIMIT - 8 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "connections never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = raw_request(gw.addr, request);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let log = gw.log_text();
+    assert!(log.contains("open files limit: 64"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}

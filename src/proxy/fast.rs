@@ -119,6 +119,17 @@ static CONNECTOR: LazyLock<TransportConnector> = LazyLock::new(|| TransportConne
 /// them: the key is the peer, not the snapshot).
 pub static IDLE: LazyLock<IdlePool<Stream>> = LazyLock::new(IdlePool::new);
 
+/// Make the fast path's shared parts at start-up rather than on the first request: the
+/// connector reads the system's CA certificates, and Pingora's connector panics when it cannot
+/// (a process out of descriptors under a burst of connections), which left every later request
+/// of the process panicking on the poisoned `LazyLock`.
+pub fn prepare() {
+    LazyLock::force(&CONNECTOR);
+    LazyLock::force(&IDLE);
+    LazyLock::force(&REUSED);
+    LazyLock::force(&NEW);
+}
+
 /// Shards of the idle pool: each worker thread uses its own (by a thread-local index), so that
 /// threads do not contend for a lock.
 const SHARDS: usize = 16;
@@ -284,7 +295,7 @@ async fn connect(session: &Session, ctx: &mut Ctx) -> Result<(u64, Upstream, Dur
                 }
                 Err(mut e) => {
                     e.as_up();
-                    if connect_failed(ctx, &peer) {
+                    if connect_failed(ctx, &peer, &e) {
                         continue;
                     }
                     return Err(e);

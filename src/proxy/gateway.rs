@@ -185,6 +185,9 @@ pub fn check_headers(req: &RequestHeader) -> Result<(), Reject> {
 /// The envelope for a proxy error, or `None` when the client is gone and nothing can be sent.
 pub fn proxy_error(e: &Error) -> Option<Reject> {
     use ErrorType::*;
+    if out_of_resources(e) {
+        return Some(Reject::GatewayOverloaded);
+    }
     Some(match (e.esource(), e.etype()) {
         (_, HTTPStatus(status)) if *status >= 500 => Reject::UpstreamUnreachable,
         (_, HTTPStatus(status)) => Reject::BadRequest { status: *status },
@@ -202,6 +205,22 @@ pub fn proxy_error(e: &Error) -> Option<Reject> {
         ) => Reject::UpstreamUnreachable,
         (ErrorSource::Internal | ErrorSource::Unset, _) => Reject::Internal,
     })
+}
+
+/// Whether an error is the gateway's own lack of resources (descriptors, local ports, buffers,
+/// memory) rather than anything the peer did: a socket that could not be made, for one. Pure.
+pub fn out_of_resources(e: &Error) -> bool {
+    const LOCAL: [i32; 5] = [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOBUFS,
+        libc::ENOMEM,
+        libc::EADDRNOTAVAIL,
+    ];
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|code| LOCAL.contains(&code))
 }
 
 /// Whether an error only says that the client closed its connection.
@@ -410,8 +429,13 @@ pub(super) fn choose_upstream(session: &Session, ctx: &mut Ctx) -> Result<HttpPe
 }
 
 /// Record that connecting to `peer` failed: out of rotation for a moment, counted, not chosen
-/// again for this request. Whether to try another upstream (within the route's `retries`).
-pub(super) fn connect_failed(ctx: &mut Ctx, peer: &HttpPeer) -> bool {
+/// again for this request. Whether to try another upstream (within the route's `retries`). A
+/// failure of the gateway's own (out of descriptors) is not the upstream's: it stays in
+/// rotation, and another would fail the same way.
+pub(super) fn connect_failed(ctx: &mut Ctx, peer: &HttpPeer, e: &Error) -> bool {
+    if out_of_resources(e) {
+        return false;
+    }
     let (Some(route), Some(addr)) = (&ctx.route, peer._address.as_inet()) else {
         return false;
     };
@@ -628,7 +652,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        e.set_retry(connect_failed(ctx, peer));
+        e.set_retry(connect_failed(ctx, peer, &e));
         e
     }
 
@@ -761,6 +785,31 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateways_own_lack_of_descriptors_is_not_the_upstreams_failure() {
+        // As Pingora's connector reports a socket it could not make.
+        let made = |errno: i32| {
+            let socket = Error::because(
+                ErrorType::SocketError,
+                "failed to create socket",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            let mut e = Error::because(ErrorType::InternalError, "Fail to connect", socket);
+            e.as_up();
+            e
+        };
+        for errno in [libc::EMFILE, libc::ENFILE, libc::EADDRNOTAVAIL] {
+            assert!(out_of_resources(&made(errno)), "errno {errno}");
+            assert_eq!(proxy_error(&made(errno)), Some(Reject::GatewayOverloaded));
+        }
+        assert!(!out_of_resources(&made(libc::ECONNREFUSED)));
+        assert_eq!(
+            proxy_error(&made(libc::ECONNREFUSED)),
+            Some(Reject::UpstreamUnreachable)
+        );
+        assert!(!out_of_resources(&Error::new_up(ErrorType::ConnectRefused)));
+    }
 
     #[test]
     fn proxy_errors_map_to_documented_envelopes() {

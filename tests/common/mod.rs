@@ -254,16 +254,31 @@ auth = "none"
 /// port be taken before the gateway binds it (by something outside the tests), it starts again
 /// on another.
 pub fn gateway(config: &str) -> Proc {
-    on_free_port(|port| gateway_on(config, port))
+    on_free_port(|port| gateway_on(config, port, None))
 }
 
-fn gateway_on(config: &str, port: u16) -> Result<Proc, String> {
+/// As [`gateway`], with the open files limit (soft and hard, so that the gateway cannot raise
+/// it) set to `limit` by the shell that starts it.
+pub fn gateway_with_open_files(config: &str, limit: u32) -> Proc {
+    on_free_port(|port| gateway_on(config, port, Some(limit)))
+}
+
+fn gateway_on(config: &str, port: u16, open_files: Option<u32>) -> Result<Proc, String> {
     let dir = scratch("gw");
     let path = dir.join("gateway.toml");
     let text = with_fast_path_choice(&config.replace("{PORT}", &port.to_string()));
     std::fs::write(&path, text).expect("write config");
     let log = dir.join("gateway.log");
-    let child = Command::new(bin())
+    let mut command = match open_files {
+        None => Command::new(bin()),
+        Some(limit) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", r#"ulimit -n "$1" && shift && exec "$0" "$@""#, bin()])
+                .arg(limit.to_string());
+            sh
+        }
+    };
+    let child = command
         .args(["run", "-c"])
         .arg(&path)
         .env("WECHAT_APPSECRET", APPSECRET)
