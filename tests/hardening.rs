@@ -402,6 +402,25 @@ fn faulty_upstream() -> SocketAddr {
                     }
                     // Returning with most of the request unread closes with RST: a crash.
                     "/faulty/reset" => {}
+                    // One chunk of a chunked body, then the connection closes.
+                    "/faulty/midchunk" => {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                        );
+                    }
+                    // A switch nobody asked for, the connection then held open.
+                    "/faulty/switch" => {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                        );
+                        std::thread::sleep(std::time::Duration::from_secs(3));
+                    }
+                    // Headers about the upstream's own connection, and its HTTP/1.0.
+                    "/faulty/hop" => {
+                        let _ = stream.write_all(
+                            b"HTTP/1.0 200 OK\r\nConnection: X-Foo, keep-alive\r\nX-Foo: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
+                        );
+                    }
                     _ => {
                         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                     }
@@ -436,6 +455,42 @@ fn upstream_faults_are_502_envelopes() {
     let head = "POST /faulty/reset HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\n";
     let (status, v) = raw(s.gw.addr, head.as_bytes(), "x".repeat(100_000).as_bytes());
     assert_eq!((status, v["code"].as_str()), (502, Some("10510")), "{v}");
+
+    // A 101 to a plain request is the upstream's failure, answered at once.
+    let started = std::time::Instant::now();
+    let (status, v) = raw(
+        s.gw.addr,
+        b"GET /faulty/switch HTTP/1.1\r\nHost: gw\r\n",
+        b"",
+    );
+    assert_eq!((status, v["code"].as_str()), (502, Some("10510")), "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+
+    // A chunked body cut short reaches the client cut short: the header went out, the last
+    // chunk never does, and the connection closes.
+    let cut = raw_request(
+        s.gw.addr,
+        b"GET /faulty/midchunk HTTP/1.1\r\nHost: gw\r\n\r\n",
+    );
+    assert!(cut.starts_with("HTTP/1.1 200"), "{cut}");
+    assert!(cut.contains("hello"), "{cut}");
+    assert!(
+        !cut.ends_with("0\r\n\r\n"),
+        "a truncated body made to look complete: {cut:?}"
+    );
+
+    // The upstream's connection headers stay with it; the client gets HTTP/1.1.
+    let hop = raw_request(
+        s.gw.addr,
+        b"GET /faulty/hop HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    );
+    assert!(hop.starts_with("HTTP/1.1 200"), "{hop}");
+    let lower = hop.to_ascii_lowercase();
+    for gone in ["x-foo", "keep-alive:", "proxy-connection", "upgrade"] {
+        assert!(!lower.contains(gone), "{gone} forwarded: {hop}");
+    }
+    assert!(lower.contains("x-kept: yes"), "{hop}");
+    assert!(hop.ends_with("ok"), "{hop}");
 }
 
 /// The descriptors the process `pid` holds open below `limit` (the numbers a new one may take:

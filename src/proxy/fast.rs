@@ -231,8 +231,9 @@ fn quiet<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
 }
 
 /// Proxy the request in `session` (which [`eligible`] accepted and `request_filter` authorized)
-/// and answer it. Always `Ok(true)`: the answer, the upstream's or an envelope, is written; a
-/// failure is kept in `ctx` for `logging`.
+/// and answer it. `Ok(true)` once the answer, the upstream's or an envelope, is written (a
+/// failure is kept in `ctx` for `logging`); the error itself when the upstream failed after the
+/// answer's header went out (see [`fail`]).
 pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
     // Each by-value part lives only while it is needed: a value bound in this function keeps its
     // room in the future until the function's end, even once moved out, and every request
@@ -310,7 +311,14 @@ async fn connect(session: &Session, ctx: &mut Ctx) -> Result<(u64, Upstream, Dur
     }
 }
 
+/// A failure before the answer's header went out is answered with its envelope here. One after
+/// it goes back to Pingora as an error, as the normal path's does: the client's connection is
+/// then closed as it is, without the `finish` that a handled request gets, which would end a
+/// chunked body with its last chunk and make the truncated answer look complete.
 async fn fail(session: &mut Session, ctx: &mut Ctx, e: Box<Error>) -> Result<bool> {
+    if session.response_written().is_some() {
+        return Err(e);
+    }
     Box::pin(answer_failure(session, &e, ctx)).await;
     ctx.set_error(e);
     Ok(true)
@@ -349,15 +357,10 @@ async fn exchange(
             return Error::e_explain(ErrorType::InvalidHTTPHeader, "no response header")
                 .map_err(|e| e.into_up());
         };
-        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            return Error::e_explain(
-                ErrorType::InvalidHTTPHeader,
-                "101 to a request without upgrade",
-            )
-            .map_err(|e| e.into_up());
-        }
         if head.status.is_informational() {
-            let info = Box::new(head.clone());
+            // A 101 is refused here (the fast path never carries an upgrade).
+            let mut info = Box::new(head.clone());
+            edit_response(&mut info, ctx, true)?;
             session
                 .write_response_header(info, false)
                 .await
@@ -377,7 +380,7 @@ async fn exchange(
         head.set_version(Version::HTTP_11);
         head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }
-    edit_response(&mut head, ctx)?;
+    edit_response(&mut head, ctx, true)?;
     let mut done = upstream.is_body_done();
     session
         .write_response_header(head, done)

@@ -494,10 +494,63 @@ pub(super) fn upstream_answered(ctx: &mut Ctx) {
     ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
 }
 
-/// What the client's response carries besides the upstream's: the request id.
-pub(super) fn edit_response(response: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+/// What the client's response is made of the upstream's (both paths, 1xx answers included): a
+/// `101` the client did not ask for is the upstream's failure (`502`: the connection would
+/// otherwise be handed over to nothing); the hop-by-hop headers of the upstream's connection are
+/// dropped (`Keep-Alive`, `Proxy-Connection`, those `Connection` names, `Upgrade` outside a
+/// `101`); an HTTP/1.x client gets the gateway's own version, 1.1; the request id is added.
+pub(super) fn edit_response(
+    response: &mut ResponseHeader,
+    ctx: &Ctx,
+    downstream_h1: bool,
+) -> Result<()> {
+    let switching = response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !ctx.upgrade {
+        return Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "101 to a request without upgrade",
+        )
+        .map_err(|e| e.into_up());
+    }
+    strip_hop_by_hop(response, switching);
+    if downstream_h1 {
+        response.set_version(http::Version::HTTP_11);
+    }
     response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     Ok(())
+}
+
+/// Drop the response headers that describe the upstream's connection, not the answer: those
+/// named by `Connection` (its `close` and `keep-alive` tokens aside: the client's connection
+/// gets its own from Pingora), `Keep-Alive`, `Proxy-Connection`, and `Upgrade` unless the
+/// answer switches protocols. Pure.
+pub fn strip_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
+    let nominated: Vec<http::HeaderName> = response
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !(switching && t.eq_ignore_ascii_case("upgrade"))
+        })
+        .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in &nominated {
+        // The framing is Pingora's to write: never dropped by name.
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            response.remove_header(name);
+        }
+    }
+    response.remove_header("keep-alive");
+    response.remove_header("proxy-connection");
+    if !switching {
+        response.remove_header(&header::UPGRADE);
+    }
 }
 
 /// Answer a proxy failure with its envelope (or, once the upstream's header went out, record it
@@ -692,11 +745,11 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        edit_response(response, ctx)
+        edit_response(response, ctx, !session.is_http2())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
