@@ -536,7 +536,7 @@ pub fn strip_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
             !t.is_empty()
                 && !t.eq_ignore_ascii_case("close")
                 && !t.eq_ignore_ascii_case("keep-alive")
-                && !(switching && t.eq_ignore_ascii_case("upgrade"))
+                && (!switching || !t.eq_ignore_ascii_case("upgrade"))
         })
         .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
