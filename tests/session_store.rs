@@ -11,7 +11,7 @@ use wxgate::config::RedisTarget;
 use wxgate::secret::Secret;
 use wxgate::session::{
     Clock, Created, ManualClock, MemoryStore, Phone, RedisStore, Rotation, Session, SessionStore,
-    SharedValue, SystemClock,
+    SharedValue, SystemClock, RETIRED_KEPT,
 };
 
 struct Harness {
@@ -35,6 +35,7 @@ fn session(sid: &str, unionid: Option<&str>) -> Session {
         session_key: Secret::new("tiihtNczf5v6AKRyjwEUhQ=="),
         created_at: 1_700_000_000,
         refresh_hash: "hash-0".into(),
+        retired: Vec::new(),
         phone: None,
     }
 }
@@ -67,12 +68,28 @@ async fn conformance(h: Harness) {
         .await
         .unwrap()
     {
-        Rotation::Rotated(got) => assert_eq!(got.refresh_hash, "hash-1"),
+        Rotation::Rotated(got) => {
+            assert_eq!(got.refresh_hash, "hash-1");
+            assert_eq!(got.retired, vec!["hash-0".to_string()]);
+        }
         other => panic!("expected Rotated, got {other:?}"),
     }
     assert_eq!(
         s.get("sid-a").await.unwrap().unwrap().refresh_hash,
         "hash-1"
+    );
+    // A token this session was never issued (anyone who read a `sid` can make one) is unknown
+    // and ends nothing.
+    assert_eq!(
+        s.rotate_refresh("sid-a", "hash-forged", "hash-y", LONG, until)
+            .await
+            .unwrap(),
+        Rotation::Unknown
+    );
+    assert_eq!(
+        s.get("sid-a").await.unwrap().unwrap().refresh_hash,
+        "hash-1",
+        "a forged token changes nothing"
     );
     assert_eq!(
         s.rotate_refresh("sid-a", "hash-0", "hash-x", LONG, until)
@@ -311,6 +328,30 @@ async fn conformance(h: Harness) {
         Created::Stored,
         "the block ended"
     );
+
+    // The retired tokens remembered are the last RETIRED_KEPT: an older one is unknown.
+    s.create(&session("sid-r", None), LONG).await.unwrap();
+    for i in 0..RETIRED_KEPT + 1 {
+        let (from, to) = (format!("hash-{i}"), format!("hash-{}", i + 1));
+        let rotated = s.rotate_refresh("sid-r", &from, &to, LONG, until).await;
+        assert!(matches!(rotated, Ok(Rotation::Rotated(_))), "{rotated:?}");
+    }
+    let kept = s.get("sid-r").await.unwrap().unwrap().retired;
+    assert_eq!(kept.len(), RETIRED_KEPT);
+    assert_eq!(kept[0], format!("hash-{RETIRED_KEPT}"), "newest first");
+    assert_eq!(
+        s.rotate_refresh("sid-r", "hash-0", "x", LONG, until)
+            .await
+            .unwrap(),
+        Rotation::Unknown
+    );
+    assert_eq!(
+        s.rotate_refresh("sid-r", "hash-1", "x", LONG, until)
+            .await
+            .unwrap(),
+        Rotation::Reused
+    );
+    assert_eq!(s.get("sid-r").await.unwrap(), None, "reuse revokes");
 }
 
 #[tokio::test]

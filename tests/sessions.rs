@@ -78,6 +78,19 @@ async fn refresh_rotates_and_reuse_revokes_the_session() {
     let (status, _) = call(&s.gw, &token2).await;
     assert_eq!(status, 200);
 
+    // A refresh token made up from the session's id (which every access token shows) and a
+    // random secret was never issued: refused as unknown, and the session lives on.
+    let sid = rt2.split('.').next().unwrap();
+    let forged = format!("{sid}.{}", "A1b2".repeat(11));
+    let (status, v) = refresh(&s.gw, &forged).await;
+    assert_eq!(
+        (status, v["code"].as_str(), v["reason"].as_str()),
+        (401, Some("10201"), Some("unknown")),
+        "{v}"
+    );
+    let (status, v) = call(&s.gw, &token2).await;
+    assert_eq!(status, 200, "a forged refresh token ended the session: {v}");
+
     // The used refresh token again: refused, and the session is revoked (reuse means theft).
     let (status, v) = refresh(&s.gw, &rt1).await;
     assert_eq!(

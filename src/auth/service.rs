@@ -283,6 +283,7 @@ impl Login {
             session_key: wx.session_key.clone(),
             created_at: unix_now(),
             refresh_hash: refresh_hash(&refresh_token),
+            retired: Vec::new(),
             phone: None,
         };
         let created = self

@@ -2,7 +2,7 @@
 
 use super::{
     millis, new_lock_token, Clock, Created, Phone, Revocation, RevocationBatch, Rotation, Session,
-    SessionStore, SharedValue, StoreError, SystemClock,
+    SessionStore, SharedValue, StoreError, SystemClock, RETIRED_KEPT,
 };
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -164,10 +164,13 @@ impl SessionStore for MemoryStore {
         let outcome = match state.live(sid, now) {
             None => return Ok(Rotation::Unknown),
             Some(session) if session.refresh_hash == presented => {
-                session.refresh_hash = next.to_string();
+                let retired = std::mem::replace(&mut session.refresh_hash, next.to_string());
+                session.retired.insert(0, retired);
+                session.retired.truncate(RETIRED_KEPT);
                 Rotation::Rotated(session.clone())
             }
-            Some(_) => Rotation::Reused,
+            Some(session) if session.retired.iter().any(|h| h == presented) => Rotation::Reused,
+            Some(_) => return Ok(Rotation::Unknown),
         };
         match &outcome {
             Rotation::Rotated(_) => {
@@ -299,6 +302,7 @@ mod tests {
             session_key: Secret::new("k"),
             created_at: 0,
             refresh_hash: "h0".into(),
+            retired: Vec::new(),
             phone: None,
         }
     }

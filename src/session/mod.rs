@@ -37,6 +37,11 @@ pub struct Session {
     pub created_at: u64,
     /// SHA-256 (hex) of the one refresh token that is valid now.
     pub refresh_hash: String,
+    /// The hashes of the refresh tokens this session was issued before it, newest first, at most
+    /// [`RETIRED_KEPT`]: presenting one of them is a replay (the session is revoked); presenting
+    /// a token never issued is not, so knowing a `sid` (every access token shows it) is not
+    /// enough to end someone's session.
+    pub retired: Vec<String>,
     /// The phone number WeChat verified for this user, once asked for.
     pub phone: Option<Phone>,
 }
@@ -73,15 +78,19 @@ impl fmt::Display for StoreError {
     }
 }
 
+/// How many retired refresh tokens a session remembers for replay detection: a stolen token
+/// replayed after more refreshes than this is refused as unknown, without ending the session.
+pub const RETIRED_KEPT: usize = 4;
+
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
     /// It was the current one: the session now expects `next`, and lives `ttl` again.
     Rotated(Session),
-    /// The session exists but expects another token: an old one was replayed, so the session is
-    /// revoked (reuse means theft).
+    /// One of the session's earlier refresh tokens was replayed, so the session is revoked
+    /// (reuse means theft).
     Reused,
-    /// No such session (never was, expired, or revoked).
+    /// No such session (never was, expired, or revoked), or a token it was never issued.
     Unknown,
 }
 
@@ -119,8 +128,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The live session with this id, if any.
     async fn get(&self, sid: &str) -> Result<Option<Session>, StoreError>;
 
-    /// Atomically swap the session's refresh hash from `presented` to `next` and restart its
-    /// `ttl`; on a mismatch revoke the session until `revoke_until`.
+    /// Atomically swap the session's refresh hash from `presented` to `next` (retiring
+    /// `presented`) and restart its `ttl`; when `presented` is one of its retired hashes, revoke
+    /// the session until `revoke_until`; any other hash changes nothing.
     async fn rotate_refresh(
         &self,
         sid: &str,

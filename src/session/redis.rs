@@ -24,6 +24,7 @@
 use super::{
     millis, new_lock_token, unix_secs, Clock, Created, Phone, Revocation, RevocationBatch,
     Rotation, Session, SessionStore, SharedValue, StoreError, StoreLocation, SystemClock,
+    RETIRED_KEPT,
 };
 use crate::config::RedisTarget;
 use crate::secret::Secret;
@@ -91,12 +92,19 @@ return ended
 "#;
 
 /// A refresh restarts the session's ttl, and so the ttl of its user's index (ARGV[7]: the index
-/// key's prefix; same `{APPID}` hash tag, as in [`REVOKE_USER`]), which must outlive it.
+/// key's prefix; same `{APPID}` hash tag, as in [`REVOKE_USER`]), which must outlive it. The
+/// presented hash joins the session's `retired` list (ARGV[8] kept, newest first); presenting
+/// a retired hash revokes the session, any other hash changes nothing.
 const ROTATE: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'refresh')
 if not cur then return 0 end
+local retired = redis.call('HGET', KEYS[1], 'retired') or ''
 if cur == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'refresh', ARGV[2])
+  local kept = { cur }
+  for h in string.gmatch(retired, '%S+') do
+    if #kept < tonumber(ARGV[8]) then table.insert(kept, h) end
+  end
+  redis.call('HSET', KEYS[1], 'refresh', ARGV[2], 'retired', table.concat(kept, ' '))
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   local openid = redis.call('HGET', KEYS[1], 'openid')
   if openid and redis.call('PTTL', ARGV[7] .. openid) < tonumber(ARGV[3]) then
@@ -104,8 +112,13 @@ if cur == ARGV[1] then
   end
   return redis.call('HGETALL', KEYS[1])
 end
-revoke(KEYS[1], ARGV[4], ARGV[5], ARGV[6])
-return -1
+for h in string.gmatch(retired, '%S+') do
+  if h == ARGV[1] then
+    revoke(KEYS[1], ARGV[4], ARGV[5], ARGV[6])
+    return -1
+  end
+end
+return 0
 "#;
 
 /// Returns the current sequence number, then (sid, seq, until) for revocations after ARGV[1].
@@ -493,6 +506,9 @@ impl RedisStore {
             session_key: Secret::new(take("session_key")?),
             created_at: take("created_at")?.parse().ok()?,
             refresh_hash: take("refresh")?,
+            retired: take("retired")
+                .map(|r| r.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
             phone: take("phone").and_then(|p| serde_json::from_str(&p).ok()),
         })
     }
@@ -589,9 +605,10 @@ impl SessionStore for RedisStore {
             .arg(sid)
             .arg(revoke_until)
             .arg(unix_secs())
-            .arg(self.key("user:"));
+            .arg(self.key("user:"))
+            .arg(RETIRED_KEPT);
         // The script answers the rotated session's fields (read in the same atomic step), or
-        // -1 for reuse, or 0 for no session.
+        // -1 for reuse (a retired token), or 0 for no session or a token never issued.
         let outcome: redis::Value = self
             .bounded(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;
