@@ -167,7 +167,7 @@ impl SessionStore for MemoryStore {
                 let retired = std::mem::replace(&mut session.refresh_hash, next.to_string());
                 session.retired.insert(0, retired);
                 session.retired.truncate(RETIRED_KEPT);
-                Rotation::Rotated(session.clone())
+                Rotation::Rotated(Box::new(session.clone()))
             }
             Some(session) if session.retired.iter().any(|h| h == presented) => Rotation::Reused,
             Some(_) => return Ok(Rotation::Unknown),

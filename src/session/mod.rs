@@ -86,7 +86,7 @@ pub const RETIRED_KEPT: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
     /// It was the current one: the session now expects `next`, and lives `ttl` again.
-    Rotated(Session),
+    Rotated(Box<Session>),
     /// One of the session's earlier refresh tokens was replayed, so the session is revoked
     /// (reuse means theft).
     Reused,

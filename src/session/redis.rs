@@ -619,7 +619,7 @@ impl SessionStore for RedisStore {
                 let fields: HashMap<String, String> = redis::from_redis_value(fields)
                     .map_err(|e| StoreError(format!("redis: {e}")))?;
                 Self::session_from(sid, fields)
-                    .map(Rotation::Rotated)
+                    .map(|s| Rotation::Rotated(Box::new(s)))
                     .ok_or_else(|| StoreError("redis: session hash is incomplete".into()))
             }
         }
