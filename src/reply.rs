@@ -70,9 +70,10 @@ pub enum Reject {
     DecryptFieldsMissing,
     /// `/auth/decrypt` could not read the data.
     Decrypt(DecryptError),
-    /// A path with `.`/`..` segments (plain or percent-encoded): refused so that a public route
-    /// cannot be used to reach a protected one after the upstream normalises the path.
-    BadPath,
+    /// A path with `.`/`..` segments (plain or percent-encoded), an encoded slash, or one that
+    /// reads as another route's once normalised: refused so that a public route cannot be used
+    /// to reach a protected one after the upstream normalises the path.
+    BadPath(&'static str),
     /// A `strip_prefix` route's prefix matched the path only once percent-decoded: the raw
     /// target cannot be rewritten without forwarding something routing did not check.
     EncodedPrefix,
@@ -188,7 +189,7 @@ impl Reject {
                 }
                 DecryptError::BadSessionKey => p(500, "10500", "网关内部错误", Some("internal")),
             },
-            Reject::BadPath => p(400, "10402", "请求路径无效", Some("dot_segment")),
+            Reject::BadPath(reason) => p(400, "10402", "请求路径无效", Some(reason)),
             Reject::EncodedPrefix => p(400, "10402", "请求路径无效", Some("encoded_prefix")),
             Reject::NoRoute => p(404, "10404", "接口不存在", Some("no_route")),
             Reject::WebSocketNotAllowed => p(
@@ -460,8 +461,8 @@ pub fn documented_codes() -> Vec<CodeDoc> {
             "`watermark.appid` missing or another app's",
         ),
         (
-            Reject::BadPath,
-            "path has `.` or `..` segments, or (`strip_prefix` routes) an encoded prefix",
+            Reject::BadPath("dot_segment"),
+            "path has `.` or `..` segments (`reason`: `dot_segment`; also encoded, with `\\` or with `;` parameters), an encoded `/` or `\\` (`encoded_slash`), or reads as another route's once repeated `/` are merged or `;` parameters dropped (`ambiguous_path`); or (`strip_prefix` routes) a prefix that matched only once percent-decoded (`encoded_prefix`)",
         ),
         (
             Reject::WebSocketNotAllowed,

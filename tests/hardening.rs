@@ -576,3 +576,43 @@ fn out_of_descriptors_is_503_and_the_upstream_stays_in_rotation() {
     assert!(log.contains("open files limit: 64"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// With a public catch-all route beside a protected one on the same upstream, no spelling of a
+/// protected path that a normalising upstream (nginx's merged slashes, a servlet container's
+/// `;` parameters and `..;`) would read as protected gets through as public.
+#[test]
+fn path_spellings_cannot_reach_a_protected_route_through_a_public_one() {
+    let s = Stack::with(|c| {
+        let echo = c
+            .split("upstreams = [\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_string();
+        format!("{c}\n[[routes]]\nprefix = \"/\"\nupstreams = [\"{echo}\"]\nauth = \"none\"\n")
+    });
+    for (path, reason) in [
+        ("//api/x", "ambiguous_path"),
+        ("/api;/x", "ambiguous_path"),
+        ("/api;jsessionid=1/x", "ambiguous_path"),
+        ("/%2Fapi/x", "encoded_slash"),
+        ("/%2f%2fapi/x", "encoded_slash"),
+        ("/public/..;/api/x", "dot_segment"),
+        ("/public/%2e%2e;/api/x", "dot_segment"),
+    ] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n");
+        let (status, v) = raw(s.gw.addr, head.as_bytes(), b"");
+        assert_eq!(
+            (status, v["code"].as_str(), v["reason"].as_str()),
+            (400, Some("10402"), Some(reason)),
+            "{path}: {v}"
+        );
+    }
+    // Readings that agree on the route are served as sent.
+    for path in ["/other;v=1/x", "/public//x", "/api/x"] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n");
+        let (status, v) = raw(s.gw.addr, head.as_bytes(), b"");
+        let want = if path.starts_with("/api/") { 401 } else { 200 };
+        assert_eq!(status, want, "{path}: {v}");
+    }
+}

@@ -13,7 +13,9 @@ use super::headers::CloudHosting;
 use super::limit::{client_ip, client_key, openid_key};
 use super::pool::InFlightUpstream;
 use super::request_id::{self, request_id};
-use super::route::{request_host, route_path, strip_prefix, take_token_param, Route};
+use super::route::{
+    normalised_path, request_host, route_path, strip_prefix, take_token_param, Route,
+};
 use super::snapshot::{Live, Snapshot};
 use crate::auth::endpoints::{self, Endpoint, EndpointRequest};
 use crate::auth::{extract, Identity};
@@ -91,17 +93,23 @@ impl Ctx {
     }
 }
 
-/// Which route a request goes to: by its host (`Host` or h2's `:authority`) and path. Pure.
+/// Which route a request goes to: by its host (`Host` or h2's `:authority`) and path. A path
+/// that an upstream normalising it (merged slashes, `;` parameters dropped) would read as
+/// another route's is refused: the gateway cannot know which reading the upstream makes. Pure.
 pub fn route_for(req: &RequestHeader, snap: &Snapshot) -> Result<Arc<Route>, Reject> {
     let path = route_path(req.uri.path())?;
     let host = request_host(
         req.uri.authority().map(|a| a.as_str()),
         req.headers.get(header::HOST).map(|v| v.as_bytes()),
     );
-    snap.routes
-        .find(host.as_deref(), &path)
-        .cloned()
-        .ok_or(Reject::NoRoute)
+    let found = snap.routes.find(host.as_deref(), &path);
+    if let Some(other) = normalised_path(&path) {
+        let read_so = snap.routes.find(host.as_deref(), &other);
+        if found.map(Arc::as_ptr) != read_so.map(Arc::as_ptr) {
+            return Err(Reject::BadPath("ambiguous_path"));
+        }
+    }
+    found.cloned().ok_or(Reject::NoRoute)
 }
 
 /// Who the caller is, when the route requires a token. A WebSocket upgrade may carry it in the

@@ -238,21 +238,55 @@ pub fn take_token_param(query: &str) -> (Option<String>, String) {
 }
 
 /// The path routes are matched against: percent-decoded, so `/%61pi/` is `/api/` as the upstream
-/// will see it; and refused when it has `.`/`..` segments (also encoded, also with `\`), so that a
-/// public prefix cannot reach a protected one once the upstream normalises the path.
+/// will see it; and refused when it has `.`/`..` segments (also encoded, also with `\`, also
+/// with `;` parameters as in `..;`), or an encoded `/` or `\` (as Tomcat does), so that a public
+/// prefix cannot reach a protected one once the upstream normalises the path.
 pub fn route_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     let decoded = if raw.contains('%') {
+        let lower = raw.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") {
+            return Err(Reject::BadPath("encoded_slash"));
+        }
         percent_encoding::percent_decode_str(raw).decode_utf8_lossy()
     } else {
         Cow::Borrowed(raw)
     };
-    let has_dot_segment = decoded
-        .split(['/', '\\'])
-        .any(|segment| segment == "." || segment == "..");
+    let has_dot_segment = decoded.split(['/', '\\']).any(|segment| {
+        let name = segment.split(';').next().unwrap_or("");
+        name == "." || name == ".."
+    });
     if has_dot_segment {
-        return Err(Reject::BadPath);
+        return Err(Reject::BadPath("dot_segment"));
     }
     Ok(decoded)
+}
+
+/// The path as upstreams that normalise it see it: repeated `/` merged (nginx's
+/// `merge_slashes`) and `;` parameters taken off each segment (Java servlet containers);
+/// `None` when that changes nothing. Pure.
+pub fn normalised_path(path: &str) -> Option<String> {
+    if !path.contains("//") && !path.contains(';') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        let name = segment.split(';').next().unwrap_or("");
+        if i > 0 && name.is_empty() && !out.ends_with('/') {
+            out.push('/');
+        } else if i > 0 && !name.is_empty() {
+            if !out.ends_with('/') {
+                out.push('/');
+            }
+            out.push_str(name);
+        }
+    }
+    if path.ends_with('/') && !out.ends_with('/') {
+        out.push('/');
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    (out != path).then_some(out)
 }
 
 #[cfg(test)]
@@ -313,11 +347,34 @@ mod tests {
             "/./api",
             "/api/..",
         ] {
-            assert_eq!(route_path(p), Err(Reject::BadPath), "{p}");
+            assert!(matches!(route_path(p), Err(Reject::BadPath(_))), "{p}");
         }
-        for p in ["/api/..foo", "/api/.well-known/x", "/a...b"] {
+        for p in ["/api/..foo", "/api/.well-known/x", "/a...b", "/a;b/c"] {
             assert!(route_path(p).is_ok(), "{p}");
         }
+        for (p, reason) in [
+            ("/public/..;/api/x", "dot_segment"),
+            ("/public/%2e%2e;x/api", "dot_segment"),
+            ("/%2Fapi/x", "encoded_slash"),
+            ("/a%2fb", "encoded_slash"),
+            ("/a%5Cb", "encoded_slash"),
+        ] {
+            assert_eq!(route_path(p), Err(Reject::BadPath(reason)), "{p}");
+        }
+    }
+
+    #[test]
+    fn paths_as_normalising_upstreams_read_them() {
+        assert_eq!(normalised_path("/api/x"), None);
+        assert_eq!(normalised_path("//api/x").as_deref(), Some("/api/x"));
+        assert_eq!(normalised_path("/api//x//").as_deref(), Some("/api/x/"));
+        assert_eq!(normalised_path("/api;/x").as_deref(), Some("/api/x"));
+        assert_eq!(
+            normalised_path("/api;jsessionid=1/x;y=2").as_deref(),
+            Some("/api/x")
+        );
+        assert_eq!(normalised_path("//").as_deref(), Some("/"));
+        assert_eq!(normalised_path("/;x").as_deref(), Some("/"));
     }
 
     fn pool_route(ports: &[u16], lb: Balance, previous: Option<&Route>) -> Route {
