@@ -105,6 +105,9 @@ pub fn build_snapshot(
                     config.session.fail_mode,
                     stale_after(&config),
                 ));
+                if let Some(parts) = &old_parts {
+                    revocations.carry_over(&parts.sessions.revocations);
+                }
                 (store, revocations)
             }
         };

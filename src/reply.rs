@@ -462,7 +462,7 @@ pub fn documented_codes() -> Vec<CodeDoc> {
         ),
         (
             Reject::BadPath("dot_segment"),
-            "path has `.` or `..` segments (`reason`: `dot_segment`; also encoded, with `\\` or with `;` parameters), an encoded `/` or `\\` (`encoded_slash`), or reads as another route's once repeated `/` are merged or `;` parameters dropped (`ambiguous_path`); or (`strip_prefix` routes) a prefix that matched only once percent-decoded (`encoded_prefix`)",
+            "path has `.` or `..` segments (`reason`: `dot_segment`; also encoded, with `\\` or with `;` parameters), or, percent-decoded, reads as another route's once repeated `/` are merged or `;` parameters dropped (`ambiguous_path`); or (`strip_prefix` routes) a prefix that matched only once percent-decoded (`encoded_prefix`)",
         ),
         (
             Reject::WebSocketNotAllowed,

@@ -484,3 +484,35 @@ async fn reload_adds_and_removes_routes_and_refuses_a_broken_file() {
         "the log says what was rebuilt:\n{log}"
     );
 }
+
+/// A reload that rebuilds the session store (here: a new `memory_capacity`) keeps the logouts
+/// made before it: a logged-out token stays refused.
+#[tokio::test]
+async fn a_rebuilt_session_store_keeps_the_logouts() {
+    let admin = free_port();
+    let s = Stack::with(with_admin(admin, ""));
+    let token = login(&s, "lena.1").await;
+    assert_eq!(get_bearer(s.url("/api/x"), &token).await.0, 200);
+    let logout = client()
+        .post(s.url("/auth/logout"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status().as_u16(), 200);
+    assert_eq!(get_bearer(s.url("/api/x"), &token).await.0, 401);
+    rewrite_and_reload(&s.gw, |text| {
+        format!("{text}\n[session]\nmemory_capacity = 5000\n")
+    });
+    wait_for_reloads(admin, "ok", 1.0).await;
+    assert!(
+        s.gw.log_text().contains("session store"),
+        "store not rebuilt"
+    );
+    let (status, v) = get_bearer(s.url("/api/x"), &token).await;
+    assert_eq!(
+        (status, v["reason"].as_str()),
+        (401, Some("revoked")),
+        "{v}"
+    );
+}

@@ -22,7 +22,7 @@ use crate::auth::{extract, Identity};
 use crate::config::RouteAuth;
 use crate::logging::AccessLine;
 use crate::metrics::METRICS;
-use crate::reply::Reject;
+use crate::reply::{Reject, TokenProblem};
 use crate::session::Phone;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -133,6 +133,12 @@ pub fn identify(
         (from_headers, _) => from_headers,
     };
     let identity = snap.apps.verify(presented)?;
+    // An identity that cannot be forwarded (a control character in an accepted token's openid)
+    // is refused rather than sent upstream without its header.
+    let [openid, _, unionid] = identity.values();
+    if openid.is_none() || (identity.unionid.is_some() && unionid.is_none()) {
+        return Err(Reject::Token(TokenProblem::Malformed));
+    }
     match &route.apps {
         Some(allowed) if !allowed.contains(&identity.appid) => Err(Reject::WrongApp),
         _ => Ok(Some(identity)),
@@ -187,7 +193,71 @@ pub fn check_headers(req: &RequestHeader) -> Result<(), Reject> {
     if bytes > MAX_HEADER_BYTES {
         return Err(Reject::HeadersTooLarge);
     }
+    if !host_is_valid(req) {
+        return Err(Reject::BadRequest { status: 400 });
+    }
     Ok(())
+}
+
+/// An HTTP/1.1 request names exactly one valid host (RFC 9112 §3.2); an HTTP/1.0 one at most
+/// one. HTTP/2 names it in `:authority`. Pure.
+fn host_is_valid(req: &RequestHeader) -> bool {
+    let required = match req.version {
+        http::Version::HTTP_11 => true,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => false,
+        _ => return true,
+    };
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => !required,
+        (Some(host), None) => {
+            !host.as_bytes().contains(&b'@')
+                && http::uri::Authority::try_from(host.as_bytes()).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// An `Upgrade` to anything but WebSocket (`h2c`, which Java's and other HTTP clients offer on
+/// plain HTTP/1.1; `TLS/1.0`...) is declined by ignoring it, as RFC 9110 §7.8 lets a server:
+/// the header, `HTTP2-Settings` and their `Connection` tokens are dropped, and the request is
+/// served as the HTTP/1.1 request it also is. Pure.
+pub fn decline_other_upgrades(req: &mut RequestHeader) {
+    let offered: Vec<String> = req
+        .headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    if offered.is_empty() && !req.headers.contains_key(header::UPGRADE) {
+        return;
+    }
+    if offered.iter().any(|t| t == "websocket") {
+        return;
+    }
+    req.remove_header(&header::UPGRADE);
+    req.remove_header("http2-settings");
+    let kept: Vec<String> = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("http2-settings")
+        })
+        .map(str::to_string)
+        .collect();
+    req.remove_header(&header::CONNECTION);
+    if !kept.is_empty() {
+        // Tokens from a header value: always a valid value again.
+        let _ = req.insert_header(header::CONNECTION, kept.join(", "));
+    }
 }
 
 /// The envelope for a proxy error, or `None` when the client is gone and nothing can be sent.
@@ -650,6 +720,7 @@ impl ProxyHttp for Gateway {
             Err(r) => return write_answer(session, ctx, Err(r)).await,
         };
         ctx.route = Some(route.clone());
+        decline_other_upgrades(session.req_header_mut());
         ctx.upgrade = session.is_upgrade_req();
         if ctx.upgrade && route.websocket.is_none() {
             return write_answer(session, ctx, Err(Reject::WebSocketNotAllowed)).await;
@@ -846,6 +917,69 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(version: http::Version, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/api/x", None).unwrap();
+        r.set_version(version);
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn http11_requests_name_one_valid_host() {
+        const HTTP_10: http::Version = http::Version::HTTP_10;
+        const HTTP_11: http::Version = http::Version::HTTP_11;
+        const HTTP_2: http::Version = http::Version::HTTP_2;
+        assert!(host_is_valid(&request(
+            HTTP_11,
+            &[("host", "a.example:8080")]
+        )));
+        assert!(!host_is_valid(&request(HTTP_11, &[])));
+        assert!(!host_is_valid(&request(HTTP_11, &[("host", "a b")])));
+        assert!(!host_is_valid(&request(HTTP_11, &[("host", "u@a")])));
+        assert!(!host_is_valid(&request(
+            HTTP_11,
+            &[("host", "a"), ("host", "b")]
+        )));
+        assert!(host_is_valid(&request(HTTP_10, &[])));
+        assert!(!host_is_valid(&request(HTTP_10, &[("host", "a b")])));
+        assert!(host_is_valid(&request(HTTP_2, &[])));
+    }
+
+    #[test]
+    fn upgrades_other_than_websocket_are_declined() {
+        const HTTP_11: http::Version = http::Version::HTTP_11;
+        let mut h2c = request(
+            HTTP_11,
+            &[
+                ("host", "a"),
+                ("connection", "Upgrade, HTTP2-Settings, keep-alive"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ],
+        );
+        decline_other_upgrades(&mut h2c);
+        assert!(!h2c.headers.contains_key(header::UPGRADE));
+        assert!(!h2c.headers.contains_key("http2-settings"));
+        assert_eq!(h2c.headers[header::CONNECTION], "keep-alive");
+        let ws_headers = [
+            ("host", "a"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ];
+        let mut ws = request(HTTP_11, &ws_headers);
+        decline_other_upgrades(&mut ws);
+        assert_eq!(ws.headers[header::UPGRADE], "websocket");
+        assert_eq!(ws.headers[header::CONNECTION], "Upgrade");
+        let mut only = request(
+            HTTP_11,
+            &[("connection", "upgrade"), ("upgrade", "TLS/1.2")],
+        );
+        decline_other_upgrades(&mut only);
+        assert!(!only.headers.contains_key(header::CONNECTION));
+    }
 
     #[test]
     fn the_gateways_own_lack_of_descriptors_is_not_the_upstreams_failure() {

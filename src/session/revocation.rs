@@ -114,6 +114,18 @@ impl Revocations {
         }
     }
 
+    /// Take over the revocations still in force of `previous` (the list of a store replaced by a
+    /// reload): a session logged out before the reload stays refused after it, whatever the new
+    /// store knows.
+    pub fn carry_over(&self, previous: &Revocations) {
+        let old = previous.revoked.read().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        for (sid, until) in old.iter() {
+            let kept = revoked.entry(sid.clone()).or_insert(*until);
+            *kept = (*kept).max(*until);
+        }
+    }
+
     /// Record a revocation made here (it reaches other instances through the store).
     pub fn insert(&self, sid: &str, until: u64) {
         let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
@@ -213,6 +225,27 @@ mod tests {
         );
         assert_eq!(r.check("s2", now), Ok(()));
         assert_eq!(r.check("s1", now + 61_000), Ok(()));
+    }
+
+    #[test]
+    fn a_new_list_carries_the_revocations_of_the_one_it_replaces() {
+        let old = Revocations::new(false, FailMode::Closed, Duration::from_secs(3));
+        old.insert("s1", 2_000);
+        let new = Revocations::new(true, FailMode::Closed, Duration::from_secs(3));
+        new.insert("s2", 3_000);
+        new.carry_over(&old);
+        let now = 1_000_000;
+        new.mark_tried();
+        new.last_sync_ms.store(now, Ordering::Relaxed);
+        assert_eq!(
+            new.check("s1", now),
+            Err(Reject::Token(TokenProblem::Revoked))
+        );
+        assert_eq!(
+            new.check("s2", now),
+            Err(Reject::Token(TokenProblem::Revoked))
+        );
+        assert_eq!(new.check("s3", now), Ok(()));
     }
 
     #[tokio::test]
