@@ -616,3 +616,36 @@ fn path_spellings_cannot_reach_a_protected_route_through_a_public_one() {
         assert_eq!(status, want, "{path}: {v}");
     }
 }
+
+/// `Upgrade: h2c` (Java's `HttpClient` offers it on plain HTTP/1.1) is declined by serving the
+/// request as HTTP/1.1, its upgrade headers kept from the upstream; an HTTP/1.1 request without
+/// a valid `Host` is a client's mistake.
+#[test]
+fn h2c_upgrades_are_declined_and_http11_needs_a_host() {
+    let s = Stack::start();
+    // One `Connection` header, as clients send it (`raw` would add a second).
+    let answer = raw_request(
+        s.gw.addr,
+        b"GET /public/x HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(seen.contains("\"path\":\"/public/x\""), "{answer}");
+    assert!(
+        !seen.contains("h2c") && !seen.contains("http2-settings"),
+        "{answer}"
+    );
+    for head in [
+        &b"GET /public/x HTTP/1.1\r\n"[..],
+        b"GET /public/x HTTP/1.1\r\nHost: a b\r\n",
+    ] {
+        let (status, v) = raw(s.gw.addr, head, b"");
+        assert_eq!((status, v["code"].as_str()), (400, Some("10400")), "{v}");
+    }
+    let (status, v) = raw(s.gw.addr, b"GET /public/x HTTP/1.0\r\n", b"");
+    assert_eq!(status, 200, "HTTP/1.0 needs no Host: {v}");
+}
