@@ -83,7 +83,8 @@ pub fn read_pem(value: &str) -> Result<String, String> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.to_string());
     }
-    std::fs::read_to_string(value).map_err(|e| format!("cannot read key file {value:?}: {e}"))
+    crate::config::read_small_file(std::path::Path::new(value))
+        .map_err(|e| format!("cannot read key file {value:?}: {e}"))
 }
 
 fn pem_block(text: &str, tag: &str, what: &str) -> Result<Vec<u8>, String> {

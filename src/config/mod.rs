@@ -96,9 +96,32 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// The largest file the gateway reads as configuration, a key or a certificate.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// Read a regular file of at most [`MAX_FILE`] bytes as text: a device (`/dev/zero`), a pipe or
+/// a directory named by mistake is refused instead of read without end.
+pub fn read_small_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_FILE / 1024
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Load and validate a configuration file, reading `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+    let text = read_small_file(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => LoadError::NotFound(path.to_path_buf()),
         _ => LoadError::Unreadable(path.to_path_buf(), e.to_string()),
     })?;

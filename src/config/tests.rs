@@ -217,6 +217,13 @@ fn duplicate_prefixes_and_bad_headers_are_refused() {
         "{p:?}"
     );
     assert!(has(&p, "auth.identity_header", "cannot take over"), "{p:?}");
+    for name in ["Upgrade", "X-Request-Id", "TE"] {
+        let p = problems(&format!("[auth]\nidentity_header = \"{name}\"\n{MINIMAL}"));
+        assert!(
+            has(&p, "auth.identity_header", "cannot take over"),
+            "{name}: {p:?}"
+        );
+    }
     assert!(
         has(&p, "auth.unionid_header", "not a valid header name"),
         "{p:?}"
@@ -822,4 +829,31 @@ fn redis_is_one_server_or_sentinel_or_cluster() {
         "{MINIMAL}\n[session]\nredis_cluster = [\"redis://10.0.0.21:6379\"]\n"
     ));
     assert!(has(&p, "session.redis_cluster", "only used with"), "{p:?}");
+}
+
+#[test]
+fn durations_and_files_are_bounded() {
+    // A leeway that would wrap `now - leeway` around, and durations past any clock.
+    let text = MINIMAL.replace(
+        "[jwt]\n",
+        "[jwt]\nleeway = \"99999999999d\"\nttl = \"2h\"\n",
+    );
+    let p = problems(&text);
+    assert!(has(&p, "jwt.leeway", "100 years"), "{p:?}");
+    let p = problems(&MINIMAL.replace("[jwt]\n", "[jwt]\nleeway = \"2h\"\n"));
+    assert!(has(&p, "jwt.leeway", "at most 1h"), "{p:?}");
+    assert_eq!(
+        parse_ok(&MINIMAL.replace("[jwt]\n", "[jwt]\nleeway = \"30s\"\n"))
+            .jwt
+            .leeway,
+        Duration::from_secs(30)
+    );
+    let p = problems(&format!("{MINIMAL}read_timeout = \"999999y\"\n"));
+    assert!(has(&p, "routes[0].read_timeout", "100 years"), "{p:?}");
+    // A key "file" that never ends is refused, not read.
+    let p = problems(&MINIMAL.replace(
+        "[jwt]\nsecret = \"${WXGATE_JWT_SECRET}\"\n",
+        "[jwt]\nalgorithm = \"ES256\"\nprivate_key = \"/dev/zero\"\n",
+    ));
+    assert!(has(&p, "jwt.private_key", "not a regular file"), "{p:?}");
 }

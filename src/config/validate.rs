@@ -13,6 +13,12 @@ use serde::de::DeserializeOwned;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+/// The longest duration any setting takes.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
+/// The most clock skew `jwt.leeway` allows for: beyond it `exp` and `nbf` stop meaning much.
+const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 const MIN_SECRET_BYTES: usize = 32;
 /// The shortest `server.resolve_interval`: DNS is not asked more often than this.
 const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -177,6 +183,14 @@ impl Validator {
     ) -> Option<Duration> {
         let text = self.or_default(value.map(|d| d.0), path, default)?;
         match humantime::parse_duration(text.trim()) {
+            // Past this, adding it to a clock overflows (a panic, or a deadline in the past).
+            Ok(d) if d > MAX_DURATION => {
+                self.problem(
+                    path,
+                    format!("{text:?} is longer than the 100 years any setting may be"),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.problem(
@@ -613,7 +627,20 @@ impl Validator {
         }
         let ttl = self.positive_duration(raw.ttl, "jwt.ttl", "2h");
         self.jwt_ttl = ttl;
-        let leeway = self.duration(raw.leeway, "jwt.leeway", "0s");
+        let leeway =
+            self.duration(raw.leeway, "jwt.leeway", "0s")
+                .and_then(|l| match l > MAX_LEEWAY {
+                    true => {
+                        self.problem(
+                            "jwt.leeway",
+                            format!(
+                            "{l:?} is more clock skew than tokens can be judged with (at most 1h)"
+                        ),
+                        );
+                        None
+                    }
+                    false => Some(l),
+                });
         let issuer = raw.issuer.unwrap_or_else(|| "wxgate".to_string());
         Some(JwtConfig {
             algorithm: algorithm?,
@@ -1594,6 +1621,16 @@ const RESERVED_HEADERS: &[&str] = &[
     "transfer-encoding",
     "connection",
     "cookie",
+    // Hop-by-hop headers: stripped or acted on by the HTTP layer, never forwarded as set.
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "expect",
+    "http2-settings",
+    // The request id has its own job (see `X-Request-Id` in the README).
+    "x-request-id",
 ];
 
 /// A route's `host`: a name, or `*.` and a name; no port, no scheme.
