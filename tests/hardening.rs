@@ -649,3 +649,36 @@ fn h2c_upgrades_are_declined_and_http11_needs_a_host() {
     let (status, v) = raw(s.gw.addr, b"GET /public/x HTTP/1.0\r\n", b"");
     assert_eq!(status, 200, "HTTP/1.0 needs no Host: {v}");
 }
+
+/// Requests the HTTP layer refuses before the gateway sees them (an unparsable header, `CONNECT`)
+/// get the envelope too, with their status kept and code 10400.
+#[test]
+fn requests_refused_by_the_http_layer_get_the_envelope() {
+    let s = Stack::start();
+    for (head, status) in [
+        (
+            &b"GET /public/x HTTP/1.1\r\nHost: gw\r\nX-A: a\x01b\r\n"[..],
+            400,
+        ),
+        (
+            b"GET /public/x HTTP/1.1\r\nHost: gw\r\nX-WX-OpenID : x\r\n",
+            400,
+        ),
+        (
+            b"GET /public/x HTTP/1.1\r\nHost: gw\r\nX-A: a\r\n folded\r\n",
+            400,
+        ),
+        (b"CONNECT gw:443 HTTP/1.1\r\nHost: gw:443\r\n", 405),
+    ] {
+        let (got, v) = raw(s.gw.addr, head, b"");
+        assert_eq!(
+            (got, v["code"].as_str()),
+            (status, Some("10400")),
+            "{:?}: {v}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    // The gateway still serves.
+    let (status, _) = raw(s.gw.addr, b"GET /public/x HTTP/1.1\r\nHost: gw\r\n", b"");
+    assert_eq!(status, 200);
+}

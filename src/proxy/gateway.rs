@@ -329,15 +329,11 @@ pub async fn write_answer(
         // The unread body would have to be drained before the connection could be reused.
         session.set_keepalive(None);
     }
-    let mut head = ResponseHeader::build(status, Some(6))?;
-    head.insert_header(header::CONTENT_TYPE, "application/json; charset=utf-8")?;
-    head.insert_header(header::CONTENT_LENGTH, body.len())?;
     let cache_control = match (ctx.endpoint, &ctx.rejection) {
         (Some(endpoint), None) => endpoint.cache_control(),
         _ => "no-store",
     };
-    head.insert_header(header::CACHE_CONTROL, cache_control)?;
-    head.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    let mut head = answer_head(status, body.len(), cache_control, ctx.request_id.clone())?;
     if let Some(r) = &ctx.rejection {
         for (name, value) in r.headers(ctx.endpoint.map(Endpoint::allow)) {
             head.insert_header(name, value.as_ref())?;
@@ -346,6 +342,21 @@ pub async fn write_answer(
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(true)
+}
+
+/// The header of an answer of the gateway's own: a JSON body of `len` bytes and the request id.
+fn answer_head(
+    status: u16,
+    len: usize,
+    cache_control: &'static str,
+    request_id: http::HeaderValue,
+) -> Result<ResponseHeader> {
+    let mut head = ResponseHeader::build(status, Some(6))?;
+    head.insert_header(header::CONTENT_TYPE, "application/json; charset=utf-8")?;
+    head.insert_header(header::CONTENT_LENGTH, len)?;
+    head.insert_header(header::CACHE_CONTROL, cache_control)?;
+    head.insert_header(request_id::HEADER, request_id)?;
+    Ok(head)
 }
 
 fn has_body(req: &RequestHeader) -> bool {
@@ -836,6 +847,21 @@ impl ProxyHttp for Gateway {
             error_code: answer_failure(session, e, ctx).await,
             can_reuse_downstream: false,
         }
+    }
+
+    /// A request refused before any filter (unparsable header: 400; `CONNECT`: 405) gets the
+    /// envelope too (`10400`, its status kept), with a request id of its own.
+    fn refused_request_response(
+        &self,
+        status: u16,
+        error: Option<&Error>,
+    ) -> Option<(ResponseHeader, Bytes)> {
+        if let Some(e) = error {
+            tracing::debug!("refused a malformed request: {e}");
+        }
+        let body = Reject::BadRequest { status }.body();
+        let head = answer_head(status, body.len(), "no-store", request_id(None)).ok()?;
+        Some((head, body))
     }
 
     /// Pingora's own error lines carry no request id: `logging` writes them instead, with it.

@@ -543,6 +543,17 @@ pub trait ProxyHttp {
     ) {
     }
 
+    /// The response to a request refused before any filter ran (wxgate patch 16): one whose
+    /// header could not be parsed (`status` 400), or a `CONNECT` the proxy does not tunnel
+    /// (405). `None`, the default, sends Pingora's own empty error response.
+    fn refused_request_response(
+        &self,
+        _status: u16,
+        _error: Option<&Error>,
+    ) -> Option<(ResponseHeader, bytes::Bytes)> {
+        None
+    }
+
     /// A value of true means that the log message will be suppressed. The default value is false.
     ///
     /// See also: [`Self::suppress_proxy_warn_log`].
