@@ -415,6 +415,15 @@ fn faulty_upstream() -> SocketAddr {
                         );
                         std::thread::sleep(std::time::Duration::from_secs(3));
                     }
+                    "/faulty/chunked" => {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                        );
+                    }
+                    // A body without length, ended by closing.
+                    "/faulty/eof" => {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nhello");
+                    }
                     // Headers about the upstream's own connection, and its HTTP/1.0.
                     "/faulty/hop" => {
                         let _ = stream.write_all(
@@ -681,4 +690,33 @@ fn requests_refused_by_the_http_layer_get_the_envelope() {
     // The gateway still serves.
     let (status, _) = raw(s.gw.addr, b"GET /public/x HTTP/1.1\r\nHost: gw\r\n", b"");
     assert_eq!(status, 200);
+}
+
+/// An HTTP/1.0 client never gets chunks (RFC 9112 §6.1): a body of unknown length reaches it
+/// whole, ended by closing the connection; an HTTP/1.1 client gets it chunked and keeps its
+/// connection.
+#[test]
+fn http10_clients_get_bodies_without_chunks() {
+    let upstream = faulty_upstream();
+    let s = Stack::with(|c| {
+        format!("{c}\n[[routes]]\nprefix = \"/faulty/\"\nupstreams = [\"{upstream}\"]\nauth = \"none\"\n")
+    });
+    for path in ["/faulty/chunked", "/faulty/eof"] {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: gw\r\nConnection: keep-alive\r\n\r\n");
+        let answer = raw_request(s.gw.addr, request.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("transfer-encoding"),
+            "{path}: {answer:?}"
+        );
+        assert!(answer.ends_with("\r\n\r\nhello"), "{path}: {answer:?}");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        let answer = raw_request(s.gw.addr, request.as_bytes());
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{path}: {answer:?}"
+        );
+    }
 }

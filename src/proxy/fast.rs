@@ -11,7 +11,7 @@
 
 use super::gateway::{
     answer_failure, choose_upstream, connect_failed, edit_response, edit_upstream_request,
-    upstream_answered, Ctx,
+    unchunk_for_http10, upstream_answered, Ctx,
 };
 use crate::metrics::METRICS;
 use bytes::Bytes;
@@ -376,7 +376,13 @@ async fn exchange(
     let mut head = upstream
         .take_resp_header()
         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
-    if needs_chunked(session.req_header().method == Method::HEAD, &head) {
+    let head_request = session.req_header().method == Method::HEAD;
+    if session.req_header().version == Version::HTTP_10 {
+        // No chunks for an HTTP/1.0 client: a body of unknown length ends with the connection.
+        if needs_chunked(head_request, &head) || unchunk_for_http10(&mut head, head_request) {
+            session.set_keepalive(None);
+        }
+    } else if needs_chunked(head_request, &head) {
         head.set_version(Version::HTTP_11);
         head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }

@@ -609,6 +609,20 @@ pub(super) fn edit_response(
     Ok(())
 }
 
+/// An HTTP/1.0 client cannot read a chunked body (RFC 9112 §6.1): a body of unknown length goes
+/// to it delimited by the end of the connection instead. Whether that is the case here, the
+/// `Transfer-Encoding` then removed (the caller closes the connection after the body). Pure.
+pub fn unchunk_for_http10(response: &mut ResponseHeader, head_request: bool) -> bool {
+    let bodiless = head_request
+        || response.status.is_informational()
+        || matches!(response.status.as_u16(), 204 | 304);
+    if bodiless || response.headers.get(header::TRANSFER_ENCODING).is_none() {
+        return false;
+    }
+    response.remove_header(&header::TRANSFER_ENCODING);
+    true
+}
+
 /// Drop the response headers that describe the upstream's connection, not the answer: those
 /// named by `Connection` (its `close` and `keep-alive` tokens aside: the client's connection
 /// gets its own from Pingora), `Keep-Alive`, `Proxy-Connection`, and `Upgrade` unless the
@@ -839,6 +853,12 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let req = session.req_header();
+        if req.version == http::Version::HTTP_10
+            && unchunk_for_http10(response, req.method == http::Method::HEAD)
+        {
+            session.set_keepalive(None);
+        }
         edit_response(response, ctx, !session.is_http2())
     }
 
