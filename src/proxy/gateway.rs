@@ -193,10 +193,22 @@ pub fn check_headers(req: &RequestHeader) -> Result<(), Reject> {
     if bytes > MAX_HEADER_BYTES {
         return Err(Reject::HeadersTooLarge);
     }
-    if !host_is_valid(req) {
+    if !host_is_valid(req) || !content_length_is_single(req) {
         return Err(Reject::BadRequest { status: 400 });
     }
     Ok(())
+}
+
+/// At most one `Content-Length`, one number: a list (`0, 0`) or repeated headers are refused
+/// rather than forwarded for the upstream to read its own way (RFC 9112 §6.3 lets a recipient
+/// refuse them). Pure.
+fn content_length_is_single(req: &RequestHeader) -> bool {
+    let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => true,
+        (Some(v), None) => !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// An HTTP/1.1 request names exactly one valid host (RFC 9112 §3.2); an HTTP/1.0 one at most
@@ -992,6 +1004,15 @@ mod tests {
         assert!(host_is_valid(&request(HTTP_10, &[])));
         assert!(!host_is_valid(&request(HTTP_10, &[("host", "a b")])));
         assert!(host_is_valid(&request(HTTP_2, &[])));
+        let with = |cl: &[&str]| {
+            let mut r = request(HTTP_11, &[("host", "a")]);
+            for v in cl {
+                r.append_header("content-length", *v).unwrap();
+            }
+            content_length_is_single(&r)
+        };
+        assert!(with(&[]) && with(&["0"]) && with(&["12"]));
+        assert!(!with(&["0, 0"]) && !with(&["5", "5"]) && !with(&["+1"]) && !with(&[""]));
     }
 
     #[test]
