@@ -230,39 +230,35 @@ fn host_is_valid(req: &RequestHeader) -> bool {
     }
 }
 
+/// The tokens of a comma-separated header (`Connection`, `Upgrade`), over all its lines,
+/// trimmed; empty ones and values that are not text are skipped.
+fn header_tokens(
+    headers: &http::HeaderMap,
+    name: http::header::HeaderName,
+) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// An `Upgrade` to anything but WebSocket (`h2c`, which Java's and other HTTP clients offer on
 /// plain HTTP/1.1; `TLS/1.0`...) is declined by ignoring it, as RFC 9110 §7.8 lets a server:
 /// the header, `HTTP2-Settings` and their `Connection` tokens are dropped, and the request is
 /// served as the HTTP/1.1 request it also is. Pure.
 pub fn decline_other_upgrades(req: &mut RequestHeader) {
-    let offered: Vec<String> = req
-        .headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .collect();
-    if offered.is_empty() && !req.headers.contains_key(header::UPGRADE) {
-        return;
-    }
-    if offered.iter().any(|t| t == "websocket") {
+    if !req.headers.contains_key(header::UPGRADE)
+        || header_tokens(&req.headers, header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"))
+    {
         return;
     }
     req.remove_header(&header::UPGRADE);
     req.remove_header("http2-settings");
-    let kept: Vec<String> = req
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("upgrade")
-                && !t.eq_ignore_ascii_case("http2-settings")
-        })
+    let kept: Vec<String> = header_tokens(&req.headers, header::CONNECTION)
+        .filter(|t| !t.eq_ignore_ascii_case("upgrade") && !t.eq_ignore_ascii_case("http2-settings"))
         .map(str::to_string)
         .collect();
     req.remove_header(&header::CONNECTION);
@@ -640,16 +636,9 @@ pub fn unchunk_for_http10(response: &mut ResponseHeader, head_request: bool) -> 
 /// gets its own from Pingora), `Keep-Alive`, `Proxy-Connection`, and `Upgrade` unless the
 /// answer switches protocols. Pure.
 pub fn strip_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
-    let nominated: Vec<http::HeaderName> = response
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let nominated: Vec<http::HeaderName> = header_tokens(&response.headers, header::CONNECTION)
         .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case("close")
+            !t.eq_ignore_ascii_case("close")
                 && !t.eq_ignore_ascii_case("keep-alive")
                 && (!switching || !t.eq_ignore_ascii_case("upgrade"))
         })
