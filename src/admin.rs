@@ -407,10 +407,12 @@ impl AdminApp {
         }
         let snap = self.live.load_full();
         if let Some(token) = &snap.config.admin.token {
-            let authorization = req
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
+            // Exactly one `Authorization`: with two, which one counts is anyone's guess.
+            let mut all = req.headers.get_all(http::header::AUTHORIZATION).iter();
+            let authorization = match (all.next(), all.next()) {
+                (Some(v), None) => Some(v.as_bytes()),
+                _ => None,
+            };
             if let Err(r) = check_admin_token(authorization, token) {
                 return rejected(&r, None);
             }

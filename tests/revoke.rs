@@ -309,6 +309,17 @@ async fn admin_token_and_bad_requests() {
     }
     let (status, v) = admin_revoke(admin, &"x".repeat(10_000), Some(ADMIN_TOKEN)).await;
     assert_eq!((status, v["code"].as_str()), (413, Some("10413")), "{v}");
+    // Two `Authorization` headers, the right token in one of them: refused.
+    let resp = client()
+        .post(format!("http://127.0.0.1:{admin}/sessions/revoke"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("authorization", "Bearer wrong")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
     let resp = client()
         .get(format!("http://127.0.0.1:{admin}/sessions/revoke"))
         .send()
