@@ -690,6 +690,16 @@ fn requests_refused_by_the_http_layer_get_the_envelope() {
     // The gateway still serves.
     let (status, _) = raw(s.gw.addr, b"GET /public/x HTTP/1.1\r\nHost: gw\r\n", b"");
     assert_eq!(status, 200);
+    // The refused head is not logged: it may carry a token.
+    let head = b"GET /api/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer eyJ.credential-marker.x\r\nX-A: \x01\r\n";
+    let (status, _) = raw(s.gw.addr, head, b"");
+    assert_eq!(status, 400);
+    let log = s.gw.log_text();
+    assert!(log.contains("refused a malformed request"), "{log}");
+    assert!(
+        !log.contains("credential-marker"),
+        "the refused head was logged"
+    );
 }
 
 /// An HTTP/1.0 client never gets chunks (RFC 9112 §6.1): a body of unknown length reaches it

@@ -877,8 +877,9 @@ impl ProxyHttp for Gateway {
         status: u16,
         error: Option<&Error>,
     ) -> Option<(ResponseHeader, Bytes)> {
+        // The error's context is the raw request head, credentials included: its type only.
         if let Some(e) = error {
-            tracing::debug!("refused a malformed request: {e}");
+            tracing::debug!("refused a malformed request: {:?}", e.etype());
         }
         let body = Reject::BadRequest { status }.body();
         let head = answer_head(status, body.len(), "no-store", request_id(None)).ok()?;

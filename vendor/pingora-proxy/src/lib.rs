@@ -350,8 +350,11 @@ where
             Err(mut e) => {
                 e.as_down();
                 if matches!(e.etype, InvalidHTTPHeader) {
+                    // wxgate patch 16: the error's context holds the raw request head, which may
+                    // carry credentials (`Authorization`): the type only.
                     debug!(
-                        "Fail to proxy: {e}, downstream session type: {}",
+                        "Fail to proxy: {:?}, downstream session type: {}",
+                        e.etype,
                         downstream_session.session_type()
                     );
                     // wxgate patch 16: the application may answer with its own response.
