@@ -581,7 +581,7 @@ fn out_of_descriptors_is_503_and_the_upstream_stays_in_rotation() {
     }
     let answer = raw_request(gw.addr, request);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let log = gw.log_text();
+    let log = gw.log_when(|l| l.contains("open files limit: 64"));
     assert!(log.contains("open files limit: 64"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
@@ -694,7 +694,8 @@ fn requests_refused_by_the_http_layer_get_the_envelope() {
     let head = b"GET /api/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer eyJ.credential-marker.x\r\nX-A: \x01\r\n";
     let (status, _) = raw(s.gw.addr, head, b"");
     assert_eq!(status, 400);
-    let log = s.gw.log_text();
+    // The log is written out in batches: wait for the refusal's line.
+    let log = s.gw.log_when(|l| l.contains("refused a malformed request"));
     assert!(log.contains("refused a malformed request"), "{log}");
     assert!(
         !log.contains("credential-marker"),
