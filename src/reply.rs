@@ -70,9 +70,9 @@ pub enum Reject {
     DecryptFieldsMissing,
     /// `/auth/decrypt` could not read the data.
     Decrypt(DecryptError),
-    /// A path with `.`/`..` segments (plain or percent-encoded), an encoded slash, or one that
-    /// reads as another route's once normalised: refused so that a public route cannot be used
-    /// to reach a protected one after the upstream normalises the path.
+    /// A path with `.`/`..` segments (plain or percent-encoded), or one that reads as another
+    /// route's once normalised (the reason says which): refused so that a public route cannot be
+    /// used to reach a protected one after the upstream normalises the path.
     BadPath(&'static str),
     /// A `strip_prefix` route's prefix matched the path only once percent-decoded: the raw
     /// target cannot be rewritten without forwarding something routing did not check.

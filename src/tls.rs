@@ -38,9 +38,8 @@ pub fn load(config: &TlsConfig) -> Result<CertifiedKey, Vec<Problem>> {
     let cert = config.cert.display().to_string();
     let key = config.key.display().to_string();
     for (path, file) in [("server.tls.cert", &cert), ("server.tls.key", &key)] {
-        // Read once here, bounded, so that a device or a huge file is refused before the PEM
-        // parser reads it without end.
-        if let Err(e) = crate::config::read_small_file(std::path::Path::new(file)) {
+        // A device or a huge file is refused before the PEM parser reads it without end.
+        if let Err(e) = crate::config::open_small_file(std::path::Path::new(file)) {
             return Err(problem(path, format!("cannot read {file:?}: {e}")));
         }
     }

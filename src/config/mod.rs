@@ -99,10 +99,9 @@ impl std::error::Error for LoadError {}
 /// The largest file the gateway reads as configuration, a key or a certificate.
 pub const MAX_FILE: u64 = 1 << 20;
 
-/// Read a regular file of at most [`MAX_FILE`] bytes as text: a device (`/dev/zero`), a pipe or
-/// a directory named by mistake is refused instead of read without end.
-pub fn read_small_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
+/// Open a regular file of at most [`MAX_FILE`] bytes: a device (`/dev/zero`), a pipe or a
+/// directory named by mistake is refused instead of read without end.
+pub fn open_small_file(path: &Path) -> std::io::Result<std::fs::File> {
     let file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -114,8 +113,16 @@ pub fn read_small_file(path: &Path) -> std::io::Result<String> {
             MAX_FILE / 1024
         )));
     }
+    Ok(file)
+}
+
+/// Read a file [`open_small_file`] accepts, as text (at most [`MAX_FILE`] bytes, should it grow).
+pub fn read_small_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
     let mut text = String::new();
-    file.take(MAX_FILE).read_to_string(&mut text)?;
+    open_small_file(path)?
+        .take(MAX_FILE)
+        .read_to_string(&mut text)?;
     Ok(text)
 }
 

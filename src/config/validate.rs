@@ -627,20 +627,14 @@ impl Validator {
         }
         let ttl = self.positive_duration(raw.ttl, "jwt.ttl", "2h");
         self.jwt_ttl = ttl;
-        let leeway =
-            self.duration(raw.leeway, "jwt.leeway", "0s")
-                .and_then(|l| match l > MAX_LEEWAY {
-                    true => {
-                        self.problem(
-                            "jwt.leeway",
-                            format!(
-                            "{l:?} is more clock skew than tokens can be judged with (at most 1h)"
-                        ),
-                        );
-                        None
-                    }
-                    false => Some(l),
-                });
+        let leeway = self.duration(raw.leeway, "jwt.leeway", "0s");
+        if let Some(l) = leeway.filter(|l| *l > MAX_LEEWAY) {
+            self.problem(
+                "jwt.leeway",
+                format!("{l:?} is more clock skew than tokens can be judged with (at most 1h)"),
+            );
+        }
+        let leeway = leeway.filter(|l| *l <= MAX_LEEWAY);
         let issuer = raw.issuer.unwrap_or_else(|| "wxgate".to_string());
         Some(JwtConfig {
             algorithm: algorithm?,

@@ -11,7 +11,7 @@
 
 use super::gateway::{
     answer_failure, choose_upstream, connect_failed, edit_response, edit_upstream_request,
-    unchunk_for_http10, upstream_answered, Ctx,
+    one_valid_host, unchunk_for_http10, upstream_answered, Ctx,
 };
 use crate::metrics::METRICS;
 use bytes::Bytes;
@@ -74,12 +74,8 @@ pub fn eligible(req: &RequestHeader) -> bool {
     if !req.raw_path().starts_with(b"/") || req.uri.authority().is_some() {
         return false;
     }
-    let mut hosts = h.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(host), None)
-            if !host.as_bytes().contains(&b'@')
-                && http::uri::Authority::try_from(host.as_bytes()).is_ok() => {}
-        _ => return false,
+    if one_valid_host(h) != Some(true) {
+        return false;
     }
     for value in h.get_all(header::CONNECTION) {
         let Ok(text) = value.to_str() else {

@@ -219,15 +219,19 @@ fn host_is_valid(req: &RequestHeader) -> bool {
         http::Version::HTTP_10 | http::Version::HTTP_09 => false,
         _ => return true,
     };
-    let mut hosts = req.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) => !required,
-        (Some(host), None) => {
-            !host.as_bytes().contains(&b'@')
-                && http::uri::Authority::try_from(host.as_bytes()).is_ok()
-        }
-        _ => false,
-    }
+    one_valid_host(&req.headers).unwrap_or(!required)
+}
+
+/// `None` without a `Host`; whether there is exactly one and it is a valid authority (no
+/// userinfo) otherwise. Pure.
+pub(super) fn one_valid_host(headers: &http::HeaderMap) -> Option<bool> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next()?;
+    Some(
+        hosts.next().is_none()
+            && !host.as_bytes().contains(&b'@')
+            && http::uri::Authority::try_from(host.as_bytes()).is_ok(),
+    )
 }
 
 /// The tokens of a comma-separated header (`Connection`, `Upgrade`), over all its lines,
