@@ -299,6 +299,10 @@ fn warn_start_up_only(old: &Config, new: &Config) {
             "server.upstream_keepalive",
             old.server.upstream_keepalive != new.server.upstream_keepalive,
         ),
+        (
+            "server.header_timeout",
+            old.server.header_timeout != new.server.header_timeout,
+        ),
         ("admin.listen", old.admin.listen != new.admin.listen),
         (
             "relay.listen",
@@ -421,6 +425,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     let admin_listen = config.admin.listen;
     let relay_listen = config.relay.as_ref().map(|r| r.listen);
     let plain_listen = config.server.plain_listen;
+    let header_timeout = config.server.header_timeout;
     let listeners: Vec<_> = std::iter::once(listen)
         .chain(config.server.also_listen.iter().copied())
         .collect();
@@ -459,10 +464,13 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
 
     let in_flight = InFlight::default();
     crate::proxy::fast::prepare();
-    let gateway = pingora::proxy::http_proxy(
+    let mut gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(live.clone(), in_flight.clone()),
     );
+    let mut http_options = pingora::apps::HttpServerOptions::default();
+    http_options.header_timeout = Some(header_timeout);
+    gateway.server_options = Some(http_options);
     let mut proxy = pingora::services::listening::Service::new(
         "wxgate".to_string(),
         crate::proxy::keepalive::LeanKeepalive::new(gateway),

@@ -257,6 +257,11 @@ impl Reject {
                 "网关繁忙，请稍后重试",
                 Some("gateway_overloaded"),
             ),
+            // The client did not send its request header (`server.header_timeout`) or body in
+            // time.
+            Reject::BadRequest { status: 408 } => {
+                p(408, "10400", "请求超时", Some("request_timeout"))
+            }
             Reject::BadRequest { status } => {
                 p(*status, "10400", "请求格式错误", Some("bad_request"))
             }

@@ -731,3 +731,70 @@ fn http10_clients_get_bodies_without_chunks() {
         );
     }
 }
+
+/// A request header must arrive whole within `server.header_timeout` of its first byte: a client
+/// trickling it (slowloris) gets `408 10400 request_timeout` and loses the connection, however
+/// short each pause; one sent in parts within the limit is served. Idle keep-alive connections
+/// are not affected (the deadline starts at a request's first byte).
+#[test]
+fn a_trickled_request_header_is_cut_off() {
+    use std::time::{Duration, Instant};
+    let s = Stack::with(|c| c.replace("[server]\n", "[server]\nheader_timeout = \"1s\"\n"));
+    let parts: &[&[u8]] = &[
+        b"GET /public/x HTTP/1.1\r\n",
+        b"Host: gw\r\n",
+        b"X-A: 1\r\n",
+    ];
+    let mut conn = std::net::TcpStream::connect(s.gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    // Each pause (300 ms) is far below every per-read timeout; the header never ends.
+    let mut answer = Vec::new();
+    let trickle = parts.iter().chain(std::iter::repeat_n(&parts[2], 20));
+    for part in trickle {
+        if conn.write_all(part).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // The gateway answers and closes once the deadline passes.
+        conn.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = conn.read(&mut buf) {
+            answer.extend_from_slice(&buf[..n]);
+        }
+        conn.set_nonblocking(false).unwrap();
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    let _ = conn.read_to_end(&mut answer);
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{answer}"));
+    assert_eq!(
+        (v["code"].as_str(), v["reason"].as_str()),
+        (Some("10400"), Some("request_timeout")),
+        "{v}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "cut off after {elapsed:?}"
+    );
+
+    // A header in three parts within the limit, on a connection that first idled past it.
+    let mut conn = std::net::TcpStream::connect(s.gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    for part in parts {
+        conn.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    conn.write_all(b"Connection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}

@@ -457,6 +457,21 @@ fn the_fast_path_is_on_unless_turned_off() {
 }
 
 #[test]
+fn the_header_timeout_is_30s_unless_set_and_at_most_an_hour() {
+    use std::time::Duration;
+    assert_eq!(
+        parse_ok(MINIMAL).server.header_timeout,
+        Duration::from_secs(30)
+    );
+    let c = parse_ok(&format!("[server]\nheader_timeout = \"5s\"\n{MINIMAL}"));
+    assert_eq!(c.server.header_timeout, Duration::from_secs(5));
+    for (value, says) in [("\"2h\"", "at most \"1h\""), ("\"0s\"", ""), ("5", "")] {
+        let p = problems(&format!("[server]\nheader_timeout = {value}\n{MINIMAL}"));
+        assert!(has(&p, "server.header_timeout", says), "{value}: {p:?}");
+    }
+}
+
+#[test]
 fn route_defaults_are_what_check_fills_in() {
     let c = parse_ok(MINIMAL);
     let built = RouteConfig::with_defaults(

@@ -134,6 +134,8 @@ pub struct ServerConfig {
     pub upstream_keepalive: usize,
     /// Requests without a body are proxied by the gateway's fast path (see `proxy::fast`).
     pub fast_path: bool,
+    /// How long a request header may take from its first byte to its end (past it: 408).
+    pub header_timeout: Duration,
 }
 
 /// TLS termination (rustls): the certificate chain and key are PEM files, read at start-up and

@@ -22,6 +22,8 @@ const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(3600);
 const MIN_SECRET_BYTES: usize = 32;
 /// The shortest `server.resolve_interval`: DNS is not asked more often than this.
 const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest `server.header_timeout`: a header that takes longer is not a client to wait for.
+const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Idle upstream connections kept for reuse by default: above the concurrency one instance
 /// usually sees (Pingora's own default, 128, made every request past the 128th open a new one).
 pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 2048;
@@ -325,6 +327,14 @@ impl Validator {
                 "must be at least \"1s\" (names are not re-resolved more often)".into(),
             );
         }
+        let header_timeout =
+            self.positive_duration(raw.header_timeout, "server.header_timeout", "30s");
+        if header_timeout.is_some_and(|d| d > MAX_HEADER_TIMEOUT) {
+            self.problem(
+                "server.header_timeout",
+                "must be at most \"1h\" (the time a request header may take to arrive)".into(),
+            );
+        }
         let upstream_keepalive = match raw.upstream_keepalive {
             Some(0) => {
                 self.problem(
@@ -339,6 +349,7 @@ impl Validator {
         Some(ServerConfig {
             upstream_keepalive: upstream_keepalive?,
             fast_path: raw.fast_path.unwrap_or(true),
+            header_timeout: header_timeout.filter(|d| *d <= MAX_HEADER_TIMEOUT)?,
             resolve_interval: resolve_interval.filter(|d| *d >= MIN_RESOLVE_INTERVAL)?,
             listen: listen?,
             also_listen,

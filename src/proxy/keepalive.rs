@@ -160,7 +160,11 @@ where
                 let mut session = ServerSession::new_http1(tcp);
                 match settings.take() {
                     Some(settings) => settings.apply_to_session(&mut session),
-                    None => session.set_keepalive(Some(KEEPALIVE_TIMEOUT.as_secs())),
+                    None => {
+                        session.set_keepalive(Some(KEEPALIVE_TIMEOUT.as_secs()));
+                        let options = self.app.server_options();
+                        session.set_header_timeout(options.and_then(|o| o.header_timeout));
+                    }
                 }
                 self.app.process_new_http(session, shutdown)
             };

@@ -349,7 +349,13 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // wxgate patch 17: a request header past its deadline is answered 408.
+                let status = match e.etype {
+                    InvalidHTTPHeader => Some(400),
+                    ReadTimedout => Some(408),
+                    _ => None,
+                };
+                if let Some(status) = status {
                     // wxgate patch 16: the error's context holds the raw request head, which may
                     // carry credentials (`Authorization`): the type only.
                     debug!(
@@ -358,11 +364,11 @@ where
                         downstream_session.session_type()
                     );
                     // wxgate patch 16: the application may answer with its own response.
-                    match self.inner.refused_request_response(400, Some(&e)) {
+                    match self.inner.refused_request_response(status, Some(&e)) {
                         Some((resp, body)) => {
                             downstream_session.write_error_response(resp, body).await
                         }
-                        None => downstream_session.respond_error(400).await,
+                        None => downstream_session.respond_error(status).await,
                     }
                     .unwrap_or_else(|e| {
                         error!("failed to send error response to downstream: {e}");

@@ -544,8 +544,9 @@ pub trait ProxyHttp {
     }
 
     /// The response to a request refused before any filter ran (wxgate patch 16): one whose
-    /// header could not be parsed (`status` 400), or a `CONNECT` the proxy does not tunnel
-    /// (405). `None`, the default, sends Pingora's own empty error response.
+    /// header could not be parsed (`status` 400), one whose header did not arrive whole in time
+    /// (408, wxgate patch 17: `HttpServerOptions::header_timeout`), or a `CONNECT` the proxy
+    /// does not tunnel (405). `None`, the default, sends Pingora's own empty error response.
     fn refused_request_response(
         &self,
         _status: u16,

@@ -89,6 +89,13 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// wxgate patch 17: close an HTTP/1 connection whose request header is not complete this
+    /// long after its first byte (HAProxy's `timeout http-request`), so that a client trickling
+    /// its header cannot hold a connection open. The proxy answers `408`.
+    ///
+    /// Default: `None` (each read is bounded by the keepalive or read timeout only)
+    pub header_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -107,6 +114,8 @@ pub struct HttpServerOptions {
 pub struct HttpPersistentSettings {
     keepalive_timeout: Option<u64>,
     keepalive_reuses_remaining: Option<u32>,
+    /// wxgate patch 17: the request header deadline, for every request of the connection.
+    header_timeout: Option<Duration>,
     /// User-defined context to carry to the next request on this connection.
     user_context: Option<Box<dyn Any + Send + Sync>>,
     /// Bytes read past the end of the previous request's body, to be parsed
@@ -124,6 +133,7 @@ impl HttpPersistentSettings {
         HttpPersistentSettings {
             keepalive_timeout: session.get_keepalive(),
             keepalive_reuses_remaining: session.get_keepalive_reuses_remaining(),
+            header_timeout: session.get_header_timeout(),
             user_context: None,
             pipelined_prefix: None,
             pipelining_enabled: session.pipelining_enabled(),
@@ -158,6 +168,7 @@ impl HttpPersistentSettings {
         let Self {
             keepalive_timeout,
             mut keepalive_reuses_remaining,
+            header_timeout,
             user_context,
             pipelined_prefix,
             pipelining_enabled,
@@ -171,6 +182,7 @@ impl HttpPersistentSettings {
 
         session.set_keepalive(keepalive_timeout);
         session.set_keepalive_reuses_remaining(keepalive_reuses_remaining);
+        session.set_header_timeout(header_timeout);
 
         // Carry user context into the session for the proxy layer to consume
         session.set_connection_user_context(user_context);
@@ -362,6 +374,8 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            // wxgate patch 17
+            session.set_header_timeout(self.server_options().and_then(|opts| opts.header_timeout));
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {

@@ -336,6 +336,22 @@ impl Session {
         }
     }
 
+    /// wxgate patch 17: how long a request header may take from its first byte to its end.
+    /// HTTP/1 only (a noop for the others).
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(timeout);
+        }
+    }
+
+    /// wxgate patch 17: see [`Self::set_header_timeout`]; `None` for h2 and subrequests.
+    pub fn get_header_timeout(&self) -> Option<Duration> {
+        match self {
+            Self::H1(s) => s.get_header_timeout(),
+            _ => None,
+        }
+    }
+
     /// Get the keepalive timeout. None if keepalive is disabled. Not applicable for h2 or
     /// subrequest
     pub fn get_keepalive(&self) -> Option<u64> {

@@ -102,6 +102,8 @@ pub struct HttpSession {
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
+    /// wxgate patch 17: how long a request header may take from its first byte to its end.
+    header_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -187,6 +189,7 @@ impl HttpSession {
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
+            header_timeout: None,
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -272,6 +275,37 @@ impl HttpSession {
         }
     }
 
+    /// wxgate patch 17: one read of the request header; once its first bytes are here, the rest
+    /// must come within `header_timeout` of them (a client trickling its header byte by byte
+    /// would otherwise hold the connection for as long as each read stays under the read or
+    /// keepalive timeout). The clock is read when a second read is needed, right after the
+    /// first one returned, so the common header that arrives whole costs nothing.
+    async fn read_header_part(
+        &mut self,
+        buf: &mut BytesMut,
+        already_read: usize,
+        started: &mut Option<std::time::Instant>,
+    ) -> Result<Option<usize>> {
+        let Some(limit) = self.header_timeout.filter(|_| already_read > 0) else {
+            return self.read_request_buf(buf, already_read).await;
+        };
+        let started = *started.get_or_insert_with(std::time::Instant::now);
+        let left = limit.saturating_sub(started.elapsed());
+        let timed_out = || {
+            Error::e_explain(
+                ReadTimedout,
+                format!("request header not complete within {limit:?}"),
+            )
+        };
+        if left.is_zero() {
+            return timed_out();
+        }
+        match timeout(left, self.read_request_buf(buf, already_read)).await {
+            Ok(read) => read,
+            Err(_) => timed_out(),
+        }
+    }
+
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
@@ -303,6 +337,8 @@ impl HttpSession {
             .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
+        // wxgate patch 17: when the header's first bytes were here (its deadline counts from it).
+        let mut header_started = None;
         let mut detached_suffix = None;
         loop {
             if already_read > MAX_HEADER_SIZE {
@@ -323,7 +359,10 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
+            } else if let Some(n) = self
+                .read_header_part(&mut buf, already_read, &mut header_started)
+                .await?
+            {
                 already_read += n;
             } else {
                 return Ok(None);
@@ -1346,6 +1385,18 @@ impl HttpSession {
     /// Gets the downstream read timeout.
     pub fn get_read_timeout(&self) -> Option<Duration> {
         self.read_timeout
+    }
+
+    /// wxgate patch 17: how long a request header may take from its first byte to its end
+    /// (`None`, the default: no bound beyond each read's timeout). Past it, `read_request` fails
+    /// with `ReadTimedout`.
+    pub fn set_header_timeout(&mut self, timeout: Option<Duration>) {
+        self.header_timeout = timeout;
+    }
+
+    /// wxgate patch 17: see [`Self::set_header_timeout`].
+    pub fn get_header_timeout(&self) -> Option<Duration> {
+        self.header_timeout
     }
 
     /// Sets the downstream write timeout. This will trigger if we're unable
@@ -3453,6 +3504,41 @@ mod test_proxy_tasks {
         let res = test_read_with_tokio_timeout(http_stream.read_request()).await;
         assert!(res.is_ok());
         assert_eq!(res.unwrap().unwrap_err().etype(), &ReadTimedout);
+    }
+
+    // wxgate patch 17: a header trickled in parts, each well within the keepalive timeout, is
+    // cut off once `header_timeout` has passed since its first byte; the idle wait before the
+    // first byte does not count.
+    #[tokio::test]
+    async fn test_header_timeout_counts_from_the_first_byte() {
+        // Each part within 250 ms of the one before; the header never ends.
+        let stalled = Builder::new()
+            .wait(Duration::from_millis(300))
+            .read(b"GET / HTTP/1.1\r\n")
+            .wait(Duration::from_millis(150))
+            .read(b"Host: a\r\n")
+            .wait(TEST_FOREVER_DURATION)
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(stalled));
+        http_stream.set_server_keepalive(Some(60));
+        http_stream.set_header_timeout(Some(Duration::from_millis(250)));
+        let res = test_read_with_tokio_timeout(http_stream.read_request()).await;
+        assert_eq!(res.unwrap().unwrap_err().etype(), &ReadTimedout);
+
+        // A header whose parts take 300 ms, after 300 ms of idle wait that does not count.
+        let trickled = Builder::new()
+            .wait(Duration::from_millis(300))
+            .read(b"GET / HTTP/1.1\r\n")
+            .wait(Duration::from_millis(150))
+            .read(b"Host: a\r\n")
+            .wait(Duration::from_millis(150))
+            .read(b"\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(trickled));
+        http_stream.set_server_keepalive(Some(60));
+        http_stream.set_header_timeout(Some(Duration::from_millis(400)));
+        let res = test_read_with_tokio_timeout(http_stream.read_request()).await;
+        assert!(res.unwrap().unwrap().is_some());
     }
 
     #[tokio::test]
