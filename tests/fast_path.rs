@@ -314,6 +314,37 @@ async fn upstream_connections_are_reused() {
     }
 }
 
+/// An HTTP/1.0 client gets no 1xx answer (RFC 9110 §15.2), and its `Expect: 100-continue` is not
+/// passed on (§10.1.1: a server ignores it); an HTTP/1.1 client still gets what it asked for.
+#[tokio::test]
+async fn http10_clients_get_no_interim_answers() {
+    let up = Upstream::start();
+    let wechat = mock_wechat();
+    let gw = gateway_for(&wechat, &up, "");
+    let addr = gw.addr;
+    tokio::task::spawn_blocking(move || {
+        let answer = raw_request(addr, b"GET /public/continue HTTP/1.0\r\nHost: gw\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(!answer.contains("100 Continue"), "{answer:?}");
+        assert!(answer.ends_with("\r\n\r\nok"), "{answer:?}");
+        let answer = raw_request(
+            addr,
+            b"GET /public/echo HTTP/1.0\r\nHost: gw\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        let seen = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        assert!(!seen.to_ascii_lowercase().contains("expect"), "{answer:?}");
+        let answer = raw_request(
+            addr,
+            b"GET /public/echo HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        );
+        let seen = answer.split("\r\n\r\n").last().unwrap_or("");
+        assert!(seen.to_ascii_lowercase().contains("expect: 100-continue"), "{answer:?}");
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn answers_without_body_chunked_and_close_delimited_ones_arrive_intact() {
     let up = Upstream::start();

@@ -751,6 +751,12 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(route.clone());
         decline_other_upgrades(session.req_header_mut());
+        if session.req_header().version == http::Version::HTTP_10 {
+            // No 1xx reaches an HTTP/1.0 client (RFC 9110 §15.2), and its `Expect: 100-continue`
+            // is ignored (§10.1.1): not forwarded, so the upstream waits for no go-ahead.
+            session.req_header_mut().remove_header(&header::EXPECT);
+            session.downstream_session.set_ignore_info_resp(true);
+        }
         ctx.upgrade = session.is_upgrade_req();
         if ctx.upgrade && route.websocket.is_none() {
             return write_answer(session, ctx, Err(Reject::WebSocketNotAllowed)).await;
