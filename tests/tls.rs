@@ -342,3 +342,48 @@ async fn https_upstreams_are_verified_against_a_private_ca() {
     let _ = good.kill();
     let _ = bad.kill();
 }
+
+/// A Python client trickling a request header over TLS, a line every 300 ms, until the gateway
+/// answers: prints the seconds it took and the answer.
+const TRICKLER: &str = r#"
+import select, socket, ssl, sys, time
+port, trust = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=trust)
+conn = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+conn.settimeout(10)
+started = time.time()
+conn.sendall(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n")
+for _ in range(30):
+    if select.select([conn], [], [], 0.3)[0]:
+        break
+    conn.sendall(b"X-A: 1\r\n")
+answer = b""
+try:
+    while chunk := conn.recv(4096):
+        answer += chunk
+except (ssl.SSLError, OSError):
+    pass
+print(round(time.time() - started, 1), answer.decode(errors="replace").replace("\r\n", " | "))
+"#;
+
+/// `server.header_timeout` holds on the TLS listener too (Pingora's own connection loop there).
+#[test]
+fn a_trickled_header_over_tls_is_cut_off() {
+    let tls = Tls::new();
+    tls.issue("one.test");
+    let plain_port = free_port();
+    let s = Stack::with(|c| {
+        tls_config(&tls, plain_port)(c).replace("[server]\n", "[server]\nheader_timeout = \"1s\"\n")
+    });
+    let out = Command::new("python3")
+        .args(["-c", TRICKLER, &s.gw.addr.port().to_string()])
+        .arg(&tls.trust)
+        .output()
+        .expect("python3");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let (seconds, answer) = out.trim().split_once(' ').unwrap_or(("", ""));
+    let seconds: f64 = seconds.parse().unwrap_or_else(|_| panic!("{out}"));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(answer.contains("\"reason\":\"request_timeout\""), "{out}");
+    assert!((0.9..5.0).contains(&seconds), "{out}");
+}
