@@ -798,3 +798,62 @@ fn a_trickled_request_header_is_cut_off() {
     conn.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }
+
+/// The body of a gateway endpoint (`POST /auth`) must arrive whole within
+/// `server.header_timeout` too: trickled a byte at a time, it gets `408 10400` and the connection
+/// closes; a proxied route's body is the upstream's to wait for, and is not cut off.
+#[test]
+fn a_trickled_endpoint_body_is_cut_off() {
+    use std::time::{Duration, Instant};
+    let s = Stack::with(|c| c.replace("[server]\n", "[server]\nheader_timeout = \"1s\"\n"));
+    let mut conn = std::net::TcpStream::connect(s.gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    conn.write_all(b"POST /auth HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(8) {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) if answer.is_empty() => {
+                // Nothing yet: one more byte of the body, well within each read's timeout.
+                let _ = conn.write_all(b" ");
+            }
+            Err(_) => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        answer.contains("\"reason\":\"request_timeout\""),
+        "{answer:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "cut off after {elapsed:?}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer:?}"
+    );
+
+    // A proxied body taking twice the deadline is streamed through.
+    let mut conn = std::net::TcpStream::connect(s.gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"POST /public/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 8\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    for byte in b"trickled" {
+        std::thread::sleep(Duration::from_millis(250));
+        conn.write_all(&[*byte]).unwrap();
+    }
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}

@@ -379,8 +379,10 @@ fn has_body(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Read a gateway endpoint's body, refusing more than `max` bytes without reading them all.
-async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
+/// Read a gateway endpoint's body, refusing more than `max` bytes without reading them all, and
+/// a body not whole within `deadline` (`server.header_timeout`: a client trickling it would
+/// otherwise hold the connection as long as each read came within the read timeout).
+async fn read_body(session: &mut Session, max: usize, deadline: Duration) -> Result<Bytes, Reject> {
     let declared = session
         .req_header()
         .headers
@@ -391,6 +393,12 @@ async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
         return Err(Reject::BodyTooLarge);
     }
     session.set_read_timeout(Some(Duration::from_secs(10)));
+    pingora::prelude::timeout(deadline, read_body_within(session, max))
+        .await
+        .unwrap_or(Err(Reject::BadRequest { status: 408 }))
+}
+
+async fn read_body_within(session: &mut Session, max: usize) -> Result<Bytes, Reject> {
     let mut body = BytesMut::new();
     loop {
         match session.read_request_body().await {
@@ -431,7 +439,8 @@ impl Gateway {
         let outcome = if !within_limit {
             Err(Reject::RateLimited)
         } else {
-            match read_body(session, snap.config.server.max_body).await {
+            let server = &snap.config.server;
+            match read_body(session, server.max_body, server.header_timeout).await {
                 Ok(body) => {
                     let req = session.req_header();
                     let request = EndpointRequest {
