@@ -303,6 +303,10 @@ fn warn_start_up_only(old: &Config, new: &Config) {
             "server.header_timeout",
             old.server.header_timeout != new.server.header_timeout,
         ),
+        (
+            "server.keepalive_timeout",
+            old.server.keepalive_timeout != new.server.keepalive_timeout,
+        ),
         ("admin.listen", old.admin.listen != new.admin.listen),
         (
             "relay.listen",
@@ -426,6 +430,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     let relay_listen = config.relay.as_ref().map(|r| r.listen);
     let plain_listen = config.server.plain_listen;
     let header_timeout = config.server.header_timeout;
+    let keepalive_timeout = config.server.keepalive_timeout;
     let listeners: Vec<_> = std::iter::once(listen)
         .chain(config.server.also_listen.iter().copied())
         .collect();
@@ -470,6 +475,10 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     );
     let mut http_options = pingora::apps::HttpServerOptions::default();
     http_options.header_timeout = Some(header_timeout);
+    http_options.keepalive_timeout = Some(keepalive_timeout.as_secs());
+    // An HTTP/2 connection with no stream open (or no preface yet) closes after the time an
+    // HTTP/1 keep-alive connection waits for its next request (Pingora's default: never).
+    http_options.h2_idle_timeout = Some(keepalive_timeout);
     gateway.server_options = Some(http_options);
     let mut proxy = pingora::services::listening::Service::new(
         "wxgate".to_string(),

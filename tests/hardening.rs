@@ -857,3 +857,39 @@ fn a_trickled_endpoint_body_is_cut_off() {
     conn.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }
+
+/// `server.keepalive_timeout` closes an idle plain HTTP/1 connection, before its first request
+/// and between requests.
+#[test]
+fn idle_connections_close_after_the_keepalive_timeout() {
+    use std::time::{Duration, Instant};
+    let s = Stack::with(|c| c.replace("[server]\n", "[server]\nkeepalive_timeout = \"1s\"\n"));
+    let closed_after = |conn: &mut std::net::TcpStream| {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+        (started.elapsed(), rest)
+    };
+    let mut conn = std::net::TcpStream::connect(s.gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (idle, rest) = closed_after(&mut conn);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
+        "{idle:?}"
+    );
+
+    let mut conn = std::net::TcpStream::connect(s.gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .unwrap();
+    let (idle, answer) = closed_after(&mut conn);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
+        "{idle:?}"
+    );
+}

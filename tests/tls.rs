@@ -387,3 +387,65 @@ fn a_trickled_header_over_tls_is_cut_off() {
     assert!(answer.contains("\"reason\":\"request_timeout\""), "{out}");
     assert!((0.9..5.0).contains(&seconds), "{out}");
 }
+
+/// A Python client that opens a TLS connection and idles: `h1` after one HTTP/1.1 request, `h2`
+/// after the HTTP/2 preface and SETTINGS, `silent` (ALPN h2) sending nothing at all. Prints
+/// the seconds until the gateway closed it.
+const IDLER: &str = r#"
+import socket, ssl, sys, time
+port, trust, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=trust)
+ctx.set_alpn_protocols(["http/1.1"] if mode == "h1" else ["h2"])
+conn = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+conn.settimeout(20)
+if mode == "h1":
+    conn.sendall(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+elif mode == "h2":
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+started = time.time()
+try:
+    while conn.recv(4096):
+        pass
+except (ssl.SSLError, OSError):
+    pass
+print(round(time.time() - started, 1))
+"#;
+
+/// `server.keepalive_timeout` closes idle client connections over TLS: HTTP/1.1 after a request,
+/// HTTP/2 with no stream open, and a client that chose h2 but never sent its preface (held
+/// forever before: Pingora waited for the preface, and for streams, without a bound).
+#[test]
+fn idle_tls_connections_close_after_the_keepalive_timeout() {
+    let tls = Tls::new();
+    tls.issue("one.test");
+    let plain_port = free_port();
+    let s = Stack::with(|c| {
+        let c = tls_config(&tls, plain_port)(c);
+        c.replace("[server]\n", "[server]\nkeepalive_timeout = \"1s\"\n") + "http2 = true\n"
+    });
+    let idlers: Vec<_> = ["h1", "h2", "silent"]
+        .into_iter()
+        .map(|mode| {
+            let child = Command::new("python3")
+                .args(["-c", IDLER, &s.gw.addr.port().to_string()])
+                .arg(&tls.trust)
+                .arg(mode)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3");
+            (mode, child)
+        })
+        .collect();
+    for (mode, child) in idlers {
+        let out = child.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        let seconds: f64 = out
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{mode}: {out}"));
+        assert!(
+            (0.5..5.0).contains(&seconds),
+            "{mode}: closed after {seconds} s"
+        );
+    }
+}

@@ -56,6 +56,7 @@ pub struct RawServer {
     pub upstream_keepalive: Option<usize>,
     pub fast_path: Option<bool>,
     pub header_timeout: Option<DurationText>,
+    pub keepalive_timeout: Option<DurationText>,
 }
 
 /// `listen = "host:port"` or `listen = ["host:port", ...]`.

@@ -472,6 +472,26 @@ fn the_header_timeout_is_30s_unless_set_and_at_most_an_hour() {
 }
 
 #[test]
+fn the_keepalive_timeout_is_60s_unless_set_in_whole_seconds() {
+    use std::time::Duration;
+    assert_eq!(
+        parse_ok(MINIMAL).server.keepalive_timeout,
+        Duration::from_secs(60)
+    );
+    let c = parse_ok(&format!("[server]\nkeepalive_timeout = \"75s\"\n{MINIMAL}"));
+    assert_eq!(c.server.keepalive_timeout, Duration::from_secs(75));
+    for value in ["\"1500ms\"", "\"2h\""] {
+        let p = problems(&format!("[server]\nkeepalive_timeout = {value}\n{MINIMAL}"));
+        assert!(
+            has(&p, "server.keepalive_timeout", "whole seconds"),
+            "{value}: {p:?}"
+        );
+    }
+    let p = problems(&format!("[server]\nkeepalive_timeout = \"0s\"\n{MINIMAL}"));
+    assert!(has(&p, "server.keepalive_timeout", ""), "{p:?}");
+}
+
+#[test]
 fn route_defaults_are_what_check_fills_in() {
     let c = parse_ok(MINIMAL);
     let built = RouteConfig::with_defaults(

@@ -136,6 +136,9 @@ pub struct ServerConfig {
     pub fast_path: bool,
     /// How long a request header may take from its first byte to its end (past it: 408).
     pub header_timeout: Duration,
+    /// How long an idle client connection (HTTP/1 keep-alive, HTTP/2 without a stream) waits
+    /// for its next request; whole seconds.
+    pub keepalive_timeout: Duration,
 }
 
 /// TLS termination (rustls): the certificate chain and key are PEM files, read at start-up and

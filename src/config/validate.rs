@@ -22,7 +22,8 @@ const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(3600);
 const MIN_SECRET_BYTES: usize = 32;
 /// The shortest `server.resolve_interval`: DNS is not asked more often than this.
 const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
-/// The longest `server.header_timeout`: a header that takes longer is not a client to wait for.
+/// The longest `server.header_timeout` and `server.keepalive_timeout`: a header that takes
+/// longer is not a client to wait for, nor an idle connection that waits longer.
 const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Idle upstream connections kept for reuse by default: above the concurrency one instance
 /// usually sees (Pingora's own default, 128, made every request past the 128th open a new one).
@@ -335,6 +336,15 @@ impl Validator {
                 "must be at most \"1h\" (the time a request header may take to arrive)".into(),
             );
         }
+        let keepalive_timeout =
+            self.positive_duration(raw.keepalive_timeout, "server.keepalive_timeout", "60s");
+        let keepalive_ok = |d: &Duration| d.subsec_nanos() == 0 && *d <= MAX_HEADER_TIMEOUT;
+        if keepalive_timeout.is_some_and(|d| !keepalive_ok(&d)) {
+            self.problem(
+                "server.keepalive_timeout",
+                "must be whole seconds, at most \"1h\" (how long an idle client connection waits for its next request)".into(),
+            );
+        }
         let upstream_keepalive = match raw.upstream_keepalive {
             Some(0) => {
                 self.problem(
@@ -350,6 +360,7 @@ impl Validator {
             upstream_keepalive: upstream_keepalive?,
             fast_path: raw.fast_path.unwrap_or(true),
             header_timeout: header_timeout.filter(|d| *d <= MAX_HEADER_TIMEOUT)?,
+            keepalive_timeout: keepalive_timeout.filter(keepalive_ok)?,
             resolve_interval: resolve_interval.filter(|d| *d >= MIN_RESOLVE_INTERVAL)?,
             listen: listen?,
             also_listen,

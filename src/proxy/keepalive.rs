@@ -25,7 +25,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 
-/// How long an idle keep-alive connection may wait for its next request (Pingora's default).
+/// How long an idle keep-alive connection may wait for its next request when the application
+/// sets nothing else (`HttpServerOptions::keepalive_timeout`; Pingora's own default).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A client connection's write buffer while it serves a request (Pingora's default size): a
@@ -36,13 +37,25 @@ const WRITE_BUFFER: usize = pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUF
 pub struct LeanKeepalive<A> {
     app: Arc<A>,
     stopping: Stopping,
+    /// How long an idle connection waits for its next request (the first one included).
+    idle: Duration,
+    /// How long a request header may take from its first byte to its end.
+    header_timeout: Option<Duration>,
 }
 
-impl<A> LeanKeepalive<A> {
+impl<A: HttpServerApp> LeanKeepalive<A> {
+    /// The waits are the application's `server_options` (`keepalive_timeout`, `header_timeout`).
     pub fn new(app: A) -> Self {
+        let options = app.server_options();
+        let idle = options
+            .and_then(|o| o.keepalive_timeout)
+            .map_or(KEEPALIVE_TIMEOUT, Duration::from_secs);
+        let header_timeout = options.and_then(|o| o.header_timeout);
         LeanKeepalive {
             app: Arc::new(app),
             stopping: Stopping::default(),
+            idle,
+            header_timeout,
         }
     }
 }
@@ -94,6 +107,7 @@ async fn wait_for_request(
     stream: &mut TcpStream,
     shutdown: &ShutdownWatch,
     stopping: &Notify,
+    idle: &Duration,
 ) -> Idle {
     // Made before the flag is read: `notify_waiters` wakes every `Notified` made before it, so a
     // shutdown that begins between the two is not missed.
@@ -116,7 +130,7 @@ async fn wait_for_request(
     });
     tokio::select! {
         biased;
-        idle = pingora::prelude::timeout(KEEPALIVE_TIMEOUT, arrived) => idle.unwrap_or(Idle::Over),
+        idle = pingora::prelude::timeout(*idle, arrived) => idle.unwrap_or(Idle::Over),
         _ = stopping => Idle::Over,
     }
 }
@@ -148,7 +162,7 @@ where
                 // The write buffer (1.5 KiB) is freed while the connection idles.
                 tcp.set_write_capacity(0);
                 let stopping = &self.stopping.notify;
-                if wait_for_request(&mut tcp, shutdown, stopping).await == Idle::Over {
+                if wait_for_request(&mut tcp, shutdown, stopping, &self.idle).await == Idle::Over {
                     return None;
                 }
                 tcp.set_write_capacity(WRITE_BUFFER);
@@ -158,14 +172,15 @@ where
             // connection holds, even after it was moved out.
             let serving = {
                 let mut session = ServerSession::new_http1(tcp);
-                match settings.take() {
-                    Some(settings) => settings.apply_to_session(&mut session),
-                    None => {
-                        session.set_keepalive(Some(KEEPALIVE_TIMEOUT.as_secs()));
-                        let options = self.app.server_options();
-                        session.set_header_timeout(options.and_then(|o| o.header_timeout));
-                    }
+                if let Some(settings) = settings.take() {
+                    settings.apply_to_session(&mut session);
                 }
+                // The server's own bounds, whatever the last request's `Connection` or
+                // `Keep-Alive: timeout=` made of them (Pingora keeps a client's timeout, and no
+                // bound at all for a plain HTTP/1.1 keep-alive): they bound the reads of a
+                // request header that does not arrive in one piece.
+                session.set_keepalive(Some(self.idle.as_secs()));
+                session.set_header_timeout(self.header_timeout);
                 self.app.process_new_http(session, shutdown)
             };
             let reused = serving.await?;
@@ -201,7 +216,7 @@ mod tests {
         let (_tx, watch) = tokio::sync::watch::channel(false);
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         assert_eq!(
-            wait_for_request(&mut stream, &watch, &Notify::new()).await,
+            wait_for_request(&mut stream, &watch, &Notify::new(), &KEEPALIVE_TIMEOUT).await,
             Idle::Request
         );
         let mut line = [0u8; 16];
@@ -256,7 +271,7 @@ mod tests {
         let (mut stream, client) = pair().await;
         let (_tx, watch) = tokio::sync::watch::channel(false);
         drop(client);
-        let over = wait_for_request(&mut stream, &watch, &Notify::new()).await;
+        let over = wait_for_request(&mut stream, &watch, &Notify::new(), &KEEPALIVE_TIMEOUT).await;
         assert_eq!(over, Idle::Over);
 
         // A shutdown that begins while connections wait ends every wait.
@@ -270,7 +285,7 @@ mod tests {
             clients.push(client);
             let (stopping, watch) = (stopping.clone(), watch.clone());
             waiting.push(tokio::spawn(async move {
-                wait_for_request(&mut stream, &watch, &stopping.notify).await
+                wait_for_request(&mut stream, &watch, &stopping.notify, &KEEPALIVE_TIMEOUT).await
             }));
         }
         tokio::task::yield_now().await;
@@ -284,7 +299,7 @@ mod tests {
         let (mut stream, _client) = pair().await;
         let over = tokio::time::timeout(
             Duration::from_secs(5),
-            wait_for_request(&mut stream, &watch, &stopping.notify),
+            wait_for_request(&mut stream, &watch, &stopping.notify, &KEEPALIVE_TIMEOUT),
         )
         .await;
         assert_eq!(over.expect("no wait"), Idle::Over);

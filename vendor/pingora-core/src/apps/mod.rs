@@ -96,6 +96,12 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None` (each read is bounded by the keepalive or read timeout only)
     pub header_timeout: Option<Duration>,
+
+    /// wxgate patch 18: how long, in seconds, an idle HTTP/1 keep-alive connection waits for its
+    /// next request (the first one included).
+    ///
+    /// Default: `None` (60 s)
+    pub keepalive_timeout: Option<u64>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -325,7 +331,20 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            let handshake = server::handshake(stream, h2_options);
+            // wxgate patch 18: a client that chose h2 but never sends its preface is as idle as
+            // one with no stream open: `h2_idle_timeout` bounds the wait for it too.
+            let handshake = match self.server_options().and_then(|o| o.h2_idle_timeout) {
+                Some(idle) => match pingora_timeout::timeout(idle, handshake).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        debug!("H2 preface not received within {idle:?}");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshake {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -367,8 +386,9 @@ where
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
             } else {
-                // default 60s
-                session.set_keepalive(Some(60));
+                // default 60s (wxgate patch 18: unless the options say otherwise)
+                let keepalive = self.server_options().and_then(|o| o.keepalive_timeout);
+                session.set_keepalive(Some(keepalive.unwrap_or(60)));
             }
             session.set_keepalive_reuses_remaining(
                 self.server_options()
@@ -382,6 +402,14 @@ where
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
+                }
+                // wxgate patch 18: the wait for the next request is the server's. The previous
+                // request's `respect_keepalive` made it the client's `Keep-Alive: timeout=`, or
+                // no bound at all for a plain HTTP/1.1 keep-alive (an idle connection was kept
+                // until the client left).
+                if session.get_keepalive().is_some() {
+                    let keepalive = self.server_options().and_then(|o| o.keepalive_timeout);
+                    session.set_keepalive(Some(keepalive.unwrap_or(60)));
                 }
 
                 result = self.process_new_http(session, shutdown).await;
