@@ -479,7 +479,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     // An HTTP/2 connection with no stream open (or no preface yet) closes after the time an
     // HTTP/1 keep-alive connection waits for its next request (Pingora's default: never).
     http_options.h2_idle_timeout = Some(keepalive_timeout);
-    gateway.server_options = Some(http_options);
+    gateway.server_options = Some(http_options.clone());
     let mut proxy = pingora::services::listening::Service::new(
         "wxgate".to_string(),
         crate::proxy::keepalive::LeanKeepalive::new(gateway),
@@ -511,12 +511,15 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
     server.add_service(proxy);
     if let Some(admin_listen) = admin_listen {
         let app = AdminApp::new(live.clone(), status.clone(), in_flight.clone());
+        // The same header deadline and idle timeout as the main listeners.
+        let mut app = pingora::apps::http_app::HttpServer::new_app(app);
+        app.server_options = Some(http_options.clone());
         let mut admin = pingora::services::listening::Service::new("admin".to_string(), app);
         admin.add_tcp(&admin_listen.to_string());
         server.add_service(admin);
     }
     if let Some(relay_listen) = relay_listen {
-        let app = crate::relay::RelayApp::new(live.clone());
+        let app = crate::relay::RelayApp::new(live.clone(), http_options);
         let mut relay = pingora::services::listening::Service::new("relay".to_string(), app);
         relay.add_tcp(&relay_listen.to_string());
         server.add_service(relay);

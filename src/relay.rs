@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
@@ -60,11 +60,13 @@ const TOKEN_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
 
 pub struct RelayApp {
     live: Live,
+    /// The main listeners' header deadline and idle timeout.
+    options: HttpServerOptions,
 }
 
 impl RelayApp {
-    pub fn new(live: Live) -> Self {
-        RelayApp { live }
+    pub fn new(live: Live, options: HttpServerOptions) -> Self {
+        RelayApp { live, options }
     }
 }
 
@@ -375,6 +377,10 @@ impl Outcome {
 
 #[async_trait]
 impl HttpServerApp for RelayApp {
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
     async fn process_new_http(
         self: &Arc<Self>,
         mut http: ServerSession,

@@ -859,11 +859,17 @@ fn a_trickled_endpoint_body_is_cut_off() {
 }
 
 /// `server.keepalive_timeout` closes an idle plain HTTP/1 connection, before its first request
-/// and between requests.
+/// and between requests; the admin listener keeps the same bounds, the header deadline included.
 #[test]
 fn idle_connections_close_after_the_keepalive_timeout() {
     use std::time::{Duration, Instant};
-    let s = Stack::with(|c| c.replace("[server]\n", "[server]\nkeepalive_timeout = \"1s\"\n"));
+    let admin = free_port();
+    let s = Stack::with(|c| {
+        c.replace(
+            "[server]\n",
+            "[server]\nkeepalive_timeout = \"1s\"\nheader_timeout = \"1s\"\n",
+        ) + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n")
+    });
     let closed_after = |conn: &mut std::net::TcpStream| {
         let started = Instant::now();
         let mut rest = Vec::new();
@@ -891,5 +897,40 @@ fn idle_connections_close_after_the_keepalive_timeout() {
     assert!(
         idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
         "{idle:?}"
+    );
+
+    // The admin listener: idle after a request, then a header that never ends.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .unwrap();
+    let (idle, answer) = closed_after(&mut conn);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
+        "{idle:?}"
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => break false,
+            Err(_) if started.elapsed() < Duration::from_secs(8) => {
+                let _ = conn.write_all(b"X-A: 1\r\n");
+            }
+            Err(_) => break false,
+        }
+    };
+    let took = started.elapsed();
+    assert!(
+        closed && took < Duration::from_secs(4),
+        "admin: {closed} after {took:?}"
     );
 }
