@@ -110,7 +110,13 @@ impl AccessTokens {
         };
         let value = match lock {
             Some(lock) => {
-                let fetched = self.fetch_and_share().await;
+                // Another instance may have fetched, shared and unlocked between the read above
+                // and this lock: read again before fetching (a second fetch would cost a call of
+                // the quota, and with `cgi-bin/token` end the other instance's token early).
+                let fetched = match self.fresh_shared().await {
+                    Some(v) => Ok(v),
+                    None => self.fetch_and_share().await,
+                };
                 if !lock.is_empty() {
                     let _ = self.store.unlock(NAME, &lock).await;
                 }
