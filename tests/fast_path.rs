@@ -73,6 +73,10 @@ fn serve(stream: TcpStream, aborted: Arc<AtomicUsize>) {
                 return;
             }
             "no-content" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            "no-content-framed" => b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n".to_vec(),
+            "not-modified-chunked" => b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n".to_vec(),
+            "length-list" => b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok".to_vec(),
+            "length-conflict" => b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok!".to_vec(),
             "not-modified" => b"HTTP/1.1 304 Not Modified\r\netag: \"1\"\r\n\r\n".to_vec(),
             "continue" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
             "slow" => {
@@ -483,4 +487,37 @@ async fn a_client_leaving_during_a_slow_upstream_is_no_error_and_the_gateway_ser
     assert_eq!(up.aborted.load(Ordering::SeqCst), 1);
     let (status, _) = json_or_text(&gw.url("/public/echo")).await;
     assert_eq!(status, 200);
+}
+
+/// Framing an answer of its status must not carry is not passed on (RFC 9110 §8.6, RFC 9112
+/// §6.1): no `Content-Length` on a 204, no `Transfer-Encoding` on a 304; a `Content-Length` list
+/// of one repeated value is that value; a list of different values is the upstream's failure.
+#[tokio::test]
+async fn framing_an_answer_cannot_carry_is_not_passed_on() {
+    let up = Upstream::start();
+    let wechat = mock_wechat();
+    let gw = gateway_for(&wechat, &up, "");
+    let addr = gw.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut conn = Conn::open(addr);
+        let none = conn.send("GET", "/public/no-content-framed", &[]);
+        assert_eq!(none.status, 204);
+        assert_eq!(none.header("content-length"), None, "{}", none.head);
+        let same = conn.send("GET", "/public/not-modified-chunked", &[]);
+        assert_eq!(same.status, 304);
+        assert_eq!(same.header("transfer-encoding"), None, "{}", same.head);
+        let listed = conn.send("GET", "/public/length-list", &[]);
+        assert_eq!((listed.status, listed.body.as_str()), (200, "ok"));
+        assert_eq!(listed.header("content-length").as_deref(), Some("2"));
+        // The client's connection survived all of it.
+        let last = conn.send("GET", "/public/echo", &[]);
+        assert_eq!(last.status, 200);
+        let answer = raw_request(
+            addr,
+            b"GET /public/length-conflict HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        );
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    })
+    .await
+    .unwrap();
 }

@@ -623,11 +623,53 @@ pub(super) fn edit_response(
         .map_err(|e| e.into_up());
     }
     strip_hop_by_hop(response, switching);
+    if !tidy_framing(response) {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "conflicting Content-Length")
+            .map_err(|e| e.into_up());
+    }
     if downstream_h1 {
         response.set_version(http::Version::HTTP_11);
     }
     response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
     Ok(())
+}
+
+/// Framing headers an answer of its status must not carry are dropped (RFC 9110 §8.6, RFC 9112
+/// §6.1): any on a 1xx or 204, `Transfer-Encoding` on a 304. A `Content-Length` list of one
+/// repeated value (`5, 5`, or the header repeated) becomes that value, as RFC 9110 §8.6 lets a
+/// recipient read it; `false` for different values (the upstream's failure). Pure.
+pub fn tidy_framing(response: &mut ResponseHeader) -> bool {
+    let status = response.status.as_u16();
+    if status < 200 || status == 204 {
+        response.remove_header(&header::CONTENT_LENGTH);
+        response.remove_header(&header::TRANSFER_ENCODING);
+        return true;
+    }
+    if status == 304 {
+        response.remove_header(&header::TRANSFER_ENCODING);
+    }
+    let mut lengths = response.headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), second) = (lengths.next(), lengths.next()) else {
+        return true;
+    };
+    if second.is_none() && !first.as_bytes().contains(&b',') {
+        return true; // the usual case: one value
+    }
+    let mut values = response
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|v| v.trim_ascii());
+    let Some(one) = values.next().map(<[u8]>::to_vec) else {
+        return true;
+    };
+    if values.any(|v| v != one.as_slice()) {
+        return false;
+    }
+    // Bytes of a header value already: always a valid value again.
+    let _ = response.insert_header(header::CONTENT_LENGTH, one);
+    true
 }
 
 /// An HTTP/1.0 client cannot read a chunked body (RFC 9112 §6.1): a body of unknown length goes
@@ -992,6 +1034,56 @@ mod tests {
             r.append_header(k.to_string(), *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn framing_follows_the_status() {
+        let answer = |status: u16, headers: &[(&str, &str)]| {
+            let mut r = ResponseHeader::build(status, None).unwrap();
+            for (k, v) in headers {
+                r.append_header(k.to_string(), *v).unwrap();
+            }
+            r
+        };
+        let lengths = |r: &ResponseHeader| -> Vec<String> {
+            let all = r.headers.get_all(header::CONTENT_LENGTH).iter();
+            all.map(|v| v.to_str().unwrap().to_string()).collect()
+        };
+        let framed = [("content-length", "5"), ("transfer-encoding", "chunked")];
+        for status in [100, 103, 204] {
+            let mut r = answer(status, &framed);
+            assert!(tidy_framing(&mut r));
+            assert!(r.headers.get(header::CONTENT_LENGTH).is_none(), "{status}");
+            assert!(
+                r.headers.get(header::TRANSFER_ENCODING).is_none(),
+                "{status}"
+            );
+        }
+        let mut r = answer(304, &framed);
+        assert!(tidy_framing(&mut r));
+        assert_eq!(
+            lengths(&r),
+            ["5"],
+            "a 304 may say the representation's length"
+        );
+        assert!(r.headers.get(header::TRANSFER_ENCODING).is_none());
+        for same in [
+            &[("content-length", "2, 2")][..],
+            &[("content-length", "2"), ("content-length", "2")],
+        ] {
+            let mut r = answer(200, same);
+            assert!(tidy_framing(&mut r));
+            assert_eq!(lengths(&r), ["2"], "{same:?}");
+        }
+        let mut r = answer(200, &[("content-length", "2")]);
+        assert!(tidy_framing(&mut r));
+        assert_eq!(lengths(&r), ["2"]);
+        for different in [
+            &[("content-length", "2, 3")][..],
+            &[("content-length", "2"), ("content-length", "3")],
+        ] {
+            assert!(!tidy_framing(&mut answer(200, different)), "{different:?}");
+        }
     }
 
     #[test]
