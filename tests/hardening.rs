@@ -870,48 +870,36 @@ fn idle_connections_close_after_the_keepalive_timeout() {
             "[server]\nkeepalive_timeout = \"1s\"\nheader_timeout = \"1s\"\n",
         ) + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n")
     });
-    let closed_after = |conn: &mut std::net::TcpStream| {
+    // A new connection that sent `request` (perhaps nothing): its answer, and how long the
+    // gateway took to close it.
+    let until_closed = |addr: SocketAddr, request: &[u8]| {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(request).unwrap();
         let started = Instant::now();
-        let mut rest = Vec::new();
-        let _ = conn.read_to_end(&mut rest);
-        (started.elapsed(), rest)
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        )
     };
-    let mut conn = std::net::TcpStream::connect(s.gw.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let (idle, rest) = closed_after(&mut conn);
-    assert!(rest.is_empty(), "{rest:?}");
-    assert!(
-        idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
-        "{idle:?}"
-    );
+    let the_timeout =
+        |idle: Duration| idle > Duration::from_millis(500) && idle < Duration::from_secs(5);
+    let (idle, answer) = until_closed(s.gw.addr, b"");
+    assert!(answer.is_empty() && the_timeout(idle), "{idle:?} {answer}");
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    for (addr, path) in [(s.gw.addr, "/public/x"), (admin_addr, "/healthz")] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n");
+        let (idle, answer) = until_closed(addr, request.as_bytes());
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && the_timeout(idle),
+            "{idle:?} {answer}"
+        );
+    }
 
-    let mut conn = std::net::TcpStream::connect(s.gw.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(b"GET /public/x HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .unwrap();
-    let (idle, answer) = closed_after(&mut conn);
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
-        "{idle:?}"
-    );
-
-    // The admin listener: idle after a request, then a header that never ends.
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .unwrap();
-    let (idle, answer) = closed_after(&mut conn);
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(
-        idle > Duration::from_millis(500) && idle < Duration::from_secs(5),
-        "{idle:?}"
-    );
+    // The admin listener: a header that never ends.
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
     conn.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
