@@ -739,7 +739,11 @@ fn http10_clients_get_bodies_without_chunks() {
 #[test]
 fn a_trickled_request_header_is_cut_off() {
     use std::time::{Duration, Instant};
-    let s = Stack::with(|c| c.replace("[server]\n", "[server]\nheader_timeout = \"1s\"\n"));
+    let admin = free_port();
+    let s = Stack::with(|c| {
+        c.replace("[server]\n", "[server]\nheader_timeout = \"1s\"\n")
+            + &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n")
+    });
     let parts: &[&[u8]] = &[
         b"GET /public/x HTTP/1.1\r\n",
         b"Host: gw\r\n",
@@ -782,6 +786,16 @@ fn a_trickled_request_header_is_cut_off() {
     assert!(
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
         "cut off after {elapsed:?}"
+    );
+    // Counted: no route and no access log line see such a request.
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let metrics = raw_request(
+        admin_addr,
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        metrics.contains("wxgate_requests_total{route=\"refused\",status=\"408\"} 1"),
+        "{metrics}"
     );
 
     // A header in three parts within the limit, on a connection that first idled past it.

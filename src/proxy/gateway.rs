@@ -942,6 +942,14 @@ impl ProxyHttp for Gateway {
         if let Some(e) = error {
             tracing::debug!("refused a malformed request: {:?}", e.etype());
         }
+        // Counted, as no route or access log line sees them: a flood of trickled headers
+        // (`408`) or broken ones shows here.
+        let status_code = http::StatusCode::from_u16(status).ok();
+        let status_text = status_code.as_ref().map_or("0", |s| s.as_str());
+        METRICS
+            .requests
+            .with_label_values(&["refused", status_text])
+            .inc();
         let body = Reject::BadRequest { status }.body();
         let head = answer_head(status, body.len(), "no-store", request_id(None)).ok()?;
         Some((head, body))
