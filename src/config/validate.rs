@@ -219,6 +219,22 @@ impl Validator {
         Some(d)
     }
 
+    /// `d` when it keeps a bound (`ok`); otherwise the problem `says` at `path`, and `None`.
+    fn bounded(
+        &mut self,
+        d: Option<Duration>,
+        path: &str,
+        ok: impl Fn(Duration) -> bool,
+        says: impl FnOnce(Duration) -> String,
+    ) -> Option<Duration> {
+        let d = d?;
+        if ok(d) {
+            return Some(d);
+        }
+        self.problem(path, says(d));
+        None
+    }
+
     pub(super) fn server(&mut self, raw: RawServer) -> Option<ServerConfig> {
         let texts: Option<Vec<(String, String)>> = match raw.listen {
             Some(super::raw::ListenList::One(t)) => Some(vec![("server.listen".into(), t)]),
@@ -320,31 +336,30 @@ impl Validator {
                 }
             },
         };
-        let resolve_interval =
-            self.positive_duration(raw.resolve_interval, "server.resolve_interval", "30s");
-        if resolve_interval.is_some_and(|d| d < MIN_RESOLVE_INTERVAL) {
-            self.problem(
-                "server.resolve_interval",
-                "must be at least \"1s\" (names are not re-resolved more often)".into(),
-            );
-        }
-        let header_timeout =
-            self.positive_duration(raw.header_timeout, "server.header_timeout", "30s");
-        if header_timeout.is_some_and(|d| d > MAX_HEADER_TIMEOUT) {
-            self.problem(
-                "server.header_timeout",
-                "must be at most \"1h\" (the time a request header may take to arrive)".into(),
-            );
-        }
-        let keepalive_timeout =
-            self.positive_duration(raw.keepalive_timeout, "server.keepalive_timeout", "60s");
-        let keepalive_ok = |d: &Duration| d.subsec_nanos() == 0 && *d <= MAX_HEADER_TIMEOUT;
-        if keepalive_timeout.is_some_and(|d| !keepalive_ok(&d)) {
-            self.problem(
-                "server.keepalive_timeout",
-                "must be whole seconds, at most \"1h\" (how long an idle client connection waits for its next request)".into(),
-            );
-        }
+        let path = "server.resolve_interval";
+        let resolve_interval = self.positive_duration(raw.resolve_interval, path, "30s");
+        let resolve_interval = self.bounded(
+            resolve_interval,
+            path,
+            |d| d >= MIN_RESOLVE_INTERVAL,
+            |_| "must be at least \"1s\" (names are not re-resolved more often)".into(),
+        );
+        let path = "server.header_timeout";
+        let header_timeout = self.positive_duration(raw.header_timeout, path, "30s");
+        let header_timeout = self.bounded(
+            header_timeout,
+            path,
+            |d| d <= MAX_HEADER_TIMEOUT,
+            |_| "must be at most \"1h\" (the time a request header may take to arrive)".into(),
+        );
+        let path = "server.keepalive_timeout";
+        let keepalive_timeout = self.positive_duration(raw.keepalive_timeout, path, "60s");
+        let keepalive_timeout = self.bounded(
+            keepalive_timeout,
+            path,
+            |d| d.subsec_nanos() == 0 && d <= MAX_HEADER_TIMEOUT,
+            |_| "must be whole seconds, at most \"1h\" (how long an idle client connection waits for its next request)".into(),
+        );
         let upstream_keepalive = match raw.upstream_keepalive {
             Some(0) => {
                 self.problem(
@@ -359,9 +374,9 @@ impl Validator {
         Some(ServerConfig {
             upstream_keepalive: upstream_keepalive?,
             fast_path: raw.fast_path.unwrap_or(true),
-            header_timeout: header_timeout.filter(|d| *d <= MAX_HEADER_TIMEOUT)?,
-            keepalive_timeout: keepalive_timeout.filter(keepalive_ok)?,
-            resolve_interval: resolve_interval.filter(|d| *d >= MIN_RESOLVE_INTERVAL)?,
+            header_timeout: header_timeout?,
+            keepalive_timeout: keepalive_timeout?,
+            resolve_interval: resolve_interval?,
             listen: listen?,
             also_listen,
             trusted_proxies,
@@ -650,13 +665,12 @@ impl Validator {
         let ttl = self.positive_duration(raw.ttl, "jwt.ttl", "2h");
         self.jwt_ttl = ttl;
         let leeway = self.duration(raw.leeway, "jwt.leeway", "0s");
-        if let Some(l) = leeway.filter(|l| *l > MAX_LEEWAY) {
-            self.problem(
-                "jwt.leeway",
-                format!("{l:?} is more clock skew than tokens can be judged with (at most 1h)"),
-            );
-        }
-        let leeway = leeway.filter(|l| *l <= MAX_LEEWAY);
+        let leeway = self.bounded(
+            leeway,
+            "jwt.leeway",
+            |l| l <= MAX_LEEWAY,
+            |l| format!("{l:?} is more clock skew than tokens can be judged with (at most 1h)"),
+        );
         let issuer = raw.issuer.unwrap_or_else(|| "wxgate".to_string());
         Some(JwtConfig {
             algorithm: algorithm?,

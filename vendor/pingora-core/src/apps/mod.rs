@@ -382,13 +382,16 @@ where
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
             let mut session = ServerSession::new_http1(stream);
+            // default 60s (wxgate patch 18: unless the options say otherwise)
+            let keepalive = self
+                .server_options()
+                .and_then(|o| o.keepalive_timeout)
+                .unwrap_or(60);
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
             } else {
-                // default 60s (wxgate patch 18: unless the options say otherwise)
-                let keepalive = self.server_options().and_then(|o| o.keepalive_timeout);
-                session.set_keepalive(Some(keepalive.unwrap_or(60)));
+                session.set_keepalive(Some(keepalive));
             }
             session.set_keepalive_reuses_remaining(
                 self.server_options()
@@ -408,8 +411,7 @@ where
                 // no bound at all for a plain HTTP/1.1 keep-alive (an idle connection was kept
                 // until the client left).
                 if session.get_keepalive().is_some() {
-                    let keepalive = self.server_options().and_then(|o| o.keepalive_timeout);
-                    session.set_keepalive(Some(keepalive.unwrap_or(60)));
+                    session.set_keepalive(Some(keepalive));
                 }
 
                 result = self.process_new_http(session, shutdown).await;
