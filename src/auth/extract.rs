@@ -3,7 +3,7 @@
 //! copied.
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presented<'a> {
@@ -15,11 +15,12 @@ pub enum Presented<'a> {
     Unusable,
 }
 
-const TOKEN_HEADER: &str = "token";
+/// As a `HeaderName`: a lookup by `&str` parses the name again each time.
+static TOKEN_HEADER: HeaderName = HeaderName::from_static("token");
 
 /// Find the token in request headers.
 pub fn from_headers(headers: &HeaderMap) -> Presented<'_> {
-    match single(headers, AUTHORIZATION.as_str()) {
+    match single(headers, &AUTHORIZATION) {
         Presented::Token(value) => match from_authorization(value) {
             Presented::Missing => {}
             found => return found,
@@ -27,11 +28,11 @@ pub fn from_headers(headers: &HeaderMap) -> Presented<'_> {
         Presented::Unusable => return Presented::Unusable,
         Presented::Missing => {}
     }
-    single(headers, TOKEN_HEADER)
+    single(headers, &TOKEN_HEADER)
 }
 
 /// The one value of a header, trimmed; sent twice or not visible ASCII is unusable.
-fn single<'a>(headers: &'a HeaderMap, name: &str) -> Presented<'a> {
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Presented<'a> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Presented::Missing;

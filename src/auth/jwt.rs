@@ -54,9 +54,12 @@ const CACHE_ENTRIES: usize = 4096;
 
 /// Tokens that passed a full verification, by their exact text (signature included, so only the
 /// very same token can hit). A hit still checks `exp`; revocation is checked by the caller on
-/// every request. Negative results are not kept.
+/// every request. Negative results are not kept. Hashed with foldhash (seeded at random): the
+/// default SipHash took ~800 instructions a lookup for a token of ~250 bytes, a sixtieth of a
+/// request's; only tokens the gateway signed (or a configured key did) are ever stored, so a
+/// client cannot choose colliding keys.
 struct VerifiedCache {
-    entries: RwLock<HashMap<Box<str>, Passed>>,
+    entries: RwLock<HashMap<Box<str>, Passed, foldhash::fast::RandomState>>,
 }
 
 /// What a full verification established.
@@ -219,7 +222,7 @@ impl Tokens {
             issuer: config.issuer.clone(),
             audiences: appids.iter().map(|a| Arc::from(*a)).collect(),
             verified: VerifiedCache {
-                entries: RwLock::new(HashMap::new()),
+                entries: RwLock::new(HashMap::default()),
             },
         }
     }

@@ -11,12 +11,12 @@
 
 use super::gateway::{
     answer_failure, choose_upstream, connect_failed, edit_response, edit_upstream_request,
-    one_valid_host, unchunk_for_http10, upstream_answered, Ctx,
+    unchunk_for_http10, upstream_answered, valid_host, Ctx,
 };
 use crate::metrics::METRICS;
 use bytes::Bytes;
 use futures::FutureExt;
-use http::{header, Method, Version};
+use http::{header, HeaderName, Method, Version};
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -35,22 +35,25 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Request headers that make a request the normal path's: hop-by-hop ones Pingora strips or
-/// handles itself (`sanitize_h1_upstream_request`).
-const HOP_BY_HOP: [&str; 8] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-    "http2-settings",
+/// handles itself (`sanitize_h1_upstream_request`), and a body's `Transfer-Encoding`.
+static NORMAL_PATH_ONLY: [HeaderName; 9] = [
+    header::TRANSFER_ENCODING,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Whether a request can take the fast path: HTTP/1.x, GET/HEAD/OPTIONS/DELETE without a body,
 /// an origin-form target, exactly one valid `Host`, `Connection` absent or only `keep-alive` /
 /// `close`, and no other hop-by-hop header. What the normal path would rewrite (hop-by-hop
-/// headers, nominated headers, authority) never occurs in such a request. Pure.
+/// headers, nominated headers, authority) never occurs in such a request. One pass over the
+/// headers (a lookup by name hashes it; most requests carry fewer headers than there are names
+/// to look for). Pure.
 pub fn eligible(req: &RequestHeader) -> bool {
     if req.version != Version::HTTP_11 && req.version != Version::HTTP_10 {
         return false;
@@ -61,34 +64,34 @@ pub fn eligible(req: &RequestHeader) -> bool {
     ) {
         return false;
     }
-    let h = &req.headers;
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        return false;
-    }
-    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
-    match (lengths.next(), lengths.next()) {
-        (None, _) => {}
-        (Some(v), None) if v.as_bytes() == b"0" => {}
-        _ => return false,
-    }
     if !req.raw_path().starts_with(b"/") || req.uri.authority().is_some() {
         return false;
     }
-    if one_valid_host(h) != Some(true) {
-        return false;
-    }
-    for value in h.get_all(header::CONNECTION) {
-        let Ok(text) = value.to_str() else {
-            return false;
-        };
-        let plain = text.split(',').map(str::trim).all(|token| {
-            token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close")
-        });
-        if !plain {
+    let (mut host, mut hosts, mut lengths) = (None, 0, 0);
+    for (name, value) in req.headers.iter() {
+        if name == header::HOST {
+            host = Some(value);
+            hosts += 1;
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            if lengths > 1 || value.as_bytes() != b"0" {
+                return false;
+            }
+        } else if name == header::CONNECTION {
+            let Ok(text) = value.to_str() else {
+                return false;
+            };
+            let plain = text.split(',').map(str::trim).all(|token| {
+                token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close")
+            });
+            if !plain {
+                return false;
+            }
+        } else if NORMAL_PATH_ONLY.contains(name) {
             return false;
         }
     }
-    !HOP_BY_HOP.iter().any(|name| h.contains_key(*name))
+    hosts == 1 && host.is_some_and(valid_host)
 }
 
 /// Whether an upstream answer must be sent chunked: it may have a body but says neither how long
@@ -479,8 +482,21 @@ mod tests {
             "/",
             &[host, ("connection", "keep-alive, te")]
         )));
-        for name in HOP_BY_HOP {
+        let hop_by_hop = [
+            "Keep-Alive",
+            "proxy-connection",
+            "Proxy-Authenticate",
+            "proxy-authorization",
+            "TE",
+            "trailer",
+            "Upgrade",
+            "HTTP2-Settings",
+        ];
+        for name in hop_by_hop {
             assert!(!eligible(&req("GET", "/", &[host, (name, "1")])), "{name}");
+            // Wherever it comes among the others.
+            let late = [host, ("accept", "*/*"), (name, "1"), ("x-a", "b")];
+            assert!(!eligible(&req("GET", "/", &late)), "{name} late");
         }
         // HTTP/2 and HTTP/0.9 are not.
         let mut h2 = req("GET", "/", &[host]);

@@ -224,14 +224,15 @@ fn host_is_valid(req: &RequestHeader) -> bool {
 
 /// `None` without a `Host`; whether there is exactly one and it is a valid authority (no
 /// userinfo) otherwise. Pure.
-pub(super) fn one_valid_host(headers: &http::HeaderMap) -> Option<bool> {
+fn one_valid_host(headers: &http::HeaderMap) -> Option<bool> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next()?;
-    Some(
-        hosts.next().is_none()
-            && !host.as_bytes().contains(&b'@')
-            && http::uri::Authority::try_from(host.as_bytes()).is_ok(),
-    )
+    Some(hosts.next().is_none() && valid_host(host))
+}
+
+/// A `Host` value is a valid authority without userinfo. Pure.
+pub(super) fn valid_host(host: &http::HeaderValue) -> bool {
+    !host.as_bytes().contains(&b'@') && http::uri::Authority::try_from(host.as_bytes()).is_ok()
 }
 
 /// The tokens of a comma-separated header (`Connection`, `Upgrade`), over all its lines,
@@ -689,24 +690,43 @@ pub fn unchunk_for_http10(response: &mut ResponseHeader, head_request: bool) -> 
 /// gets its own from Pingora), `Keep-Alive`, `Proxy-Connection`, and `Upgrade` unless the
 /// answer switches protocols. Pure.
 pub fn strip_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
-    let nominated: Vec<http::HeaderName> = header_tokens(&response.headers, header::CONNECTION)
-        .filter(|t| {
-            !t.eq_ignore_ascii_case("close")
-                && !t.eq_ignore_ascii_case("keep-alive")
-                && (!switching || !t.eq_ignore_ascii_case("upgrade"))
-        })
-        .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in &nominated {
-        // The framing is Pingora's to write: never dropped by name.
-        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-            response.remove_header(name);
+    static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    static PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+    // One pass finds what is there (a removal looks the name up in two maps, present or not):
+    // most answers carry `Connection: keep-alive` and nothing else of these.
+    let (mut connection, mut others) = (false, false);
+    for name in response.headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+            || (!switching && name == header::UPGRADE)
+        {
+            others = true;
         }
     }
-    response.remove_header("keep-alive");
-    response.remove_header("proxy-connection");
-    if !switching {
-        response.remove_header(&header::UPGRADE);
+    if connection {
+        let nominated: Vec<http::HeaderName> = header_tokens(&response.headers, header::CONNECTION)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("keep-alive")
+                    && (!switching || !t.eq_ignore_ascii_case("upgrade"))
+            })
+            .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in &nominated {
+            // The framing is Pingora's to write: never dropped by name.
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                response.remove_header(name);
+            }
+        }
+    }
+    if others {
+        response.remove_header(&KEEP_ALIVE);
+        response.remove_header(&PROXY_CONNECTION);
+        if !switching {
+            response.remove_header(&header::UPGRADE);
+        }
     }
 }
 
@@ -772,10 +792,10 @@ impl ProxyHttp for Gateway {
         // order instead of dropped (RFC 9112 §9.3.2); Pingora 0.9 leaves this off by default.
         session.set_pipelining_enabled(true);
         let req = session.req_header();
-        let sent = req.headers.get(request_id::HEADER);
-        ctx.request_id = request_id(sent);
-        ctx.request_id_sent = sent == Some(&ctx.request_id)
-            && req.headers.get_all(request_id::HEADER).iter().count() == 1;
+        let mut sent = req.headers.get_all(&request_id::NAME).iter();
+        let first = sent.next();
+        ctx.request_id = request_id(first);
+        ctx.request_id_sent = first == Some(&ctx.request_id) && sent.next().is_none();
         if let Err(r) = check_headers(session.req_header()) {
             return write_answer(session, ctx, Err(r)).await;
         }

@@ -65,6 +65,13 @@ impl IdentityHeaders {
 
     /// Remove every client-sent identity header.
     pub fn strip(&self, req: &mut RequestHeader) {
+        if !req
+            .headers
+            .keys()
+            .any(|name| self.is_reserved(name.as_str()))
+        {
+            return; // the usual case: nothing to strip, nothing allocated
+        }
         let doomed: Vec<HeaderName> = req
             .headers
             .keys()

@@ -6,7 +6,10 @@ use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
+/// For inserting (a `&'static str` becomes the case-preserving name without a copy).
 pub const HEADER: &str = "x-request-id";
+/// For looking up (a `&str` would be parsed into a name again at each lookup).
+pub static NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
 const MAX_LEN: usize = 128;
 
 /// A per-process random prefix and a counter: unique across instances and restarts, and cheaper
