@@ -199,6 +199,28 @@ pub fn check_headers(req: &RequestHeader) -> Result<(), Reject> {
     Ok(())
 }
 
+/// The status for a request the HTTP layer refused before any filter saw it: a request head past
+/// Pingora's own bounds (more than 256 header lines, or more than 1 MiB) is one past the
+/// gateway's (`431`, as for more than 100 headers or 64 KiB, [`check_headers`]), not a
+/// malformed one. Pure.
+pub fn refused_status(status: u16, error: Option<&Error>) -> u16 {
+    let Some(e) = error.filter(|_| status == 400) else {
+        return status;
+    };
+    let too_many =
+        e.root_cause().downcast_ref::<httparse::Error>() == Some(&httparse::Error::TooManyHeaders);
+    // pingora-core's words for a head past `MAX_HEADER_SIZE` (`v1/server.rs`).
+    let too_large = e
+        .context
+        .as_ref()
+        .is_some_and(|c| c.as_str().starts_with("Request header larger than"));
+    if too_many || too_large {
+        431
+    } else {
+        status
+    }
+}
+
 /// At most one `Content-Length`, one number: a list (`0, 0`) or repeated headers are refused
 /// rather than forwarded for the upstream to read its own way (RFC 9112 §6.3 lets a recipient
 /// refuse them). Pure.
@@ -962,13 +984,17 @@ impl ProxyHttp for Gateway {
         }
         // Counted, as no route or access log line sees them: a flood of trickled headers
         // (`408`) or broken ones shows here.
+        let status = refused_status(status, error);
         let status_code = http::StatusCode::from_u16(status).ok();
         let status_text = status_code.as_ref().map_or("0", |s| s.as_str());
         METRICS
             .requests
             .with_label_values(&["refused", status_text])
             .inc();
-        let body = Reject::BadRequest { status }.body();
+        let body = match status {
+            431 => Reject::HeadersTooLarge.body(),
+            _ => Reject::BadRequest { status }.body(),
+        };
         let head = answer_head(status, body.len(), "no-store", request_id(None)).ok()?;
         Some((head, body))
     }
@@ -1110,6 +1136,29 @@ mod tests {
         ] {
             assert!(!tidy_framing(&mut answer(200, different)), "{different:?}");
         }
+    }
+
+    #[test]
+    fn heads_past_pingoras_bounds_are_too_large_not_malformed() {
+        let too_many = Error::because(
+            ErrorType::InvalidHTTPHeader,
+            "buf: ...",
+            httparse::Error::TooManyHeaders,
+        );
+        assert_eq!(refused_status(400, Some(&too_many)), 431);
+        let too_large = Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "Request header larger than 1048575",
+        );
+        assert_eq!(refused_status(400, Some(&too_large)), 431);
+        let malformed = Error::because(
+            ErrorType::InvalidHTTPHeader,
+            "buf: ...",
+            httparse::Error::HeaderName,
+        );
+        assert_eq!(refused_status(400, Some(&malformed)), 400);
+        assert_eq!(refused_status(400, None), 400);
+        assert_eq!(refused_status(408, Some(&too_many)), 408);
     }
 
     #[test]
