@@ -103,6 +103,13 @@ fn forged_tokens() -> Vec<(String, String)> {
             signed(hs, &claims(&format!(r#"{exp},"nbf":{}"#, n + 300))),
         ),
         (
+            "iat future".into(),
+            signed(
+                hs,
+                &claims(&exp).replace(&format!(r#""iat":{n}"#), &format!(r#""iat":{}"#, n + 300)),
+            ),
+        ),
+        (
             "nbf string".into(),
             signed(hs, &claims(&format!(r#"{exp},"nbf":"soon""#))),
         ),

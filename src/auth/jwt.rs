@@ -43,6 +43,9 @@ struct Verified {
     unionid: Option<String>,
     sid: String,
     exp: u64,
+    /// When present, an integer, and not in the future (beyond the leeway).
+    #[serde(default)]
+    iat: Option<u64>,
     aud: String,
 }
 
@@ -310,7 +313,7 @@ impl Tokens {
             // Ours are a few hundred bytes: do not spend base64 and JSON work on a giant.
             return Err(TokenProblem::Malformed);
         }
-        match self.verify_ours(token) {
+        match self.verify_ours(token, now) {
             Ok((identity, exp)) => Ok(Passed {
                 identity: Arc::new(identity),
                 exp,
@@ -340,7 +343,7 @@ impl Tokens {
         Ok(key)
     }
 
-    fn verify_ours(&self, token: &str) -> Result<(Identity, u64), TokenProblem> {
+    fn verify_ours(&self, token: &str, now: u64) -> Result<(Identity, u64), TokenProblem> {
         let key = self.key_for(token)?;
         let data = jsonwebtoken::decode::<Verified>(token, &key.decoding, &key.validation)
             .map_err(|e| problem(e.kind()))?;
@@ -348,6 +351,7 @@ impl Tokens {
         if c.sub.is_empty() || c.sid.is_empty() {
             return Err(TokenProblem::MissingClaim);
         }
+        self.not_issued_later(c.iat, now)?;
         let exp = c.exp;
         // jsonwebtoken checked `aud` against the same list.
         let appid = self
@@ -366,6 +370,18 @@ impl Tokens {
             },
             exp,
         ))
+    }
+
+    /// A token issued later than now (past the leeway a clock between instances may be off
+    /// by) was not issued by a key holder with a sane clock: refused as not yet valid, as one
+    /// whose `nbf` is ahead (jsonwebtoken checks `nbf` but not `iat`).
+    fn not_issued_later(&self, iat: Option<u64>, now: u64) -> Result<(), TokenProblem> {
+        match iat {
+            Some(iat) if iat > now.saturating_add(self.leeway.as_secs()) => {
+                Err(TokenProblem::NotYetValid)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Another backend's token: each `[[jwt.accept]]` entry in turn. When none recognises
@@ -407,6 +423,11 @@ impl Tokens {
             .get("exp")
             .and_then(serde_json::Value::as_u64)
             .ok_or(TokenProblem::MissingClaim)?;
+        let iat = match claims.get("iat") {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or(TokenProblem::Malformed)?),
+        };
+        self.not_issued_later(iat, now)?;
         let text = |name: &str| {
             claims
                 .get(name)
@@ -589,6 +610,50 @@ mod tests {
             t.verify(&sign_raw(HS256, &nbf, KEY)),
             Err(TokenProblem::NotYetValid)
         );
+    }
+
+    #[test]
+    fn tokens_issued_in_the_future_are_not_yet_valid() {
+        let now = unix_now();
+        let with_iat = |iat: &str| {
+            let claims = format!(
+                r#"{{"sub":"o1","sid":"s1","iat":{iat},"exp":{},"iss":"wxgate","aud":"wxapp"}}"#,
+                now + 7200
+            );
+            sign_raw(HS256, &claims, KEY)
+        };
+        let t = tokens();
+        let later = with_iat(&(now + 600).to_string());
+        assert_eq!(t.verify_at(&later, now), Err(TokenProblem::NotYetValid));
+        // Not remembered as refused: once its time has come it passes.
+        assert_eq!(t.verify_at(&later, now + 600).unwrap().openid, "o1");
+        assert!(t.verify_at(&with_iat(&now.to_string()), now).is_ok());
+        assert_eq!(
+            t.verify_at(&with_iat("\"1\""), now),
+            Err(TokenProblem::Malformed)
+        );
+        // Within the leeway a clock between instances may be off by.
+        let mut lenient = JwtConfig::hs256(KEY);
+        lenient.leeway = Duration::from_secs(60);
+        let lenient = Tokens::new(&lenient, &["wxapp"]);
+        assert!(lenient
+            .verify_at(&with_iat(&(now + 30).to_string()), now)
+            .is_ok());
+        assert_eq!(
+            lenient.verify_at(&with_iat(&(now + 90).to_string()), now),
+            Err(TokenProblem::NotYetValid)
+        );
+        // Another backend's tokens alike.
+        let old = |iat: u64| {
+            let claims = format!(r#"{{"openid":"o-old","iat":{iat},"exp":{}}}"#, now + 3600);
+            sign_raw(HS256, &claims, OLD_SECRET)
+        };
+        let m = migrating(now + 3600);
+        assert_eq!(
+            m.verify_at(&old(now + 600), now),
+            Err(TokenProblem::NotYetValid)
+        );
+        assert_eq!(m.verify_at(&old(now - 10), now).unwrap().openid, "o-old");
     }
 
     #[test]
