@@ -288,7 +288,7 @@ fn response(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>>
     builder.body(body).unwrap_or_default()
 }
 
-const JSON: &str = "application/json; charset=utf-8";
+const JSON: &str = crate::reply::JSON_CONTENT_TYPE;
 
 /// The path of the endpoint that revokes a user.
 pub const REVOKE_PATH: &str = "/sessions/revoke";

@@ -469,6 +469,12 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
 
     let in_flight = InFlight::default();
     crate::proxy::fast::prepare();
+    // An h2 request Pingora refuses for its authority (`:authority` and `Host` disagreeing...)
+    // before any filter sees it gets the envelope too (pingora-core patch 19).
+    pingora::protocols::http::v2::server::set_rejection_body(
+        http::HeaderValue::from_static(crate::reply::JSON_CONTENT_TYPE),
+        crate::reply::Reject::BadRequest { status: 400 }.body(),
+    );
     let mut gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(live.clone(), in_flight.clone()),

@@ -451,10 +451,7 @@ impl RelayApp {
                 }
                 let mut builder = Response::builder()
                     .status(StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN))
-                    .header(
-                        http::header::CONTENT_TYPE,
-                        "application/json; charset=utf-8",
-                    )
+                    .header(http::header::CONTENT_TYPE, crate::reply::JSON_CONTENT_TYPE)
                     .header(http::header::CACHE_CONTROL, "no-store");
                 for (name, value) in r.headers(Some("GET, POST")) {
                     builder = builder.header(name, value.as_ref());

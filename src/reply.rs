@@ -9,6 +9,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use std::borrow::Cow;
 
+/// The content type of every envelope.
+pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
+
 /// Why a token was refused. Every variant answers 10200: the client's remedy is the same (log in
 /// again); `reason` tells a developer which one it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

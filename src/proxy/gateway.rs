@@ -387,7 +387,7 @@ fn answer_head(
     request_id: http::HeaderValue,
 ) -> Result<ResponseHeader> {
     let mut head = ResponseHeader::build(status, Some(6))?;
-    head.insert_header(header::CONTENT_TYPE, "application/json; charset=utf-8")?;
+    head.insert_header(header::CONTENT_TYPE, crate::reply::JSON_CONTENT_TYPE)?;
     head.insert_header(header::CONTENT_LENGTH, len)?;
     head.insert_header(header::CACHE_CONTROL, cache_control)?;
     head.insert_header(request_id::HEADER, request_id)?;

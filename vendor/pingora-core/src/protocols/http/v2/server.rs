@@ -313,6 +313,18 @@ pub enum H2Accept {
     Rejected,
 }
 
+/// wxgate patch 19: the content type and body of the `400` that answers an h2 request refused
+/// here for its authority (below any application filter, so the application cannot answer it
+/// itself); set once per process by [`set_rejection_body`]. Without it the `400` has no body.
+static REJECTION_BODY: std::sync::OnceLock<(http::HeaderValue, Bytes)> = std::sync::OnceLock::new();
+
+/// wxgate patch 19: set the body of the `400` answered to an h2 request whose authority is
+/// ambiguous (conflicting `:authority` and `Host`, userinfo...), e.g. the application's error
+/// envelope. Once per process: `false` if it was already set.
+pub fn set_rejection_body(content_type: http::HeaderValue, body: Bytes) -> bool {
+    REJECTION_BODY.set((content_type, body)).is_ok()
+}
+
 /// Reject ambiguous H2 authority representations:
 ///
 /// - duplicate `Host` ([RFC 9112 section 3.2]);
@@ -476,11 +488,25 @@ impl HttpSession {
         if invalid_request_authority(&request_header) {
             let mut response = Response::new(());
             *response.status_mut() = StatusCode::BAD_REQUEST;
+            // wxgate patch 19: the application's body for this answer, when it set one.
+            let body = REJECTION_BODY.get();
+            if let Some((content_type, body)) = body {
+                let headers = response.headers_mut();
+                headers.insert(header::CONTENT_TYPE, content_type.clone());
+                headers.insert(header::CONTENT_LENGTH, body.len().into());
+            }
             // An immediate PROTOCOL_ERROR reset would replace this observable 400 in h2. Dropping
             // an unfinished request body can still reset the stream.
-            if let Err(e) = send_response.send_response(response, true) {
+            match send_response.send_response(response, body.is_none()) {
+                Ok(mut stream) => {
+                    if let Some((_, body)) = body {
+                        if let Err(e) = stream.send_data(body.clone(), true) {
+                            debug!("failed to send downstream h2 authority rejection body: {e}");
+                        }
+                    }
+                }
                 // A client reset before the write is stream-local; siblings survive.
-                debug!("failed to send downstream h2 authority rejection: {e}");
+                Err(e) => debug!("failed to send downstream h2 authority rejection: {e}"),
             }
             account_malformed_stream(malformed_streams)?;
             return Ok(Some(H2Accept::Rejected));
