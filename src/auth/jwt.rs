@@ -52,6 +52,10 @@ struct Verified {
 /// The longest token worth decoding.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// How far ahead of this instance's clock a token's `iat` may be at least (see
+/// `Tokens::not_issued_later`).
+const IAT_SKEW: Duration = Duration::from_secs(60);
+
 /// Tokens remembered after a full verification (~2 MB at most).
 const CACHE_ENTRIES: usize = 4096;
 
@@ -372,14 +376,14 @@ impl Tokens {
         ))
     }
 
-    /// A token issued later than now (past the leeway a clock between instances may be off
-    /// by) was not issued by a key holder with a sane clock: refused as not yet valid, as one
-    /// whose `nbf` is ahead (jsonwebtoken checks `nbf` but not `iat`).
+    /// A token issued later than now (past the leeway, and past [`IAT_SKEW`] whatever the
+    /// leeway: another instance's clock may be ahead by a fraction of a second, which `iat`'s
+    /// whole seconds round to one) was not issued by a key holder with a sane clock: refused as
+    /// not yet valid, as one whose `nbf` is ahead (jsonwebtoken checks `nbf` but not `iat`).
     fn not_issued_later(&self, iat: Option<u64>, now: u64) -> Result<(), TokenProblem> {
+        let skew = self.leeway.max(IAT_SKEW).as_secs();
         match iat {
-            Some(iat) if iat > now.saturating_add(self.leeway.as_secs()) => {
-                Err(TokenProblem::NotYetValid)
-            }
+            Some(iat) if iat > now.saturating_add(skew) => Err(TokenProblem::NotYetValid),
             _ => Ok(()),
         }
     }
@@ -632,15 +636,21 @@ mod tests {
             t.verify_at(&with_iat("\"1\""), now),
             Err(TokenProblem::Malformed)
         );
-        // Within the leeway a clock between instances may be off by.
+        // A minute ahead at least, whatever the leeway (0 here): another instance's clock.
+        assert!(t.verify_at(&with_iat(&(now + 60).to_string()), now).is_ok());
+        assert_eq!(
+            t.verify_at(&with_iat(&(now + 61).to_string()), now),
+            Err(TokenProblem::NotYetValid)
+        );
+        // A longer leeway, that.
         let mut lenient = JwtConfig::hs256(KEY);
-        lenient.leeway = Duration::from_secs(60);
+        lenient.leeway = Duration::from_secs(300);
         let lenient = Tokens::new(&lenient, &["wxapp"]);
         assert!(lenient
-            .verify_at(&with_iat(&(now + 30).to_string()), now)
+            .verify_at(&with_iat(&(now + 300).to_string()), now)
             .is_ok());
         assert_eq!(
-            lenient.verify_at(&with_iat(&(now + 90).to_string()), now),
+            lenient.verify_at(&with_iat(&(now + 301).to_string()), now),
             Err(TokenProblem::NotYetValid)
         );
         // Another backend's tokens alike.
