@@ -329,6 +329,61 @@ async fn upstream_connections_are_reused() {
     }
 }
 
+/// An upstream connection idle for longer than the route's `upstream_idle_timeout` is not used
+/// again (an upstream may be closing it at that instant: Node.js closes idle ones after 5 s, and
+/// a request that was sent is never replayed); within it, it is. GET takes the fast path when it
+/// is on, POST always Pingora's: both keep to it.
+#[tokio::test]
+async fn idle_upstream_connections_are_not_used_past_the_routes_idle_timeout() {
+    // One upstream per route and method: the fast path and Pingora's path pool apart.
+    let ups: Vec<Upstream> = (0..4).map(|_| Upstream::start()).collect();
+    let routes: String = ["short-get", "short-post", "default-get", "default-post"]
+        .iter()
+        .zip(&ups)
+        .map(|(name, up)| {
+            let idle = if name.starts_with("short") {
+                "upstream_idle_timeout = \"300ms\"\n"
+            } else {
+                ""
+            };
+            format!(
+                "[[routes]]\nprefix = \"/{name}/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n{idle}",
+                up.addr
+            )
+        })
+        .collect();
+    let wechat = mock_wechat();
+    let gw = gateway_for(&wechat, &ups[0], &routes);
+    let addr = gw.addr;
+    let opened = tokio::task::spawn_blocking(move || {
+        let mut conn = Conn::open(addr);
+        let mut opened = Vec::new();
+        for (name, up) in ["short-get", "short-post", "default-get", "default-post"]
+            .iter()
+            .zip(&ups)
+        {
+            let method = if name.ends_with("get") { "GET" } else { "POST" };
+            let before = up.connections();
+            for _ in 0..3 {
+                let a = conn.send(method, &format!("/{name}/echo"), &[("content-length", "0")]);
+                assert_eq!(a.status, 200, "{}", a.head);
+                // Past the short routes' idle timeout, well within the default's 4 s.
+                std::thread::sleep(Duration::from_millis(800));
+            }
+            opened.push(up.connections() - before);
+        }
+        opened
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        opened,
+        [3, 3, 1, 1],
+        "connections opened for 3 requests 800ms apart: a new one each past a 300ms idle \
+         timeout (GET, POST), one for all within the default (GET, POST)"
+    );
+}
+
 /// An HTTP/1.0 client gets no 1xx answer (RFC 9110 §15.2), and its `Expect: 100-continue` is not
 /// passed on (§10.1.1: a server ignores it); an HTTP/1.1 client still gets what it asked for.
 #[tokio::test]

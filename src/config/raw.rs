@@ -178,6 +178,7 @@ pub struct RawRoute {
     pub auth: Option<String>,
     pub connect_timeout: Option<DurationText>,
     pub read_timeout: Option<DurationText>,
+    pub upstream_idle_timeout: Option<DurationText>,
     pub forward_phone: Option<bool>,
     pub host: Option<String>,
     pub strip_prefix: Option<bool>,

@@ -885,6 +885,24 @@ fn durations_and_files_are_bounded() {
     );
     let p = problems(&format!("{MINIMAL}read_timeout = \"999999y\"\n"));
     assert!(has(&p, "routes[0].read_timeout", "100 years"), "{p:?}");
+}
+
+#[test]
+fn upstream_idle_timeout_defaults_below_common_upstreams_keepalive_and_is_bounded() {
+    let route = |text: &str| parse_ok(text).routes[0].upstream_idle_timeout;
+    assert_eq!(route(MINIMAL), DEFAULT_UPSTREAM_IDLE_TIMEOUT);
+    assert_eq!(DEFAULT_UPSTREAM_IDLE_TIMEOUT, Duration::from_secs(4));
+    assert_eq!(
+        route(&format!("{MINIMAL}upstream_idle_timeout = \"1500ms\"\n")),
+        Duration::from_millis(1500)
+    );
+    for (value, says) in [("0s", "greater than zero"), ("2h", "at most"), ("soon", "")] {
+        let p = problems(&format!("{MINIMAL}upstream_idle_timeout = \"{value}\"\n"));
+        assert!(
+            has(&p, "routes[0].upstream_idle_timeout", says),
+            "{value}: {p:?}"
+        );
+    }
     // A key "file" that never ends is refused, not read.
     let p = problems(&MINIMAL.replace(
         "[jwt]\nsecret = \"${WXGATE_JWT_SECRET}\"\n",

@@ -6,6 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+/// `routes[].upstream_idle_timeout`'s default ("4s"): below the 5 s after which Node.js
+/// (Express), uvicorn and Apache close an idle keep-alive connection, so that the gateway never
+/// sends a request on a connection the upstream is closing at that instant (which, as nothing sent
+/// is replayed, would answer 502).
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The validated configuration the gateway runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -329,6 +334,8 @@ pub struct RouteConfig {
     pub auth: RouteAuth,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// How long an idle upstream connection is kept for the next request.
+    pub upstream_idle_timeout: Duration,
     /// Inject the verified phone number (`auth.phone_header`).
     pub forward_phone: bool,
     /// Only requests for this host (`Host` / `:authority`, port ignored); any host when `None`.
@@ -366,6 +373,7 @@ impl RouteConfig {
             auth,
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(30),
+            upstream_idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
             forward_phone: false,
             host: None,
             strip_prefix: false,

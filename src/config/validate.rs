@@ -25,6 +25,7 @@ const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest `server.header_timeout` and `server.keepalive_timeout`: a header that takes
 /// longer is not a client to wait for, nor an idle connection that waits longer.
 const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Idle upstream connections kept for reuse by default: above the concurrency one instance
 /// usually sees (Pingora's own default, 128, made every request past the 128th open a new one).
 pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 2048;
@@ -1486,6 +1487,17 @@ impl Validator {
         let connect_timeout =
             self.positive_duration(raw.connect_timeout, &at("connect_timeout"), "2s");
         let read_timeout = self.positive_duration(raw.read_timeout, &at("read_timeout"), "30s");
+        let upstream_idle_timeout = self.positive_duration(
+            raw.upstream_idle_timeout,
+            &at("upstream_idle_timeout"),
+            "4s",
+        );
+        let upstream_idle_timeout = self.bounded(
+            upstream_idle_timeout,
+            &at("upstream_idle_timeout"),
+            |d| d <= MAX_UPSTREAM_IDLE_TIMEOUT,
+            |_| "must be at most \"1h\" (how long an idle upstream connection is kept)".into(),
+        );
         let lb = match self.or_default(raw.lb, &at("lb"), "round_robin").as_deref() {
             None => None,
             Some("round_robin") => Some(Balance::RoundRobin),
@@ -1553,6 +1565,7 @@ impl Validator {
             auth: auth?,
             connect_timeout: connect_timeout?,
             read_timeout: read_timeout?,
+            upstream_idle_timeout: upstream_idle_timeout?,
             forward_phone: raw.forward_phone.unwrap_or(false),
             host: host?,
             strip_prefix: raw.strip_prefix.unwrap_or(false),

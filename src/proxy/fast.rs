@@ -305,7 +305,10 @@ async fn connect(session: &Session, ctx: &mut Ctx) -> Result<(u64, Upstream, Dur
         let mut upstream = Upstream::new_with_options(stream, &peer);
         upstream.read_timeout = peer.options.read_timeout;
         upstream.write_timeout = peer.options.write_timeout;
-        let idle = peer.options.idle_timeout.unwrap_or(Duration::from_secs(60));
+        let idle = peer
+            .options
+            .idle_timeout
+            .unwrap_or(crate::config::DEFAULT_UPSTREAM_IDLE_TIMEOUT);
         return Ok((key, upstream, idle));
     }
 }

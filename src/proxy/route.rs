@@ -46,6 +46,7 @@ pub struct Route {
     pub upstream_host: Option<String>,
     connect_timeout: Duration,
     read_timeout: Duration,
+    upstream_idle_timeout: Duration,
 }
 
 impl Route {
@@ -99,6 +100,7 @@ impl Route {
             upstream_host: c.upstream_host.clone(),
             connect_timeout: c.connect_timeout,
             read_timeout: c.read_timeout,
+            upstream_idle_timeout: c.upstream_idle_timeout,
         })
     }
 
@@ -133,7 +135,7 @@ impl Route {
             (true, Some(idle)) => Some(idle),
             _ => Some(self.read_timeout),
         };
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.idle_timeout = Some(self.upstream_idle_timeout);
         peer
     }
 }
@@ -389,6 +391,7 @@ mod tests {
         c.name = "x".into();
         c.lb = lb;
         c.read_timeout = Duration::from_secs(2);
+        c.upstream_idle_timeout = Duration::from_millis(1500);
         let resolved: Vec<_> = addrs.iter().map(|a| vec![*a]).collect();
         Route::new(&c, &resolved, previous, Duration::from_secs(30)).unwrap()
     }
@@ -406,6 +409,7 @@ mod tests {
         let held = r.pool.select(b"", &[]).unwrap();
         let peer = r.peer(held.upstream(), false);
         assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(peer.options.idle_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(
             held.upstream().in_flight(),
             1,
