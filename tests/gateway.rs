@@ -291,6 +291,63 @@ async fn spoofed_identity_headers_never_reach_the_app() {
     }
 }
 
+/// `server.forwarded_headers = true`: the app gets `X-Forwarded-For` with the peer appended and
+/// `X-Forwarded-Proto` / `-Host` as the client used them, never a client's claims (nor copies spelt
+/// with `_`); behind a trusted proxy, the proxy's scheme and host are kept. Off (the default),
+/// the gateway adds none and passes what the client sent.
+#[tokio::test]
+async fn forwarded_headers_tell_the_app_who_called_and_how() {
+    let on = |extra: &'static str| {
+        Stack::with(move |c| {
+            c.replace(
+                "[server]\n",
+                &format!("[server]\nforwarded_headers = true\n{extra}"),
+            )
+        })
+    };
+    let forged = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X_Forwarded_Host", "evil2.example"),
+        ("X_Forwarded_For", "7.7.7.7"),
+    ];
+    let cases = [
+        // (stack, X-Forwarded-Proto, X-Forwarded-Host (None: the request's Host), underscores kept)
+        (on(""), "http", None, false),
+        (
+            on("trusted_proxies = [\"127.0.0.1/32\"]\n"),
+            "https",
+            Some("evil.example"),
+            false,
+        ),
+        (Stack::start(), "https", Some("evil.example"), true),
+    ];
+    for (s, proto, host, off) in &cases {
+        let token = login(s, "fwd.1").await;
+        for (path, auth) in [("/public/x", None), ("/api/x", Some(token.as_str()))] {
+            let (status, echo) = get_with(s.url(path), auth, &forged).await;
+            assert_eq!(status, 200, "{path}: {echo}");
+            let h = |name: &str| echoed_header(&echo, name);
+            let own_host = s.gw.addr.to_string();
+            let for_ = if *off {
+                "6.6.6.6"
+            } else {
+                "6.6.6.6, 127.0.0.1"
+            };
+            assert_eq!(h("x-forwarded-for"), [for_], "{path}: {echo}");
+            assert_eq!(h("x-forwarded-proto"), [*proto], "{path}: {echo}");
+            assert_eq!(
+                h("x-forwarded-host"),
+                [host.unwrap_or(&own_host)],
+                "{path}: {echo}"
+            );
+            assert_eq!(h("x_forwarded_host").is_empty(), !off, "{path}: {echo}");
+            assert_eq!(h("x_forwarded_for").is_empty(), !off, "{path}: {echo}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn routing_errors() {
     let closed = free_port();

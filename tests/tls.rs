@@ -119,7 +119,9 @@ async fn login_and_protected_calls_over_https_with_http1_and_h2() {
     let tls = Tls::new();
     tls.issue("one.test");
     let plain_port = free_port();
-    let s = Stack::with(tls_config(&tls, plain_port));
+    let with_tls = tls_config(&tls, plain_port);
+    let s =
+        Stack::with(|c| with_tls(c).replace("[server]\n", "[server]\nforwarded_headers = true\n"));
     for (http2, version, user) in [(false, "1.1", "tina.1"), (true, "2", "tina.2")] {
         let (v, got) = curl(&s.gw, &tls.trust, &format!("/auth?code={user}"), http2, &[]);
         assert_eq!(got, version, "{v}");
@@ -136,6 +138,24 @@ async fn login_and_protected_calls_over_https_with_http1_and_h2() {
         let openid = echoed_header(&echo, "x-wx-openid");
         assert_eq!(openid.len(), 1, "{echo}");
         assert_ne!(openid[0], "spoofed");
+        // What the client used, as the app sees it (`server.forwarded_headers`): HTTP/1's Host
+        // and HTTP/2's :authority alike.
+        let port = s.gw.addr.port();
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-proto"),
+            ["https"],
+            "{echo}"
+        );
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-host"),
+            [format!("localhost:{port}")],
+            "{echo}"
+        );
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-for"),
+            ["127.0.0.1"],
+            "{echo}"
+        );
         let (v, _) = curl(&s.gw, &tls.trust, "/api/me", http2, &[]);
         assert_eq!(v["code"], "10119", "{v}");
         let (v, _) = curl(&s.gw, &tls.trust, "/isAuth", http2, &[&auth]);
@@ -144,6 +164,7 @@ async fn login_and_protected_calls_over_https_with_http1_and_h2() {
     // The plain listener serves the same routes.
     let (status, v) = get(&format!("http://127.0.0.1:{plain_port}/public/x")).await;
     assert_eq!(status, 200, "{v}");
+    assert_eq!(echoed_header(&v, "x-forwarded-proto"), ["http"], "{v}");
     // Plain HTTP on the TLS port is not answered as HTTP.
     assert!(
         !raw_request(s.gw.addr, b"GET /public/x HTTP/1.1\r\nHost: x\r\n\r\n").contains("200 OK")

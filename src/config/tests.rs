@@ -48,6 +48,10 @@ upstreams = ["127.0.0.1:9001"]
 fn minimal_config_gets_documented_defaults() {
     let c = parse_ok(MINIMAL);
     assert_eq!(c.server.listen, "127.0.0.1:3000".parse().unwrap());
+    assert!(
+        !c.server.forwarded_headers,
+        "X-Forwarded-* only when asked for"
+    );
     assert_eq!(c.first_app().secret.expose(), "appsecret");
     assert_eq!(c.first_app().api_base, "https://api.weixin.qq.com");
     assert_eq!(c.first_app().timeout, Duration::from_secs(3));

@@ -139,6 +139,8 @@ pub struct ServerConfig {
     pub upstream_keepalive: usize,
     /// Requests without a body are proxied by the gateway's fast path (see `proxy::fast`).
     pub fast_path: bool,
+    /// `X-Forwarded-For` (the peer appended), `-Proto` and `-Host` set on upstream requests.
+    pub forwarded_headers: bool,
     /// How long a request header may take from its first byte to its end (past it: 408).
     pub header_timeout: Duration,
     /// How long an idle client connection (HTTP/1 keep-alive, HTTP/2 without a stream) waits

@@ -9,7 +9,7 @@
 
 use super::access::openid_for_log;
 use super::drain::{InFlight, InFlightGuard};
-use super::headers::CloudHosting;
+use super::headers::{CloudHosting, Forwarded};
 use super::limit::{client_ip, client_key, openid_key};
 use super::pool::InFlightUpstream;
 use super::request_id::{self, request_id};
@@ -19,7 +19,7 @@ use super::route::{
 use super::snapshot::{Live, Snapshot};
 use crate::auth::endpoints::{self, Endpoint, EndpointRequest};
 use crate::auth::{extract, Identity};
-use crate::config::RouteAuth;
+use crate::config::{RouteAuth, ServerConfig};
 use crate::logging::AccessLine;
 use crate::metrics::METRICS;
 use crate::reply::{Reject, TokenProblem};
@@ -583,21 +583,24 @@ pub(super) fn connect_failed(ctx: &mut Ctx, peer: &HttpPeer, e: &Error) -> bool 
 }
 
 /// What the upstream request carries: the identity headers (a client's copies stripped), the
-/// phone, the request id, the route's `upstream_host` and the rewritten target.
+/// `X-Forwarded-*` headers, the phone, the request id, the route's `upstream_host` and the
+/// rewritten target.
 pub(super) fn edit_upstream_request(
     session: &Session,
     upstream_request: &mut RequestHeader,
     ctx: &Ctx,
 ) -> Result<()> {
     let identity_headers = &ctx.snap.identity;
-    if ctx.route.as_ref().is_some_and(|r| r.cloudhosting) {
+    let cloudhosting = ctx.route.as_ref().is_some_and(|r| r.cloudhosting);
+    let server = &ctx.snap.config.server;
+    if server.forwarded_headers || cloudhosting {
+        // Cloud Hosting appends the peer whatever the setting: its apps read it.
+        forward(session, upstream_request, server);
+    }
+    if cloudhosting {
         CloudHosting::strip(identity_headers, upstream_request);
         let client = ctx.client.or_else(|| client_of(session, &ctx.snap));
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        CloudHosting::inject(upstream_request, ctx.identity.as_deref(), client, peer);
+        CloudHosting::inject(upstream_request, ctx.identity.as_deref(), client);
     } else {
         identity_headers.strip(upstream_request);
         if let Some(identity) = &ctx.identity {
@@ -620,6 +623,36 @@ pub(super) fn edit_upstream_request(
         upstream_request.set_uri(uri);
     }
     Ok(())
+}
+
+/// The `X-Forwarded-*` headers (`server.forwarded_headers`; on Cloud Hosting routes
+/// `X-Forwarded-For` always): the peer appended to `X-Forwarded-For`, the scheme and host the
+/// client used unless a trusted proxy in front said them.
+fn forward(session: &Session, upstream_request: &mut RequestHeader, server: &ServerConfig) {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    if let Some(peer) = peer {
+        Forwarded::append_for(upstream_request, peer);
+    }
+    if !server.forwarded_headers {
+        return;
+    }
+    let trusted = peer.is_some_and(|ip| server.trusted_proxies.iter().any(|net| net.contains(&ip)));
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let req = session.req_header();
+    let host = match req.uri.authority() {
+        // HTTP/2's :authority (an HTTP/1 request's target is origin-form on every route).
+        Some(authority) => http::HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers.get(header::HOST).cloned(),
+    };
+    Forwarded::set_proto_host(
+        upstream_request,
+        if tls { "https" } else { "http" },
+        host,
+        trusted,
+    );
 }
 
 /// The upstream's response header arrived.

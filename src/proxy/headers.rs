@@ -152,13 +152,9 @@ impl CloudHosting {
     }
 
     /// Set Cloud Hosting's headers (after [`Self::strip`]): the identity when the caller was
-    /// verified, the client's address, and the peer appended to `X-Forwarded-For`.
-    pub fn inject(
-        req: &mut RequestHeader,
-        identity: Option<&Identity>,
-        client: Option<IpAddr>,
-        peer: Option<IpAddr>,
-    ) {
+    /// verified, and the client's address. (Cloud Hosting also appends the peer to
+    /// `X-Forwarded-For`: [`Forwarded::append_for`], which this mode always does.)
+    pub fn inject(req: &mut RequestHeader, identity: Option<&Identity>, client: Option<IpAddr>) {
         if let Some(identity) = identity {
             set_values(req, [Self::OPENID, Self::APPID, Self::UNIONID], identity);
             let _ = req.insert_header(Self::SOURCE, Self::SOURCE_VALUE);
@@ -171,20 +167,82 @@ impl CloudHosting {
         if let Some(client) = client {
             let _ = req.insert_header(Self::ORIGINAL_FORWARDED_FOR, client.to_string());
         }
-        if let Some(peer) = peer {
-            let before: Vec<String> = req
+    }
+}
+
+/// The `X-Forwarded-*` headers a reverse proxy sets (`server.forwarded_headers`), so that an app
+/// behind the gateway can tell who called and how, and cannot be told otherwise by the client.
+pub struct Forwarded;
+
+impl Forwarded {
+    pub const FOR: &'static str = "x-forwarded-for";
+    pub const PROTO: &'static str = "x-forwarded-proto";
+    pub const HOST: &'static str = "x-forwarded-host";
+
+    /// The peer's address appended to `X-Forwarded-For`, after what the client sent (one header
+    /// line, comma-separated): an app that trusts one proxy hop (Express's `trust proxy = 1`,
+    /// Werkzeug's `ProxyFix(x_for=1)`) reads the right-most entry, the address the gateway saw,
+    /// which the client cannot forge.
+    pub fn append_for(req: &mut RequestHeader, peer: IpAddr) {
+        let mut sent = req.headers.get_all(Self::FOR).iter();
+        let value = match (sent.next(), sent.next()) {
+            (None, _) => peer.to_string(),
+            (Some(one), None) => format!("{}, {peer}", String::from_utf8_lossy(one.as_bytes())),
+            (Some(_), Some(_)) => {
+                let mut all: Vec<_> = req
+                    .headers
+                    .get_all(Self::FOR)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                all.push(peer.to_string());
+                all.join(", ")
+            }
+        };
+        let _ = req.insert_header(Self::FOR, value);
+    }
+
+    /// `X-Forwarded-Proto` (`scheme`, the one the client used) and `X-Forwarded-Host` (the
+    /// client's `Host`, or h2's `:authority`), replacing a client's copies, unless the peer is a
+    /// trusted proxy (`server.trusted_proxies`) that sent its own: then they tell what the
+    /// proxy in front saw, and are kept. Copies spelt with `_` for `-` (which CGI-style servers
+    /// read as the header itself) are dropped, of `X-Forwarded-For` too.
+    pub fn set_proto_host(
+        req: &mut RequestHeader,
+        scheme: &'static str,
+        host: Option<http::HeaderValue>,
+        trusted_peer: bool,
+    ) {
+        let underscored = |name: &HeaderName| {
+            name.as_str().contains('_')
+                && [Self::FOR, Self::PROTO, Self::HOST]
+                    .iter()
+                    .any(|ours| eq_normalized(name.as_str(), ours))
+        };
+        // The usual request has none: looked for without allocating.
+        if req.headers.keys().any(underscored) {
+            let doomed: Vec<HeaderName> = req
                 .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::to_owned)
+                .keys()
+                .filter(|n| underscored(n))
+                .cloned()
                 .collect();
-            let value = if before.is_empty() {
-                peer.to_string()
-            } else {
-                format!("{}, {peer}", before.join(", "))
-            };
-            let _ = req.insert_header("x-forwarded-for", value);
+            for name in doomed {
+                req.remove_header(&name);
+            }
+        }
+        if !(trusted_peer && req.headers.contains_key(Self::PROTO)) {
+            let _ = req.insert_header(Self::PROTO, scheme);
+        }
+        if !(trusted_peer && req.headers.contains_key(Self::HOST)) {
+            match host {
+                Some(host) => {
+                    let _ = req.insert_header(Self::HOST, host);
+                }
+                None => {
+                    req.remove_header(Self::HOST);
+                }
+            }
         }
     }
 }
@@ -283,7 +341,8 @@ mod tests {
             appid: "wx1".into(),
         };
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        CloudHosting::inject(&mut req, Some(&identity), ip("203.0.113.7"), ip("10.0.0.2"));
+        CloudHosting::inject(&mut req, Some(&identity), ip("203.0.113.7"));
+        Forwarded::append_for(&mut req, ip("10.0.0.2").unwrap());
         let all = |name: &str| -> Vec<String> {
             req.headers
                 .get_all(name)
@@ -304,13 +363,75 @@ mod tests {
         // A public route: no identity, no source; the address all the same.
         let mut req = request(&[("X-WX-SOURCE", "wx_client")]);
         CloudHosting::strip(&h, &mut req);
-        CloudHosting::inject(&mut req, None, ip("198.51.100.1"), ip("198.51.100.1"));
+        CloudHosting::inject(&mut req, None, ip("198.51.100.1"));
+        Forwarded::append_for(&mut req, ip("198.51.100.1").unwrap());
         assert!(req.headers.get("x-wx-source").is_none());
         assert_eq!(
             req.headers.get("x-original-forwarded-for").unwrap(),
             "198.51.100.1"
         );
         assert_eq!(req.headers.get("x-forwarded-for").unwrap(), "198.51.100.1");
+    }
+
+    fn values(req: &RequestHeader, name: &str) -> Vec<String> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn forwarded_for_gets_the_peer_appended_after_whatever_the_client_sent() {
+        let peer: IpAddr = "198.51.100.9".parse().unwrap();
+        let mut req = request(&[]);
+        Forwarded::append_for(&mut req, peer);
+        assert_eq!(values(&req, "x-forwarded-for"), ["198.51.100.9"]);
+        let mut req = request(&[("X-Forwarded-For", "1.1.1.1")]);
+        Forwarded::append_for(&mut req, peer);
+        assert_eq!(values(&req, "x-forwarded-for"), ["1.1.1.1, 198.51.100.9"]);
+        let mut req = request(&[
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("x-forwarded-for", "3.3.3.3"),
+        ]);
+        Forwarded::append_for(&mut req, "2001:db8::1".parse().unwrap());
+        assert_eq!(
+            values(&req, "x-forwarded-for"),
+            ["1.1.1.1, 2.2.2.2, 3.3.3.3, 2001:db8::1"]
+        );
+    }
+
+    #[test]
+    fn forwarded_proto_and_host_are_the_gateways_unless_a_trusted_proxy_sent_them() {
+        let host = || Some(http::HeaderValue::from_static("api.example.com:8443"));
+        let forged = [
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("x_forwarded_host", "evil2.example"),
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("Accept", "*/*"),
+        ];
+        let mut req = request(&forged);
+        Forwarded::set_proto_host(&mut req, "http", host(), false);
+        assert_eq!(values(&req, "x-forwarded-proto"), ["http"]);
+        assert_eq!(values(&req, "x-forwarded-host"), ["api.example.com:8443"]);
+        assert!(values(&req, "x_forwarded_host").is_empty());
+        assert!(values(&req, "x_forwarded_for").is_empty());
+        assert_eq!(values(&req, "accept"), ["*/*"]);
+        // A trusted proxy in front (a load balancer ending TLS) says what it saw: kept.
+        let mut req = request(&forged);
+        Forwarded::set_proto_host(&mut req, "http", host(), true);
+        assert_eq!(values(&req, "x-forwarded-proto"), ["https"]);
+        assert_eq!(values(&req, "x-forwarded-host"), ["evil.example"]);
+        assert!(
+            values(&req, "x_forwarded_host").is_empty(),
+            "never the _ spelling"
+        );
+        // ... and where it sent none, the gateway's own.
+        let mut req = request(&[]);
+        Forwarded::set_proto_host(&mut req, "https", None, true);
+        assert_eq!(values(&req, "x-forwarded-proto"), ["https"]);
+        assert!(values(&req, "x-forwarded-host").is_empty());
     }
 
     #[test]
