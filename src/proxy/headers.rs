@@ -184,22 +184,21 @@ impl Forwarded {
     /// Werkzeug's `ProxyFix(x_for=1)`) reads the right-most entry, the address the gateway saw,
     /// which the client cannot forge.
     pub fn append_for(req: &mut RequestHeader, peer: IpAddr) {
-        let mut sent = req.headers.get_all(Self::FOR).iter();
-        let value = match (sent.next(), sent.next()) {
-            (None, _) => peer.to_string(),
-            (Some(one), None) => format!("{}, {peer}", String::from_utf8_lossy(one.as_bytes())),
-            (Some(_), Some(_)) => {
-                let mut all: Vec<_> = req
-                    .headers
-                    .get_all(Self::FOR)
-                    .iter()
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect();
-                all.push(peer.to_string());
-                all.join(", ")
-            }
-        };
-        let _ = req.insert_header(Self::FOR, value);
+        let peer = peer.to_string();
+        // The client's lines as sent (bytes, not text: nothing of them is changed), then the peer.
+        let mut value = Vec::new();
+        for sent in req.headers.get_all(Self::FOR) {
+            value.extend_from_slice(sent.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(peer.as_bytes());
+        // What the client sent was a valid value, so the whole is; were it not, the peer alone,
+        // or none: the right-most entry is the gateway's, or there is no entry at all.
+        let value =
+            http::HeaderValue::from_bytes(&value).or_else(|_| http::HeaderValue::from_str(&peer));
+        if !value.is_ok_and(|v| req.insert_header(Self::FOR, v).is_ok()) {
+            req.remove_header(Self::FOR);
+        }
     }
 
     /// `X-Forwarded-Proto` (`scheme`, the one the client used) and `X-Forwarded-Host` (the
@@ -398,6 +397,18 @@ mod tests {
         assert_eq!(
             values(&req, "x-forwarded-for"),
             ["1.1.1.1, 2.2.2.2, 3.3.3.3, 2001:db8::1"]
+        );
+        // Bytes that are not text (obs-text) pass as they came.
+        let mut req = request(&[]);
+        req.append_header(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff1.1.1.1").unwrap(),
+        )
+        .unwrap();
+        Forwarded::append_for(&mut req, peer);
+        assert_eq!(
+            req.headers.get("x-forwarded-for").unwrap().as_bytes(),
+            b"\xff1.1.1.1, 198.51.100.9"
         );
     }
 
