@@ -889,6 +889,12 @@ fn durations_and_files_are_bounded() {
     );
     let p = problems(&format!("{MINIMAL}read_timeout = \"999999y\"\n"));
     assert!(has(&p, "routes[0].read_timeout", "100 years"), "{p:?}");
+    // A key "file" that never ends is refused, not read.
+    let p = problems(&MINIMAL.replace(
+        "[jwt]\nsecret = \"${WXGATE_JWT_SECRET}\"\n",
+        "[jwt]\nalgorithm = \"ES256\"\nprivate_key = \"/dev/zero\"\n",
+    ));
+    assert!(has(&p, "jwt.private_key", "not a regular file"), "{p:?}");
 }
 
 #[test]
@@ -907,10 +913,4 @@ fn upstream_idle_timeout_defaults_below_common_upstreams_keepalive_and_is_bounde
             "{value}: {p:?}"
         );
     }
-    // A key "file" that never ends is refused, not read.
-    let p = problems(&MINIMAL.replace(
-        "[jwt]\nsecret = \"${WXGATE_JWT_SECRET}\"\n",
-        "[jwt]\nalgorithm = \"ES256\"\nprivate_key = \"/dev/zero\"\n",
-    ));
-    assert!(has(&p, "jwt.private_key", "not a regular file"), "{p:?}");
 }
