@@ -10,7 +10,7 @@
 use super::access::openid_for_log;
 use super::drain::{InFlight, InFlightGuard};
 use super::headers::{CloudHosting, Forwarded};
-use super::limit::{client_ip, client_key, openid_key};
+use super::limit::{client_ip, client_key, is_trusted, openid_key};
 use super::pool::InFlightUpstream;
 use super::request_id::{self, request_id};
 use super::route::{
@@ -639,7 +639,7 @@ fn forward(session: &Session, upstream_request: &mut RequestHeader, server: &Ser
     if !server.forwarded_headers {
         return;
     }
-    let trusted = peer.is_some_and(|ip| server.trusted_proxies.iter().any(|net| net.contains(&ip)));
+    let trusted = peer.is_some_and(|ip| is_trusted(&ip, &server.trusted_proxies));
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let req = session.req_header();
     let host = match req.uri.authority() {

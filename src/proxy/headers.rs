@@ -65,22 +65,7 @@ impl IdentityHeaders {
 
     /// Remove every client-sent identity header.
     pub fn strip(&self, req: &mut RequestHeader) {
-        if !req
-            .headers
-            .keys()
-            .any(|name| self.is_reserved(name.as_str()))
-        {
-            return; // the usual case: nothing to strip, nothing allocated
-        }
-        let doomed: Vec<HeaderName> = req
-            .headers
-            .keys()
-            .filter(|name| self.is_reserved(name.as_str()))
-            .cloned()
-            .collect();
-        for name in doomed {
-            req.remove_header(&name);
-        }
+        remove_where(req, |name| self.is_reserved(name.as_str()));
     }
 
     /// Set the verified identity (after [`Self::strip`]).
@@ -137,18 +122,10 @@ impl CloudHosting {
     /// Remove every client-sent copy of the set (`X-WX-*` included, as in every mode), and
     /// of `X-Original-Forwarded-For`, in any spelling.
     pub fn strip(ids: &IdentityHeaders, req: &mut RequestHeader) {
-        let doomed: Vec<HeaderName> = req
-            .headers
-            .keys()
-            .filter(|name| {
-                ids.is_reserved(name.as_str())
-                    || eq_normalized(name.as_str(), Self::ORIGINAL_FORWARDED_FOR)
-            })
-            .cloned()
-            .collect();
-        for name in doomed {
-            req.remove_header(&name);
-        }
+        remove_where(req, |name| {
+            ids.is_reserved(name.as_str())
+                || eq_normalized(name.as_str(), Self::ORIGINAL_FORWARDED_FOR)
+        });
     }
 
     /// Set Cloud Hosting's headers (after [`Self::strip`]): the identity when the caller was
@@ -212,24 +189,12 @@ impl Forwarded {
         host: Option<http::HeaderValue>,
         trusted_peer: bool,
     ) {
-        let underscored = |name: &HeaderName| {
+        remove_where(req, |name| {
             name.as_str().contains('_')
                 && [Self::FOR, Self::PROTO, Self::HOST]
                     .iter()
                     .any(|ours| eq_normalized(name.as_str(), ours))
-        };
-        // The usual request has none: looked for without allocating.
-        if req.headers.keys().any(underscored) {
-            let doomed: Vec<HeaderName> = req
-                .headers
-                .keys()
-                .filter(|n| underscored(n))
-                .cloned()
-                .collect();
-            for name in doomed {
-                req.remove_header(&name);
-            }
-        }
+        });
         if !(trusted_peer && req.headers.contains_key(Self::PROTO)) {
             let _ = req.insert_header(Self::PROTO, scheme);
         }
@@ -243,6 +208,18 @@ impl Forwarded {
                 }
             }
         }
+    }
+}
+
+/// Remove every header whose name `doomed` says, in both of the request's maps. The usual request
+/// has none: they are looked for first, and only found ones are collected (and allocated for).
+fn remove_where(req: &mut RequestHeader, doomed: impl Fn(&HeaderName) -> bool) {
+    if !req.headers.keys().any(&doomed) {
+        return;
+    }
+    let names: Vec<HeaderName> = req.headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
+        req.remove_header(&name);
     }
 }
 

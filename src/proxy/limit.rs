@@ -19,8 +19,7 @@ pub fn client_ip<'a>(
     forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
     trusted: &[IpNet],
 ) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
+    if !is_trusted(&peer, trusted) {
         return peer;
     }
     let mut client = peer;
@@ -28,7 +27,7 @@ pub fn client_ip<'a>(
         match entry.trim().parse::<IpAddr>() {
             Ok(ip) => {
                 client = ip;
-                if !is_trusted(&ip) {
+                if !is_trusted(&ip, trusted) {
                     break;
                 }
             }
@@ -36,6 +35,11 @@ pub fn client_ip<'a>(
         }
     }
     client
+}
+
+/// Whether `ip` is one of `server.trusted_proxies`.
+pub fn is_trusted(ip: &IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
 }
 
 /// The key a client is counted under: its IPv4 address, or its IPv6 /64 (one subscriber).
