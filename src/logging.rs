@@ -10,6 +10,7 @@
 use crate::config::LogFormat;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -125,16 +126,20 @@ impl AccessLine {
         let json = FORMAT.get() == Some(&LogFormat::Json);
         let mut line = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         line.clear();
-        let now = humantime::format_rfc3339_micros(SystemTime::now());
         if json {
-            let _ = write!(line, "{{\"timestamp\":\"{now}\",\"level\":\"INFO\"");
+            line.push_str("{\"timestamp\":\"");
+            push_timestamp(&mut line, SystemTime::now());
+            line.push_str("\",\"level\":\"INFO\"");
         } else {
-            let _ = write!(line, "{now}  INFO wxgate::access:");
+            push_timestamp(&mut line, SystemTime::now());
+            line.push_str("  INFO wxgate::access:");
         }
         AccessLine { json, line }
     }
 
-    /// `,"name":` or ` name=`.
+    /// `,"name":` or ` name=`. This and the field methods are inlined into the one place that
+    /// builds the line, where each name is a constant: its copy is a few moves, not a `memcpy` call.
+    #[inline(always)]
     fn key(&mut self, name: &str) {
         if self.json {
             self.line.push_str(",\"");
@@ -147,6 +152,7 @@ impl AccessLine {
         }
     }
 
+    #[inline(always)]
     pub fn str(mut self, name: &str, value: Option<&str>) -> Self {
         let Some(value) = value else { return self };
         self.key(name);
@@ -160,18 +166,32 @@ impl AccessLine {
         self
     }
 
-    /// A value whose text needs no escaping (an address), written without a copy.
-    pub fn display(mut self, name: &str, value: Option<impl std::fmt::Display>) -> Self {
+    /// An address (`IpAddr` or `SocketAddr`): its text needs no escaping.
+    #[inline(always)]
+    pub fn addr(mut self, name: &str, value: Option<impl Into<SocketAddrOrIp>>) -> Self {
         let Some(value) = value else { return self };
         self.key(name);
         if self.json {
-            let _ = write!(self.line, "\"{value}\"");
-        } else {
-            let _ = write!(self.line, "{value}");
+            self.line.push('"');
+        }
+        match value.into() {
+            SocketAddrOrIp::Ip(ip) => push_ip(&mut self.line, ip),
+            SocketAddrOrIp::Socket(SocketAddr::V4(a)) => {
+                push_ip(&mut self.line, IpAddr::V4(*a.ip()));
+                self.line.push(':');
+                self.line.push_str(itoa::Buffer::new().format(a.port()));
+            }
+            SocketAddrOrIp::Socket(a) => {
+                let _ = write!(self.line, "{a}");
+            }
+        }
+        if self.json {
+            self.line.push('"');
         }
         self
     }
 
+    #[inline(always)]
     pub fn uint(mut self, name: &str, value: u64) -> Self {
         self.key(name);
         self.line.push_str(itoa::Buffer::new().format(value));
@@ -179,6 +199,7 @@ impl AccessLine {
     }
 
     /// Milliseconds with microsecond precision.
+    #[inline(always)]
     pub fn ms(mut self, name: &str, value: Option<Duration>) -> Self {
         let Some(d) = value else { return self };
         let micros = d.as_micros().min(u64::MAX as u128) as u64;
@@ -205,6 +226,77 @@ impl AccessLine {
         append(self.line.as_bytes());
         SCRATCH.with(|s| *s.borrow_mut() = std::mem::take(&mut self.line));
     }
+}
+
+/// What [`AccessLine::addr`] writes.
+pub enum SocketAddrOrIp {
+    Ip(IpAddr),
+    Socket(SocketAddr),
+}
+
+impl From<IpAddr> for SocketAddrOrIp {
+    fn from(ip: IpAddr) -> Self {
+        SocketAddrOrIp::Ip(ip)
+    }
+}
+
+impl From<SocketAddr> for SocketAddrOrIp {
+    fn from(addr: SocketAddr) -> Self {
+        SocketAddrOrIp::Socket(addr)
+    }
+}
+
+/// An address as `Display` writes it; IPv4 by hand (through `core::fmt`, the client's and the
+/// upstream's addresses were ~2,200 of the ~7,800 instructions an access line took).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(itoa::Buffer::new().format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+thread_local! {
+    /// The second the last timestamp of this thread fell in, and its text up to the fraction.
+    static SECOND: std::cell::RefCell<(u64, String)> = const {
+        std::cell::RefCell::new((u64::MAX, String::new()))
+    };
+}
+
+/// `now` as RFC 3339 with microseconds (`2026-12-05T03:50:12.123456Z`), what
+/// `humantime::format_rfc3339_micros` writes: the date and time of day made once a second.
+fn push_timestamp(out: &mut String, now: SystemTime) {
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let second = since.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            *cached = (second, text.trim_end_matches('Z').to_string());
+        }
+        out.push_str(&cached.1);
+    });
+    let micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.push('.');
+    out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+    out.push('Z');
 }
 
 /// `value` as a JSON string literal: runs of plain characters copied whole, the rest escaped.
@@ -244,6 +336,36 @@ mod tests {
         assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn addresses_and_timestamps_read_as_display_and_humantime_write_them() {
+        let addrs: [SocketAddr; 4] = [
+            "0.0.0.0:0".parse().unwrap(),
+            "203.0.113.255:65535".parse().unwrap(),
+            "10.1.22.3:8080".parse().unwrap(),
+            "[2001:db8::1]:443".parse().unwrap(),
+        ];
+        for a in addrs {
+            let mut out = String::new();
+            push_ip(&mut out, a.ip());
+            assert_eq!(out, a.ip().to_string());
+            let line = AccessLine {
+                json: false,
+                line: String::new(),
+            }
+            .addr("upstream", Some(a))
+            .addr("client", Some(a.ip()))
+            .addr("none", None::<IpAddr>);
+            assert_eq!(line.line, format!(" upstream={a} client={}", a.ip()));
+        }
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        for micros in [0, 7, 999_999, 123_456, 1_000_001, 86_400_000_000] {
+            let t = base + Duration::from_micros(micros);
+            let mut out = String::new();
+            push_timestamp(&mut out, t);
+            assert_eq!(out, humantime::format_rfc3339_micros(t).to_string());
+        }
     }
 
     #[test]
