@@ -166,29 +166,48 @@ impl AccessLine {
         self
     }
 
-    /// An address (`IpAddr` or `SocketAddr`): its text needs no escaping.
+    /// An IP address: its text needs no escaping.
     #[inline(always)]
-    pub fn addr(mut self, name: &str, value: Option<impl Into<SocketAddrOrIp>>) -> Self {
-        let Some(value) = value else { return self };
-        self.key(name);
-        if self.json {
-            self.line.push('"');
-        }
-        match value.into() {
-            SocketAddrOrIp::Ip(ip) => push_ip(&mut self.line, ip),
-            SocketAddrOrIp::Socket(SocketAddr::V4(a)) => {
+    pub fn ip(mut self, name: &str, value: Option<IpAddr>) -> Self {
+        let Some(ip) = value else { return self };
+        self.open_address(name);
+        push_ip(&mut self.line, ip);
+        self.close_address();
+        self
+    }
+
+    /// An address and port: its text needs no escaping.
+    #[inline(always)]
+    pub fn socket(mut self, name: &str, value: Option<SocketAddr>) -> Self {
+        let Some(addr) = value else { return self };
+        self.open_address(name);
+        match addr {
+            SocketAddr::V4(a) => {
                 push_ip(&mut self.line, IpAddr::V4(*a.ip()));
                 self.line.push(':');
                 self.line.push_str(itoa::Buffer::new().format(a.port()));
             }
-            SocketAddrOrIp::Socket(a) => {
+            SocketAddr::V6(a) => {
                 let _ = write!(self.line, "{a}");
             }
         }
+        self.close_address();
+        self
+    }
+
+    #[inline(always)]
+    fn open_address(&mut self, name: &str) {
+        self.key(name);
         if self.json {
             self.line.push('"');
         }
-        self
+    }
+
+    #[inline(always)]
+    fn close_address(&mut self) {
+        if self.json {
+            self.line.push('"');
+        }
     }
 
     #[inline(always)]
@@ -225,24 +244,6 @@ impl AccessLine {
         }
         append(self.line.as_bytes());
         SCRATCH.with(|s| *s.borrow_mut() = std::mem::take(&mut self.line));
-    }
-}
-
-/// What [`AccessLine::addr`] writes.
-pub enum SocketAddrOrIp {
-    Ip(IpAddr),
-    Socket(SocketAddr),
-}
-
-impl From<IpAddr> for SocketAddrOrIp {
-    fn from(ip: IpAddr) -> Self {
-        SocketAddrOrIp::Ip(ip)
-    }
-}
-
-impl From<SocketAddr> for SocketAddrOrIp {
-    fn from(addr: SocketAddr) -> Self {
-        SocketAddrOrIp::Socket(addr)
     }
 }
 
@@ -354,9 +355,9 @@ mod tests {
                 json: false,
                 line: String::new(),
             }
-            .addr("upstream", Some(a))
-            .addr("client", Some(a.ip()))
-            .addr("none", None::<IpAddr>);
+            .socket("upstream", Some(a))
+            .ip("client", Some(a.ip()))
+            .ip("none", None);
             assert_eq!(line.line, format!(" upstream={a} client={}", a.ip()));
         }
         let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);

@@ -495,17 +495,19 @@ impl Gateway {
 /// The client's address (behind trusted proxies), if the connection has one.
 fn client_of(session: &Session, snap: &Snapshot) -> Option<IpAddr> {
     let peer = session.client_addr()?.as_inet()?.ip();
-    let trusted = &snap.config.server.trusted_proxies;
-    if !is_trusted(&peer, trusted) {
-        return Some(peer); // what client_ip answers, without looking the header up
-    }
-    let forwarded = session
-        .req_header()
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    Some(client_ip(peer, forwarded, trusted))
+    let forwarded = || {
+        session
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    Some(client_ip(
+        peer,
+        forwarded,
+        &snap.config.server.trusted_proxies,
+    ))
 }
 
 /// The route label of a request in metrics and the access log: the route's name, the gateway
@@ -1089,7 +1091,7 @@ impl ProxyHttp for Gateway {
         // The path only: query strings may carry login codes.
         AccessLine::start()
             .str("request_id", Some(request_id::as_str(&ctx.request_id)))
-            .addr(
+            .ip(
                 "client",
                 ctx.client.or_else(|| client_of(session, &ctx.snap)),
             )
@@ -1100,7 +1102,7 @@ impl ProxyHttp for Gateway {
             .str("code", parts.as_ref().map(|p| p.code.as_ref()))
             .str("auth", Some(auth_outcome(ctx)))
             .str("reason", parts.as_ref().and_then(|p| p.reason))
-            .addr("upstream", ctx.upstream)
+            .socket("upstream", ctx.upstream)
             .ms("upstream_ms", ctx.upstream_time)
             .ms("ms", Some(ctx.started.elapsed()))
             .str("openid", openid.as_deref())
