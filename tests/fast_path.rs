@@ -380,7 +380,8 @@ async fn idle_upstream_connections_are_not_used_past_the_routes_idle_timeout() {
         opened,
         [3, 3, 1, 1],
         "connections opened for 3 requests 800ms apart: a new one each past a 300ms idle \
-         timeout (GET, POST), one for all within the default (GET, POST)"
+         timeout (GET, POST), one for all within the default (GET, POST)\n{}",
+        gw.log_text()
     );
 }
 

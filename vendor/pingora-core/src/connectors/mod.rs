@@ -255,6 +255,18 @@ impl TransportConnector {
                 {
                     let _ = s.lock().await;
                 } // wait for the idle poll to release it
+                // wxgate patch 21: the idle poll's guard releases the lock before it drops its
+                // reference, and under a `NoSteal` runtime the idle poll may run on another
+                // thread (`release_stream` spawns it on a random one): in between, `try_unwrap`
+                // failed and the connection was closed instead of reused. The other reference is
+                // that guard being dropped, so wait for it (bounded, as before if it is not).
+                let mut s = s;
+                for _ in 0..REUSE_UNWRAP_TRIES {
+                    if Arc::strong_count(&s) == 1 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
                 match Arc::try_unwrap(s) {
                     Ok(l) => {
                         let mut stream = l.into_inner();
@@ -575,6 +587,10 @@ pub(crate) mod test_utils {
         (ready_rx, shutdown_tx, server_handle)
     }
 }
+
+/// How many times [`TransportConnector::reused_stream`] yields for an idle poll on another
+/// thread to finish dropping its reference (wxgate patch 21).
+const REUSE_UNWRAP_TRIES: usize = 1000;
 
 #[cfg(test)]
 #[cfg(feature = "any_tls")]
