@@ -3,14 +3,29 @@
 
 use pingora::connectors::TransportConnector;
 use pingora::upstreams::peer::{BasicPeer, Peer};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Patch 21: a connection released to Pingora's pool has an idle watcher task, which
 /// `release_stream` spawns on a random worker under a `NoSteal` runtime, and which gives the
 /// connection up after dropping its lock but before dropping its reference to it. A checkout on
 /// another thread in between dropped (closed) the connection and logged "failed to acquire
-/// reusable stream" at ERROR; the gateway then opened a new one. Every checkout must get it.
+/// reusable stream" at ERROR; the gateway then opened a new one. Every checkout must get it,
+/// on a busy machine too (two threads spinning here: waking the checkout often gets the
+/// watcher's thread preempted mid-drop, for a whole time slice).
 #[test]
 fn a_pooled_connection_is_reused_when_its_idle_watcher_runs_on_another_thread() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -42,6 +57,11 @@ fn a_pooled_connection_is_reused_when_its_idle_watcher_runs_on_another_thread() 
             };
         }
         accepted.abort();
+        stop.store(true, Ordering::Relaxed);
         assert_eq!(lost, 0, "of 10,000 checkouts, pooled connections dropped");
     });
+    stop.store(true, Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
 }

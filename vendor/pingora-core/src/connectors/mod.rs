@@ -259,13 +259,17 @@ impl TransportConnector {
                 // reference, and under a `NoSteal` runtime the idle poll may run on another
                 // thread (`release_stream` spawns it on a random one): in between, `try_unwrap`
                 // failed and the connection was closed instead of reused. The other reference is
-                // that guard being dropped, so wait for it (bounded, as before if it is not).
-                let mut s = s;
-                for _ in 0..REUSE_UNWRAP_TRIES {
+                // that guard being dropped, so wait for it: a few yields, then, if its thread was
+                // preempted mid-drop, 1 ms sleeps (bounded; past that, as before).
+                for tries in 0..REUSE_UNWRAP_TRIES {
                     if Arc::strong_count(&s) == 1 {
                         break;
                     }
-                    tokio::task::yield_now().await;
+                    if tries < REUSE_UNWRAP_YIELDS {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
                 match Arc::try_unwrap(s) {
                     Ok(l) => {
@@ -588,9 +592,11 @@ pub(crate) mod test_utils {
     }
 }
 
-/// How many times [`TransportConnector::reused_stream`] yields for an idle poll on another
-/// thread to finish dropping its reference (wxgate patch 21).
-const REUSE_UNWRAP_TRIES: usize = 1000;
+/// How long [`TransportConnector::reused_stream`] waits for an idle poll on another thread to
+/// finish dropping its reference (wxgate patch 21): this many yields, then 1 ms sleeps up to
+/// this many tries in all (~100 ms).
+const REUSE_UNWRAP_YIELDS: usize = 64;
+const REUSE_UNWRAP_TRIES: usize = REUSE_UNWRAP_YIELDS + 100;
 
 #[cfg(test)]
 #[cfg(feature = "any_tls")]
