@@ -92,8 +92,15 @@ fn serve(stream: TcpStream, aborted: Arc<AtomicUsize>) {
             }
             _ => {
                 let body = head.clone();
+                // `/ka-N`: as Node.js and Apache do, say how long an idle connection is kept.
+                let keepalive = match path.rsplit('/').next().unwrap_or_default() {
+                    ka if ka.starts_with("ka-") => {
+                        format!("connection: keep-alive\r\nkeep-alive: timeout={}\r\n", &ka[3..])
+                    }
+                    _ => String::new(),
+                };
                 let mut a = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n{keepalive}content-length: {}\r\n\r\n",
                     body.len()
                 )
                 .into_bytes();
@@ -329,6 +336,30 @@ async fn upstream_connections_are_reused() {
     }
 }
 
+/// A gateway with a public route `/NAME/` per name, each to an upstream of its own (so that
+/// each has its own connections to count), with `extra(NAME)` added to the route; and its
+/// stand-in WeChat, which must live as long.
+fn gateway_with_a_route_per_upstream(
+    names: &[&str],
+    extra: impl Fn(&str) -> &'static str,
+) -> (Vec<Upstream>, Proc, Proc) {
+    let ups: Vec<Upstream> = names.iter().map(|_| Upstream::start()).collect();
+    let routes: String = names
+        .iter()
+        .zip(&ups)
+        .map(|(name, up)| {
+            format!(
+                "[[routes]]\nprefix = \"/{name}/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n{}",
+                up.addr,
+                extra(name)
+            )
+        })
+        .collect();
+    let wechat = mock_wechat();
+    let gw = gateway_for(&wechat, &ups[0], &routes);
+    (ups, gw, wechat)
+}
+
 /// An upstream connection idle for longer than the route's `upstream_idle_timeout` is not used
 /// again (an upstream may be closing it at that instant: Node.js closes idle ones after 5 s, and
 /// a request that was sent is never replayed); within it, it is. GET takes the fast path when it
@@ -336,24 +367,14 @@ async fn upstream_connections_are_reused() {
 #[tokio::test]
 async fn idle_upstream_connections_are_not_used_past_the_routes_idle_timeout() {
     // One upstream per route and method: the fast path and Pingora's path pool apart.
-    let ups: Vec<Upstream> = (0..4).map(|_| Upstream::start()).collect();
-    let routes: String = ["short-get", "short-post", "default-get", "default-post"]
-        .iter()
-        .zip(&ups)
-        .map(|(name, up)| {
-            let idle = if name.starts_with("short") {
-                "upstream_idle_timeout = \"300ms\"\n"
-            } else {
-                ""
-            };
-            format!(
-                "[[routes]]\nprefix = \"/{name}/\"\nupstreams = [\"{}\"]\nauth = \"none\"\n{idle}",
-                up.addr
-            )
-        })
-        .collect();
-    let wechat = mock_wechat();
-    let gw = gateway_for(&wechat, &ups[0], &routes);
+    let names = ["short-get", "short-post", "default-get", "default-post"];
+    let (ups, gw, _wechat) = gateway_with_a_route_per_upstream(&names, |name| {
+        if name.starts_with("short") {
+            "upstream_idle_timeout = \"300ms\"\n"
+        } else {
+            ""
+        }
+    });
     let addr = gw.addr;
     let opened = tokio::task::spawn_blocking(move || {
         let mut conn = Conn::open(addr);
@@ -381,6 +402,52 @@ async fn idle_upstream_connections_are_not_used_past_the_routes_idle_timeout() {
         [3, 3, 1, 1],
         "connections opened for 3 requests 800ms apart: a new one each past a 300ms idle \
          timeout (GET, POST), one for all within the default (GET, POST)\n{}",
+        gw.log_text()
+    );
+}
+
+/// An upstream that says how long it keeps an idle connection (`Keep-Alive: timeout=N`, as
+/// Node.js and Apache do) has its connections kept idle at most N - 1 s, within the route's
+/// `upstream_idle_timeout`, and not at all for N = 1: a request is never sent on a connection
+/// the upstream is closing at that instant. GET (the fast path when it is on) and POST
+/// (Pingora's path) alike.
+#[tokio::test]
+async fn an_upstreams_announced_keep_alive_timeout_bounds_the_idle_time() {
+    // (route, method, announced timeout, pause after each request, connections for 2 requests)
+    let cases = [
+        ("ka2-get", "GET", 2, 1500, 2),
+        ("ka2-post", "POST", 2, 1500, 2),
+        ("ka5-get", "GET", 5, 1500, 1),
+        ("ka5-post", "POST", 5, 1500, 1),
+        ("ka1-get", "GET", 1, 100, 2),
+        ("ka1-post", "POST", 1, 100, 2),
+    ];
+    let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    let (ups, gw, _wechat) = gateway_with_a_route_per_upstream(&names, |_| "");
+    let addr = gw.addr;
+    let opened = tokio::task::spawn_blocking(move || {
+        let mut conn = Conn::open(addr);
+        let mut opened = Vec::new();
+        for ((name, method, announced, pause, _), up) in cases.iter().zip(&ups) {
+            let before = up.connections();
+            for _ in 0..2 {
+                let path = format!("/{name}/ka-{announced}");
+                let a = conn.send(method, &path, &[("content-length", "0")]);
+                assert_eq!(a.status, 200, "{}", a.head);
+                std::thread::sleep(Duration::from_millis(*pause));
+            }
+            opened.push(up.connections() - before);
+        }
+        opened
+    })
+    .await
+    .unwrap();
+    let expected: Vec<usize> = cases.iter().map(|c| c.4).collect();
+    assert_eq!(
+        opened,
+        expected,
+        "connections opened for 2 requests: timeout=2 and 1.5 s apart: 2 (kept 1 s); timeout=5: \
+         1 (kept 4 s, the route's default); timeout=1: 2 (not kept)\n{}",
         gw.log_text()
     );
 }

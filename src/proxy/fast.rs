@@ -249,6 +249,8 @@ pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // The upstream connection is dropped (closed), never pooled.
         return fail(session, ctx, e).await;
     }
+    // Not kept past what the upstream announced (`Keep-Alive: timeout=`), if it did.
+    let idle = upstream.bound_idle_timeout(Some(idle)).unwrap_or(idle);
     match upstream.into_reusable() {
         Ok(stream) => {
             let limit = ctx.snap().config.server.upstream_keepalive;

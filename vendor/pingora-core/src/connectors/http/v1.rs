@@ -57,6 +57,8 @@ impl Connector {
         idle_timeout: Option<Duration>,
     ) {
         session.respect_keepalive();
+        // wxgate patch 22: not kept past what the upstream said it keeps the connection.
+        let idle_timeout = session.bound_idle_timeout(idle_timeout);
         if let Some(stream) = session.reuse().await {
             self.transport
                 .release_stream(stream, peer.reuse_hash(), idle_timeout);

@@ -31,6 +31,10 @@ use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
 use crate::utils::{BufRef, KVRef};
 
+/// wxgate patch 22: what [`HttpSession::bound_idle_timeout()`] keeps below an upstream's
+/// announced keep-alive timeout.
+const KEEPALIVE_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
 /// The HTTP 1.x client session
 pub struct HttpSession {
     buf: Bytes,
@@ -676,6 +680,26 @@ impl HttpSession {
                 debug!("HTTP shutdown connection");
                 session.shutdown().await;
                 None
+            }
+        }
+    }
+
+    /// wxgate patch 22: how long the connection may wait in a pool, given the caller's
+    /// `idle_timeout`: no longer than the upstream said it keeps an idle connection
+    /// (`Keep-Alive: timeout=N`, as read by [`Self::respect_keepalive()`]) less one second, so
+    /// that a request is not sent on a connection the upstream is closing at that instant (the
+    /// margin Node.js's HTTP client, undici, keeps). When that leaves no time (N of 1 s) the
+    /// connection is not to be kept: [`Self::reuse()`] closes it. Without an announced timeout,
+    /// `idle_timeout` as given.
+    pub fn bound_idle_timeout(&mut self, idle_timeout: Option<Duration>) -> Option<Duration> {
+        let KeepaliveStatus::Timeout(announced) = self.keepalive_timeout else {
+            return idle_timeout;
+        };
+        match announced.checked_sub(KEEPALIVE_TIMEOUT_MARGIN) {
+            Some(bound) if !bound.is_zero() => Some(idle_timeout.map_or(bound, |t| t.min(bound))),
+            _ => {
+                self.set_keepalive(None);
+                idle_timeout
             }
         }
     }
