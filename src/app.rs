@@ -453,10 +453,11 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), String> {
         grace_period_seconds: Some(grace.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: upgrade_socket(&config),
-        // Pingora's timeouts of 1 s and more on tokio's timer (driven by each worker's own event
-        // loop) rather than Pingora's timer thread, which woke 100 times a second on the
-        // workers' cores, idle or not, and took a lock on each worker's timer tree with every
-        // wake: 2% fewer instructions per proxied request (README, "Performance", step 14).
+        // Pingora's timeouts and sleeps of 1 s and more (sleeps: pingora-timeout patch 20) on
+        // tokio's timer, driven by each worker's own event loop, rather than Pingora's timer
+        // thread, which woke 100 times a second on the workers' cores, idle or not, and took a
+        // lock on each worker's timer tree with every wake: 2% fewer instructions per proxied
+        // request (README, "Performance", step 14).
         fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };

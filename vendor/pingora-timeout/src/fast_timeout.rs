@@ -151,7 +151,15 @@ where
 }
 
 /// Similar to [tokio::time::sleep] but more efficient.
+///
+/// Like [`fast_timeout()`], a sleep longer than the threshold set by
+/// [`set_fast_timeout_to_tokio_threshold()`] uses Tokio's timer.
 pub async fn fast_sleep(duration: Duration) {
+    // wxgate patch 20: the same threshold as `fast_timeout`; before, every sleep (an idle HTTP/2
+    // connection's, a waiting write's, a pooled connection's) started and used the timer thread.
+    if should_use_tokio_timeout(duration) {
+        return tokio::time::sleep(duration).await;
+    }
     check_clock_thread(&TIMER_MANAGER);
     TIMER_MANAGER.register_timer(duration).poll().await
 }
