@@ -66,7 +66,8 @@ fn serve(stream: TcpStream, aborted: Arc<AtomicUsize>) {
         let first = head.lines().next().unwrap_or_default().to_string();
         let method = first.split(' ').next().unwrap_or_default().to_string();
         let path = first.split(' ').nth(1).unwrap_or_default().to_string();
-        let answer: Vec<u8> = match path.rsplit('/').next().unwrap_or_default() {
+        let last = path.rsplit('/').next().unwrap_or_default();
+        let answer: Vec<u8> = match last {
             "chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n".to_vec(),
             "close10" => {
                 let _ = out.write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end");
@@ -93,11 +94,9 @@ fn serve(stream: TcpStream, aborted: Arc<AtomicUsize>) {
             _ => {
                 let body = head.clone();
                 // `/ka-N`: as Node.js and Apache do, say how long an idle connection is kept.
-                let keepalive = match path.rsplit('/').next().unwrap_or_default() {
-                    ka if ka.starts_with("ka-") => {
-                        format!("connection: keep-alive\r\nkeep-alive: timeout={}\r\n", &ka[3..])
-                    }
-                    _ => String::new(),
+                let keepalive = match last.strip_prefix("ka-") {
+                    Some(n) => format!("connection: keep-alive\r\nkeep-alive: timeout={n}\r\n"),
+                    None => String::new(),
                 };
                 let mut a = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n{keepalive}content-length: {}\r\n\r\n",
