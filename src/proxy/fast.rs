@@ -21,6 +21,7 @@ use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as Upstream;
+use pingora::protocols::http::v1::common::HEADER_ROOM;
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::Peer;
@@ -269,7 +270,8 @@ fn close(mut upstream: Upstream) -> Pin<Box<dyn Future<Output = ()> + Send>> {
 /// The request to send upstream: the client's, as HTTP/1.1 without `Connection`, with the
 /// identity headers rewritten.
 fn upstream_request(session: &Session, ctx: &Ctx) -> Result<Box<RequestHeader>> {
-    let mut req = Box::new(session.req_header().clone());
+    // With room for the headers `edit_upstream_request` adds (a clone is made at exact size).
+    let mut req = Box::new(session.req_header().clone_with_room(HEADER_ROOM));
     req.set_version(Version::HTTP_11);
     req.remove_header(&header::CONNECTION);
     edit_upstream_request(session, &mut req, ctx)?;

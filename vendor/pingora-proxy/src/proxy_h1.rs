@@ -45,7 +45,10 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        // wxgate patch: with room for the headers the proxy's filters add (its clone is made at
+        // exact size, and each map grew at the first header added).
+        let mut req =
+            session.req_header().clone_with_room(pingora_core::protocols::http::v1::common::HEADER_ROOM);
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);

@@ -34,7 +34,7 @@ pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 /// wxgate patch: room for headers a proxy adds to a parsed request or response (identity,
 /// request id, framing, connection) without growing its maps (a new index table, a rehash and a
 /// reallocation for each growth, in both the header map and the case map).
-pub(crate) const HEADER_ROOM: usize = 6;
+pub const HEADER_ROOM: usize = 6;
 
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
