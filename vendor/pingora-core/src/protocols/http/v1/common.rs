@@ -339,8 +339,17 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
+    let values = headers.get_all(header::CONTENT_LENGTH);
+    // wxgate patch: one line of digits, the usual case (six calls a proxied request), is its
+    // value, without the text check and the split of the general case below.
+    let mut lines = values.iter();
+    if let (Some(only), None) = (lines.next(), lines.next()) {
+        if let Some(n) = from_digits(only.as_bytes()) {
+            return Some(n);
+        }
+    }
     let mut content_length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    for value in values {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
