@@ -831,16 +831,13 @@ fn clone_req_parts(me: &ReqParts) -> ReqParts {
     parts
 }
 
-// wxgate patch: the part of `clone_req_parts` that `RequestHeader::clone_with_room` shares.
+// wxgate patch: the part of `clone_req_parts` that `RequestHeader::clone_with_room` shares,
+// with the fields set in place (the builder moved the parts through a `Result` at each step).
 fn clone_req_parts_without_headers(me: &ReqParts) -> ReqParts {
-    let mut parts = ReqBuilder::new()
-        .method(me.method.clone())
-        .uri(me.uri.clone())
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = me.method.clone();
+    parts.uri = me.uri.clone();
+    parts.version = me.version;
     parts.extensions = me.extensions.clone();
     parts
 }
