@@ -255,7 +255,7 @@ impl Pool {
         let all = backends.get_backend();
         if all.len() == 1 {
             let only = all.iter().next()?;
-            if !accept(only, backends.ready(only)) {
+            if !accept(only, self.healthy(backends, only)) {
                 return None;
             }
             return state_of(only).cloned().map(InFlightUpstream::enter);
@@ -269,7 +269,7 @@ impl Pool {
                 let n = all.len().max(1);
                 all.iter()
                     .enumerate()
-                    .filter(|(_, b)| accept(b, backends.ready(b)))
+                    .filter(|(_, b)| accept(b, self.healthy(backends, b)))
                     .min_by_key(|(i, b)| {
                         let load = state_of(b).map_or(usize::MAX, |s| s.in_flight());
                         (load, (i + n - start % n) % n)
@@ -280,12 +280,19 @@ impl Pool {
         state_of(&chosen).cloned().map(InFlightUpstream::enter)
     }
 
+    /// Whether active checks count `backend` healthy: always without them (nothing runs a check
+    /// or disables a backend then), which spares each request hashing it into Pingora's
+    /// readiness map (~670 instructions).
+    fn healthy(&self, backends: &Backends, backend: &Backend) -> bool {
+        self.health_check.is_none() || backends.ready(backend)
+    }
+
     /// Whether some upstream besides the `tried` ones is in rotation (worth a retry).
     pub fn any_other_up(&self, tried: &[SocketAddr]) -> bool {
         let now = now_ms();
         let backends = self.backends();
         backends.get_backend().iter().any(|b| {
-            backends.ready(b)
+            self.healthy(backends, b)
                 && state_of(b).is_some_and(|s| s.up_at(now) && !tried.contains(&s.addr))
         })
     }
@@ -305,7 +312,7 @@ impl Pool {
         backends
             .get_backend()
             .iter()
-            .filter_map(|b| Some((state_of(b)?.clone(), backends.ready(b))))
+            .filter_map(|b| Some((state_of(b)?.clone(), self.healthy(backends, b))))
             .collect()
     }
 
