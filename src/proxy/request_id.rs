@@ -23,19 +23,24 @@ pub fn request_id(client_sent: Option<&HeaderValue>) -> HeaderValue {
     match client_sent {
         Some(v) if is_sane(v.as_bytes()) => v.clone(),
         _ => {
-            use std::fmt::Write;
             // Sized once: the prefix, '-' and up to 16 hex digits.
-            let mut id = String::with_capacity(PREFIX.len() + 17);
-            let _ = write!(
-                id,
-                "{}-{:x}",
-                PREFIX.as_str(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
+            let mut id = Vec::with_capacity(PREFIX.len() + 17);
+            id.extend_from_slice(PREFIX.as_bytes());
+            id.push(b'-');
+            push_hex(&mut id, NEXT.fetch_add(1, Ordering::Relaxed));
             // Hex digits and '-': always a valid header value.
             HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
                 .unwrap_or_else(|_| HeaderValue::from_static("-"))
         }
+    }
+}
+
+/// `n` in lowercase hex, as `{:x}` writes it (without `fmt`'s machinery: a third of a request
+/// id's cost).
+fn push_hex(out: &mut Vec<u8>, n: u64) {
+    let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (4 * i) & 0xf) as usize]);
     }
 }
 
@@ -54,6 +59,28 @@ mod tests {
 
     fn id(bytes: &[u8]) -> HeaderValue {
         request_id(Some(&HeaderValue::from_bytes(bytes).unwrap()))
+    }
+
+    #[test]
+    fn hex_is_written_as_fmt_writes_it() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            0xabc,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            push_hex(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{n:x}"));
+        }
     }
 
     #[test]
