@@ -32,7 +32,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -53,8 +53,8 @@ pub struct Ctx {
     request_id: http::HeaderValue,
     /// The id is the client's own, sent once: it reaches the upstream as it is.
     request_id_sent: bool,
-    /// The client's address, once a rate limit needed it (the access log derives it otherwise).
-    client: Option<IpAddr>,
+    /// The client's address, worked out once it is needed ([`Ctx::client`]).
+    client: OnceLock<Option<IpAddr>>,
     endpoint: Option<Endpoint>,
     route: Option<Arc<Route>>,
     identity: Option<Arc<Identity>>,
@@ -85,6 +85,13 @@ impl Ctx {
     /// The configuration snapshot the request runs under.
     pub fn snap(&self) -> &Arc<Snapshot> {
         &self.snap
+    }
+
+    /// The client's address: the peer's, or the one a trusted proxy in front forwarded for
+    /// (`None` on a Unix socket). Worked out at the first need (a rate limit, a balancing key,
+    /// Cloud Hosting's header, the access log) and kept.
+    fn client(&self, session: &Session) -> Option<IpAddr> {
+        *self.client.get_or_init(|| client_of(session, &self.snap))
     }
 
     /// Keep the fast path's failure for `logging`.
@@ -453,10 +460,7 @@ impl Gateway {
     ) -> Result<bool> {
         let snap = ctx.snap.clone();
         let within_limit = match snap.limit_of(endpoint) {
-            Some(limit) => {
-                ctx.client = client_of(session, &snap);
-                ctx.client.is_none_or(|ip| limit.allow(ip))
-            }
+            Some(limit) => ctx.client(session).is_none_or(|ip| limit.allow(ip)),
             None => true,
         };
         let outcome = if !within_limit {
@@ -544,9 +548,7 @@ pub(super) fn choose_upstream(session: &Session, ctx: &mut Ctx) -> Result<HttpPe
     ctx.upstream_held = None;
     let chosen = {
         let openid = ctx.identity.as_ref().map(|i| i.openid.as_str());
-        let key = route.balance_key(openid, || {
-            ctx.client.or_else(|| client_of(session, &ctx.snap))
-        });
+        let key = route.balance_key(openid, || ctx.client(session));
         route.pool.select(&key, &ctx.tried)
     };
     let Some(held) = chosen else {
@@ -601,7 +603,7 @@ pub(super) fn edit_upstream_request(
     }
     if cloudhosting {
         CloudHosting::strip(identity_headers, upstream_request);
-        let client = ctx.client.or_else(|| client_of(session, &ctx.snap));
+        let client = ctx.client(session);
         CloudHosting::inject(upstream_request, ctx.identity.as_deref(), client);
     } else {
         identity_headers.strip(upstream_request);
@@ -824,7 +826,7 @@ impl ProxyHttp for Gateway {
             snap: self.live.load_full(),
             request_id: http::HeaderValue::from_static(""),
             request_id_sent: false,
-            client: None,
+            client: OnceLock::new(),
             endpoint: None,
             route: None,
             identity: None,
@@ -895,10 +897,7 @@ impl ProxyHttp for Gateway {
             // Per user on protected routes; per client address on public ones.
             let key = match &identity {
                 Some(identity) => Some(openid_key(&identity.appid, &identity.openid)),
-                None => {
-                    ctx.client = client_of(session, &snap);
-                    ctx.client.map(client_key)
-                }
+                None => ctx.client(session).map(client_key),
             };
             if let Some(Err(retry_after)) = key.map(|k| limiter.check(k)) {
                 route.metrics.rate_limited.inc();
@@ -1091,10 +1090,7 @@ impl ProxyHttp for Gateway {
         // The path only: query strings may carry login codes.
         AccessLine::start()
             .str("request_id", Some(request_id::as_str(&ctx.request_id)))
-            .ip(
-                "client",
-                ctx.client.or_else(|| client_of(session, &ctx.snap)),
-            )
+            .ip("client", ctx.client(session))
             .str("method", Some(req.method.as_str()))
             .str("path", Some(req.uri.path()))
             .str("route", Some(route))
