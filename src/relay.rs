@@ -468,7 +468,7 @@ impl RelayApp {
             r
         });
         resp.headers_mut().insert(SEQID_HEADER, id.clone());
-        resp.headers_mut().insert(request_id::HEADER, id.clone());
+        resp.headers_mut().insert(&request_id::NAME, id.clone());
         let path = outcome.path.as_deref().unwrap_or("other");
         let took = started.elapsed();
         METRICS

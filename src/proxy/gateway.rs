@@ -397,7 +397,7 @@ fn answer_head(
     head.insert_header(header::CONTENT_TYPE, crate::reply::JSON_CONTENT_TYPE)?;
     head.insert_header(header::CONTENT_LENGTH, len)?;
     head.insert_header(header::CACHE_CONTROL, cache_control)?;
-    head.insert_header(request_id::HEADER, request_id)?;
+    head.insert_header(request_id::names(), request_id)?;
     Ok(head)
 }
 
@@ -615,7 +615,7 @@ pub(super) fn edit_upstream_request(
         identity_headers.inject_phone(upstream_request, phone);
     }
     if !ctx.request_id_sent {
-        upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+        upstream_request.insert_header(request_id::names(), ctx.request_id.clone())?;
     }
     if let Some(host) = ctx.route.as_ref().and_then(|r| r.upstream_host.as_deref()) {
         upstream_request.insert_header(header::HOST, host)?;
@@ -690,7 +690,7 @@ pub(super) fn edit_response(
     if downstream_h1 {
         response.set_version(http::Version::HTTP_11);
     }
-    response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    response.insert_header(request_id::names(), ctx.request_id.clone())?;
     Ok(())
 }
 

@@ -22,9 +22,10 @@ pub struct IdentityHeaders {
     pub phone_country: HeaderName,
     /// The caller's mini program (the token's `aud`).
     pub appid: HeaderName,
-    /// The openid, appid and unionid names as they go on the wire, made once: Pingora would
-    /// otherwise copy a custom name for its case map on every insert.
-    cased: [Bytes; 3],
+    /// The openid, appid and unionid names, each with its spelling on the wire, made once:
+    /// Pingora would otherwise copy a custom name for its case map and parse it for its header
+    /// map on every insert.
+    cased: [(HeaderName, Bytes); 3],
 }
 
 impl IdentityHeaders {
@@ -37,8 +38,8 @@ impl IdentityHeaders {
         let phone_country =
             HeaderName::from_bytes(format!("{}-country-code", phone.as_str()).as_bytes())
                 .unwrap_or_else(|_| HeaderName::from_static("x-wx-phone-country-code"));
-        let cased =
-            [&openid, &appid, &unionid].map(|h| Bytes::copy_from_slice(h.as_str().as_bytes()));
+        let cased = [&openid, &appid, &unionid]
+            .map(|h| (h.clone(), Bytes::copy_from_slice(h.as_str().as_bytes())));
         IdentityHeaders {
             openid,
             unionid,

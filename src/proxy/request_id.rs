@@ -6,10 +6,14 @@ use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
-/// For inserting (a `&'static str` becomes the case-preserving name without a copy).
-pub const HEADER: &str = "x-request-id";
+const HEADER: &str = "x-request-id";
 /// For looking up (a `&str` would be parsed into a name again at each lookup).
 pub static NAME: http::HeaderName = http::HeaderName::from_static(HEADER);
+
+/// For inserting: the name and its spelling on the wire, neither copied nor parsed again.
+pub fn names() -> (http::HeaderName, bytes::Bytes) {
+    (NAME.clone(), bytes::Bytes::from_static(HEADER.as_bytes()))
+}
 const MAX_LEN: usize = 128;
 
 /// A per-process random prefix and a counter: unique across instances and restarts, and cheaper

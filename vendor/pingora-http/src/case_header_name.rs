@@ -38,6 +38,20 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// wxgate patch: the name for the header map and the spelling for the case map, as headers
+    /// are inserted and appended. By default the case-preserving name is parsed into the map's
+    /// name; a name that is a [HeaderName] already is used as it is (before, it was spelt out
+    /// and parsed back, on every insert).
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)>
+    where
+        Self: Sized,
+    {
+        let case = self.into_case_header_name();
+        let name = HeaderName::from_bytes(case.as_slice())
+            .or_err(InvalidHTTPHeader, "invalid header name")?;
+        Ok((name, case))
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -62,11 +76,39 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
+        let case = CaseHeaderName(titled_header_name(&self));
+        Ok((self, case))
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
+        Ok((self.clone(), CaseHeaderName(titled_header_name(self))))
+    }
+}
+
+/// wxgate patch: a name already parsed, with the spelling to write it in (which must be the
+/// same name in some case): inserted without parsing or copying either.
+impl IntoCaseHeaderName for (HeaderName, Bytes) {
+    fn into_case_header_name(self) -> CaseHeaderName {
+        CaseHeaderName(self.1)
+    }
+
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
+        let (name, case) = self;
+        if !case.eq_ignore_ascii_case(name.as_str().as_bytes()) {
+            return pingora_error::Error::e_explain(
+                InvalidHTTPHeader,
+                "header name and its spelling differ",
+            );
+        }
+        Ok((name, CaseHeaderName(case)))
     }
 }
 
@@ -108,6 +150,20 @@ pub(crate) fn titled_header_name_str(header_name: &HeaderName) -> Option<&'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_are_parsed_unless_given() {
+        let (name, case) = "X-Foo".into_header_names().unwrap();
+        assert_eq!((name.as_str(), case.as_slice()), ("x-foo", &b"X-Foo"[..]));
+        assert!("X Foo".into_header_names().is_err());
+        let (name, case) = header::DATE.into_header_names().unwrap();
+        assert_eq!((name, case.as_slice()), (header::DATE, &b"Date"[..]));
+        let given = (HeaderName::from_static("x-foo"), Bytes::from_static(b"X-FOO"));
+        let (name, case) = given.into_header_names().unwrap();
+        assert_eq!((name.as_str(), case.as_slice()), ("x-foo", &b"X-FOO"[..]));
+        let wrong = (HeaderName::from_static("x-foo"), Bytes::from_static(b"X-Bar"));
+        assert!(wrong.into_header_names().is_err());
+    }
 
     #[test]
     fn test_case_header_name() {
