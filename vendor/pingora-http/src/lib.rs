@@ -412,20 +412,13 @@ impl RequestHeader {
     pub fn clone_with_room(&self, additional: usize) -> Self {
         let capacity = http_header_map_upper_bound(Some(self.base.headers.len() + additional));
         let mut base = clone_req_parts_without_headers(&self.base);
-        base.headers = HMap::with_capacity(capacity);
-        for (name, value) in self.base.headers.iter() {
-            base.headers.append(name.clone(), value.clone());
-        }
-        let header_name_map = self.header_name_map.as_ref().map(|names| {
-            let mut copy = CaseMap::with_capacity(capacity);
-            for (name, case) in names.iter() {
-                copy.append(name.clone(), case.clone());
-            }
-            copy
-        });
+        base.headers = copy_with_capacity(&self.base.headers, capacity);
         Self {
             base,
-            header_name_map,
+            header_name_map: self
+                .header_name_map
+                .as_ref()
+                .map(|names| copy_with_capacity(names, capacity)),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
         }
@@ -829,6 +822,16 @@ fn clone_req_parts(me: &ReqParts) -> ReqParts {
     let mut parts = clone_req_parts_without_headers(me);
     parts.headers = me.headers.clone();
     parts
+}
+
+// wxgate patch: `map`'s entries, in order, in a map made with room for `capacity` (for
+// `RequestHeader::clone_with_room`: the header map and the case map alike, so they stay in step).
+fn copy_with_capacity<T: Clone>(map: &HMap<T>, capacity: usize) -> HMap<T> {
+    let mut copy = HMap::with_capacity(capacity);
+    for (name, value) in map.iter() {
+        copy.append(name.clone(), value.clone());
+    }
+    copy
 }
 
 // wxgate patch: the part of `clone_req_parts` that `RequestHeader::clone_with_room` shares,

@@ -23,6 +23,7 @@ use pingora_core::protocols::http::{
     authority::{raw_target_authority, validate_request_authority},
     custom::CUSTOM_MESSAGE_QUEUE_SIZE,
     v1::common::is_upgrade_req as is_h1_upgrade_req,
+    v1::common::HEADER_ROOM, // wxgate patch
 };
 
 impl<SV, C> HttpProxy<SV, C>
@@ -47,8 +48,7 @@ where
 
         // wxgate patch: with room for the headers the proxy's filters add (its clone is made at
         // exact size, and each map grew at the first header added).
-        let mut req =
-            session.req_header().clone_with_room(pingora_core::protocols::http::v1::common::HEADER_ROOM);
+        let mut req = session.req_header().clone_with_room(HEADER_ROOM);
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
