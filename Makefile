@@ -29,7 +29,8 @@ test:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	rm -rf target/tmp
 	$(CARGO) test --locked
-	# The end-to-end suites again with the fast path off (server.fast_path = false): both paths.
+	# The end-to-end suites again with the fast path off (server.fast_path = false) and upstream
+	# writes not batched (server.batch_upstream_writes = false): both paths, both settings.
 	WXGATE_TEST_FAST_PATH=0 $(CARGO) test --locked --test '*'
 	bash scripts/check-logs.sh
 	bash scripts/zero-downtime.sh

@@ -55,6 +55,7 @@ pub struct RawServer {
     pub resolve_interval: Option<DurationText>,
     pub upstream_keepalive: Option<usize>,
     pub fast_path: Option<bool>,
+    pub batch_upstream_writes: Option<bool>,
     pub forwarded_headers: Option<bool>,
     pub header_timeout: Option<DurationText>,
     pub keepalive_timeout: Option<DurationText>,

@@ -452,6 +452,20 @@ fn upstream_keepalive_defaults_above_pingoras_and_refuses_zero() {
 }
 
 #[test]
+fn upstream_writes_are_batched_unless_turned_off() {
+    assert!(parse_ok(MINIMAL).server.batch_upstream_writes);
+    let c = parse_ok(&format!(
+        "[server]\nbatch_upstream_writes = false\n{MINIMAL}"
+    ));
+    assert!(!c.server.batch_upstream_writes);
+    let p = problems(&format!("[server]\nbatch_upstream_writes = 1\n{MINIMAL}"));
+    assert!(
+        has(&p, "server.batch_upstream_writes", "invalid type"),
+        "{p:?}"
+    );
+}
+
+#[test]
 fn the_fast_path_is_on_unless_turned_off() {
     assert!(parse_ok(MINIMAL).server.fast_path);
     let c = parse_ok(&format!("[server]\nfast_path = false\n{MINIMAL}"));

@@ -139,6 +139,9 @@ pub struct ServerConfig {
     pub upstream_keepalive: usize,
     /// Requests without a body are proxied by the gateway's fast path (see `proxy::fast`).
     pub fast_path: bool,
+    /// A request's upstream write waits one turn of the event loop, so that the requests that
+    /// arrived with it are written upstream together (see `proxy::batch`).
+    pub batch_upstream_writes: bool,
     /// `X-Forwarded-For` (the peer appended), `-Proto` and `-Host` set on upstream requests.
     pub forwarded_headers: bool,
     /// How long a request header may take from its first byte to its end (past it: 408).

@@ -375,6 +375,7 @@ impl Validator {
         Some(ServerConfig {
             upstream_keepalive: upstream_keepalive?,
             fast_path: raw.fast_path.unwrap_or(true),
+            batch_upstream_writes: raw.batch_upstream_writes.unwrap_or(true),
             forwarded_headers: raw.forwarded_headers.unwrap_or(false),
             header_timeout: header_timeout?,
             keepalive_timeout: keepalive_timeout?,

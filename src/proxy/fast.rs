@@ -9,6 +9,7 @@
 //! (see `gateway.rs`): which upstream, retries on connect failure, the identity headers, the
 //! envelopes, the metrics and the access log. `server.fast_path = false` turns it off.
 
+use super::batch::before_upstream_write;
 use super::gateway::{
     answer_failure, choose_upstream, connect_failed, edit_response, edit_upstream_request,
     unchunk_for_http10, upstream_answered, valid_host, Ctx,
@@ -347,6 +348,7 @@ async fn exchange(
     req: Box<RequestHeader>,
     ctx: &mut Ctx,
 ) -> Result<()> {
+    before_upstream_write(ctx.snap().config.server.batch_upstream_writes).await;
     upstream
         .write_request_header(req)
         .await

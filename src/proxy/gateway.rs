@@ -8,6 +8,7 @@
 //! own from that record, and `logging` turns it into metrics and the access log line.
 
 use super::access::openid_for_log;
+use super::batch::before_upstream_write;
 use super::drain::{InFlight, InFlightGuard};
 use super::headers::{CloudHosting, Forwarded};
 use super::limit::{client_ip, client_key, is_trusted, openid_key};
@@ -970,7 +971,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        edit_upstream_request(session, upstream_request, ctx)
+        edit_upstream_request(session, upstream_request, ctx)?;
+        // Pingora writes the request upstream right after this filter.
+        before_upstream_write(ctx.snap().config.server.batch_upstream_writes).await;
+        Ok(())
     }
 
     async fn upstream_response_filter(

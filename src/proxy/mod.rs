@@ -3,6 +3,7 @@
 //! one [`snapshot`] of the configuration per request.
 
 pub mod access;
+pub mod batch;
 pub mod drain;
 pub mod fast;
 pub mod gateway;

@@ -299,7 +299,10 @@ fn gateway_on(config: &str, port: u16, open_files: Option<u32>) -> Result<Proc, 
 }
 
 /// Whether the gateways of the tests take the fast path: `WXGATE_TEST_FAST_PATH=0` turns it off
-/// (`server.fast_path = false`), so that the whole suite runs on both paths.
+/// (`server.fast_path = false`), so that the whole suite runs on both paths; upstream writes are
+/// then not batched either (`server.batch_upstream_writes = false`), so that the suite runs with
+/// both settings too (batched, on both paths, when the fast path is on: requests with a body take
+/// Pingora's).
 pub fn fast_path() -> bool {
     std::env::var("WXGATE_TEST_FAST_PATH").map_or(true, |v| v != "0")
 }
@@ -308,7 +311,7 @@ fn with_fast_path_choice(config: &str) -> String {
     if fast_path() {
         return config.to_string();
     }
-    let line = "fast_path = false\n";
+    let line = "fast_path = false\nbatch_upstream_writes = false\n";
     match config.find("[server]\n") {
         Some(at) if at == 0 || config[..at].ends_with('\n') => {
             let end = at + "[server]\n".len();
