@@ -261,7 +261,7 @@ fn one_valid_host(headers: &http::HeaderMap) -> Option<bool> {
 }
 
 /// A `Host` value is a valid authority without userinfo. Pure.
-pub(super) fn valid_host(host: &http::HeaderValue) -> bool {
+fn valid_host(host: &http::HeaderValue) -> bool {
     !host.as_bytes().contains(&b'@') && http::uri::Authority::try_from(host.as_bytes()).is_ok()
 }
 
