@@ -243,6 +243,9 @@ pub async fn proxy(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         Ok(req) => req,
         Err(e) => return fail(session, ctx, e).await,
     };
+    // Before the connection is taken: an idle one is checked for a close right before its use,
+    // and none is held through the turn.
+    before_upstream_write(ctx.snap().config.server.batch_upstream_writes).await;
     let (key, mut upstream, idle) = match connect(session, ctx).await {
         Ok(connected) => connected,
         Err(e) => return fail(session, ctx, e).await,
@@ -348,7 +351,6 @@ async fn exchange(
     req: Box<RequestHeader>,
     ctx: &mut Ctx,
 ) -> Result<()> {
-    before_upstream_write(ctx.snap().config.server.batch_upstream_writes).await;
     upstream
         .write_request_header(req)
         .await
