@@ -78,7 +78,7 @@ impl IntoCaseHeaderName for HeaderName {
     }
 
     fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
-        let case = CaseHeaderName(titled_header_name(&self));
+        let case = (&self).into_case_header_name();
         Ok((self, case))
     }
 }
@@ -89,7 +89,7 @@ impl IntoCaseHeaderName for &HeaderName {
     }
 
     fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
-        Ok((self.clone(), CaseHeaderName(titled_header_name(self))))
+        Ok((self.clone(), self.into_case_header_name()))
     }
 }
 
